@@ -1,0 +1,1 @@
+"""Asset-based data and ML platform on Dagster."""

@@ -1,0 +1,238 @@
+"""The dataset spec: one YAML file per data set, validated by these typed models.
+
+Only `name`, `source`, `time_column`, `columns` and `target` are required; every other section has
+defaults, so a minimal spec works and later sections slot in without breaking old files.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ColumnType = Literal["int", "float", "bool", "string", "category", "date", "timestamp"]
+Task = Literal["regression", "binary", "multiclass"]
+Grain = Literal["day", "week", "month"]
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(m|h|d|w)\s*$")
+_DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90m', '24h', '7d', '2w' -> timedelta."""
+    match = _DURATION_RE.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like '30m', '24h', '7d' or '2w'")
+    return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Strict):
+    type: ColumnType
+    nullable: bool = True
+    min: float | None = None
+    max: float | None = None
+    allowed: list[Any] | None = None
+    unique: bool = False
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _range_fits_type(self) -> ColumnSpec:
+        if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
+            raise ValueError(f"min/max apply to int and float columns, not {self.type}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class SourceSpec(_Strict):
+    path: str
+    format: Literal["csv", "parquet"] | None = None
+
+    @property
+    def is_glob(self) -> bool:
+        return any(ch in self.path for ch in "*?[")
+
+
+class TargetSpec(_Strict):
+    column: str
+    task: Task
+
+
+class PartitionsSpec(_Strict):
+    """Partition range. By default it spans the data found in the source when definitions load."""
+
+    start: date | None = None
+    end: date | Literal["open"] | None = None
+
+
+class LagSpec(_Strict):
+    column: str
+    lag: str
+
+    @field_validator("lag")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class RollingSpec(_Strict):
+    column: str
+    window: str
+    gap: str = "0h"
+    agg: Literal["mean", "sum", "min", "max", "count", "std"] = "mean"
+
+    @field_validator("window", "gap")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+CalendarPart = Literal["hour", "day_of_week", "day_of_month", "day_of_year", "week_of_year", "month", "is_weekend"]
+
+
+class FeaturesSpec(_Strict):
+    calendar: list[CalendarPart] = Field(
+        default_factory=lambda: ["hour", "day_of_week", "day_of_month", "day_of_year", "month", "is_weekend"]
+    )
+    lags: list[LagSpec] = Field(default_factory=list)
+    rolling: list[RollingSpec] = Field(default_factory=list)
+
+
+class QualitySpec(_Strict):
+    max_quarantine_share: float = Field(default=0.05, ge=0, le=1)
+    min_validity_rate: float = Field(default=0.95, ge=0, le=1)
+
+
+class SplitSpec(_Strict):
+    validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+
+
+class ModelSpec(_Strict):
+    params: dict[str, Any] = Field(default_factory=dict)
+    num_boost_round: int = Field(default=2000, gt=0)
+    early_stopping_rounds: int = Field(default=50, gt=0)
+
+
+class PromotionSpec(_Strict):
+    metric: str | None = None
+    min_improvement: float = 0.0
+
+
+class DriftSpec(_Strict):
+    psi_threshold: float = 0.2
+    pvalue_threshold: float = 0.01
+    drifted_share_threshold: float = Field(default=0.3, ge=0, le=1)
+    performance_drop_threshold: float = Field(default=0.25, ge=0)
+    cooldown: str = "7d"
+
+    @field_validator("cooldown")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class DatasetSpec(_Strict):
+    name: str
+    description: str | None = None
+    owners: list[str] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+    source: SourceSpec
+    derived: dict[str, str] = Field(default_factory=dict)
+    time_column: str
+    partition_grain: Grain = "day"
+    partitions: PartitionsSpec = Field(default_factory=PartitionsSpec)
+    entity_key: str | None = None
+    columns: dict[str, ColumnSpec]
+    target: TargetSpec
+    drop: list[str] = Field(default_factory=list)
+    features: FeaturesSpec = Field(default_factory=FeaturesSpec)
+    quality: QualitySpec = Field(default_factory=QualitySpec)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+    # Set by the loader, not by the YAML: where the spec came from, to resolve relative paths.
+    spec_path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name_format(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError(f"{value!r} must match [a-z][a-z0-9_]* (it names a DuckDB schema and asset keys)")
+        return value
+
+    @model_validator(mode="after")
+    def _columns_exist(self) -> DatasetSpec:
+        if not self.columns:
+            raise ValueError("columns: at least one column is required")
+        known = set(self.columns) | set(self.derived)
+        problems: list[str] = []
+
+        def need(key: str, column: str) -> None:
+            if column not in known:
+                problems.append(f"{key}: unknown column {column!r} (not in columns or derived)")
+
+        need("time_column", self.time_column)
+        need("target.column", self.target.column)
+        if self.entity_key:
+            need("entity_key", self.entity_key)
+        for i, column in enumerate(self.drop):
+            need(f"drop[{i}]", column)
+        for i, lag in enumerate(self.features.lags):
+            need(f"features.lags[{i}].column", lag.column)
+        for i, rolling in enumerate(self.features.rolling):
+            need(f"features.rolling[{i}].column", rolling.column)
+        if self.target.column in self.drop:
+            problems.append(f"drop: the target column {self.target.column!r} cannot be dropped")
+        if self.time_column in self.columns and self.columns[self.time_column].type not in ("date", "timestamp"):
+            problems.append(f"columns.{self.time_column}.type: the time column must be date or timestamp")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # Derived facts the stages share, so no stage re-derives them differently.
+    @property
+    def source_format(self) -> Literal["csv", "parquet"]:
+        if self.source.format:
+            return self.source.format
+        return "parquet" if self.source.path.lower().endswith((".parquet", ".pq")) else "csv"
+
+    @property
+    def source_pattern(self) -> str:
+        """Absolute path or glob of the source files."""
+        path = Path(self.source.path).expanduser()
+        if not path.is_absolute() and self.spec_path is not None:
+            path = self.spec_path.parent / path
+        return str(path)
+
+    @property
+    def source_columns(self) -> list[str]:
+        """Spec columns read from the files (the rest of `columns` are derived)."""
+        return [c for c in self.columns if c not in self.derived]
+
+    @property
+    def feature_columns(self) -> list[str]:
+        """Kept columns that feed the model as they are."""
+        excluded = {*self.drop, self.target.column, self.time_column}
+        if self.entity_key:
+            excluded.add(self.entity_key)
+        return [c for c in [*self.columns, *self.derived] if c not in excluded and not c.startswith("_")]
+
+    @property
+    def lookback(self) -> timedelta:
+        """How far back the features of a row reach, so a partition's features can be built alone."""
+        spans = [parse_duration(lag.lag) for lag in self.features.lags]
+        spans += [parse_duration(r.window) + parse_duration(r.gap) for r in self.features.rolling]
+        return max(spans, default=timedelta(0))
