@@ -97,7 +97,9 @@ class RollingSpec(_Strict):
         return value
 
 
-CalendarPart = Literal["hour", "day_of_week", "day_of_month", "day_of_year", "week_of_year", "month", "is_weekend"]
+CalendarPart = Literal[
+    "hour", "day_of_week", "day_of_month", "day_of_year", "week_of_year", "month", "is_weekend"
+]
 
 
 class FeaturesSpec(_Strict):
@@ -109,8 +111,8 @@ class FeaturesSpec(_Strict):
 
 
 class QualitySpec(_Strict):
+    # Above this share of quarantined rows the validity check fails and blocks downstream assets.
     max_quarantine_share: float = Field(default=0.05, ge=0, le=1)
-    min_validity_rate: float = Field(default=0.95, ge=0, le=1)
 
 
 class SplitSpec(_Strict):
@@ -170,7 +172,9 @@ class DatasetSpec(_Strict):
     @classmethod
     def _name_format(cls, value: str) -> str:
         if not _NAME_RE.match(value):
-            raise ValueError(f"{value!r} must match [a-z][a-z0-9_]* (it names a DuckDB schema and asset keys)")
+            raise ValueError(
+                f"{value!r} must match [a-z][a-z0-9_]* (it names a DuckDB schema and asset keys)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -194,9 +198,18 @@ class DatasetSpec(_Strict):
             need(f"features.lags[{i}].column", lag.column)
         for i, rolling in enumerate(self.features.rolling):
             need(f"features.rolling[{i}].column", rolling.column)
+        for i, lag in enumerate(self.features.lags):
+            if lag.column == self.target.column and not parse_duration(lag.lag):
+                problems.append(f"features.lags[{i}].lag: a lag of 0 on the target would leak the label")
+        for i, rolling in enumerate(self.features.rolling):
+            if rolling.column == self.target.column and not parse_duration(rolling.gap):
+                problems.append(f"features.rolling[{i}].gap: a rolling window of the target needs a gap > 0")
         if self.target.column in self.drop:
             problems.append(f"drop: the target column {self.target.column!r} cannot be dropped")
-        if self.time_column in self.columns and self.columns[self.time_column].type not in ("date", "timestamp"):
+        if self.time_column in self.columns and self.columns[self.time_column].type not in (
+            "date",
+            "timestamp",
+        ):
             problems.append(f"columns.{self.time_column}.type: the time column must be date or timestamp")
         if problems:
             raise ValueError("; ".join(problems))
@@ -215,7 +228,7 @@ class DatasetSpec(_Strict):
         path = Path(self.source.path).expanduser()
         if not path.is_absolute() and self.spec_path is not None:
             path = self.spec_path.parent / path
-        return str(path)
+        return str(path.resolve())
 
     @property
     def source_columns(self) -> list[str]:

@@ -1,0 +1,118 @@
+"""What every stage's Dagster wiring shares: partitions, keys, time windows, metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import date, datetime, timedelta
+
+import dagster as dg
+import duckdb
+import pandas as pd
+
+from mlplatform.core.source import SourceProbe
+from mlplatform.core.sql import column_types
+from mlplatform.core.warehouse import table_exists, table_name
+from mlplatform.specs.model import DatasetSpec
+
+GRAIN_DAYS = {"day": 1, "week": 7, "month": 28}  # month: the shortest, so offsets always reach far enough
+DUCKDB_TO_TABLE_TYPE = {"BIGINT": "int", "INTEGER": "int", "DOUBLE": "float", "VARCHAR": "string"}
+
+
+def asset_key(spec: DatasetSpec, stage: str) -> dg.AssetKey:
+    return dg.AssetKey([spec.name, stage])
+
+
+def spec_code_version(spec: DatasetSpec, *sections: str) -> str:
+    """A short hash of the spec sections a stage depends on: the UI marks assets stale when it changes."""
+    payload = spec.model_dump(mode="json", include=set(sections) if sections else None)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _grain_floor(moment: datetime, grain: str) -> date:
+    day = moment.date()
+    if grain == "week":
+        return day - timedelta(days=(day.weekday() + 1) % 7)  # Dagster weeks start on Sunday
+    if grain == "month":
+        return day.replace(day=1)
+    return day
+
+
+def _next_grain(day: date, grain: str) -> date:
+    if grain == "month":
+        return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return day + timedelta(days=GRAIN_DAYS[grain])
+
+
+def partitions_def(spec: DatasetSpec, probe: SourceProbe) -> dg.TimeWindowPartitionsDefinition:
+    """Partitions from the first timestamp in the data (or partitions.start) to just past the last.
+
+    With `partitions.end: open` the partitions run up to today, for sources that keep receiving files.
+    """
+    start = spec.partitions.start or _grain_floor(probe.time_min, spec.partition_grain)  # type: ignore[arg-type]
+    end: date | None
+    if spec.partitions.end == "open":
+        end = None
+    elif spec.partitions.end is not None:
+        end = spec.partitions.end
+    elif probe.time_max is not None:
+        end = _next_grain(_grain_floor(probe.time_max, spec.partition_grain), spec.partition_grain)
+    else:
+        end = None
+    cls = {
+        "day": dg.DailyPartitionsDefinition,
+        "week": dg.WeeklyPartitionsDefinition,
+        "month": dg.MonthlyPartitionsDefinition,
+    }[spec.partition_grain]
+    return cls(start_date=start.isoformat(), end_date=end.isoformat() if end else None)
+
+
+def lookback_partitions(spec: DatasetSpec) -> int:
+    """How many earlier partitions a partition's features read."""
+    return math.ceil(spec.lookback / timedelta(days=GRAIN_DAYS[spec.partition_grain]))
+
+
+def time_window(context: dg.AssetExecutionContext) -> tuple[datetime, datetime]:
+    """The run's window (one partition or a whole range), as naive UTC datetimes like the tables."""
+    window = context.partition_time_window
+    return window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)
+
+
+def _table_schema(conn: duckdb.DuckDBPyConnection, table: str) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name, DUCKDB_TO_TABLE_TYPE.get(t, t.lower()))
+            for name, t in column_types(conn, table).items()
+        ]
+    )
+
+
+def table_metadata(
+    conn: duckdb.DuckDBPyConnection,
+    schema: str,
+    table: str,
+    window_rows: int,
+    preview_where: str | None = None,
+) -> dict[str, dg.MetadataValue | int | str]:
+    """Row counts, column schema and a preview: what a user looks for on a materialization."""
+    if not table_exists(conn, schema, table):
+        return {"dagster/row_count": window_rows}
+    name = table_name(schema, table)
+    total = conn.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
+    where = f" WHERE {preview_where}" if preview_where else ""
+    preview = conn.sql(f"SELECT * FROM {name}{where} LIMIT 5").df()
+    return {
+        "dagster/row_count": window_rows,
+        "rows_in_table": int(total),
+        "dagster/column_schema": _table_schema(conn, name),
+        "dagster/table_name": f"{schema}.{table}",
+        "preview": dg.MetadataValue.md(_markdown(preview)),
+    }
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "_no rows_"
+    shown = frame.loc[:, [c for c in frame.columns if not str(c).startswith("_")] or list(frame.columns)]
+    return shown.to_markdown(index=False, floatfmt=".4g")

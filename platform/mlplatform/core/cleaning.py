@@ -1,0 +1,89 @@
+"""The cleaning stage over one time window: raw -> clean (typed) + quarantine (original + reasons)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+import pandas as pd
+
+from mlplatform.core.sql import column_types
+from mlplatform.core.validation import (
+    FAILED_CHECKS,
+    FAILED_COLUMNS,
+    REASON,
+    ROW_ID,
+    cross_partition_duplicates_sql,
+    typed_select_sql,
+    validate_partition,
+)
+from mlplatform.core.warehouse import replace_window, table_exists, table_name, window_predicate
+from mlplatform.specs.model import DatasetSpec
+
+
+@dataclass(frozen=True)
+class CleanResult:
+    raw_rows: int
+    clean_rows: int
+    quarantined_rows: int
+    reason_counts: dict[str, int]
+    top_reasons: list[str]
+
+
+def clean_window(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, start: datetime, end: datetime
+) -> CleanResult:
+    raw = table_name(spec.name, "raw")
+    conn.execute(
+        f"CREATE OR REPLACE TEMP TABLE _raw_window AS SELECT row_number() OVER () AS {ROW_ID}, * "
+        f"FROM {raw} WHERE {window_predicate('_partition_ts', start, end)}"
+    )
+    conn.execute(
+        f"CREATE OR REPLACE TEMP TABLE _typed_window AS "
+        f"{typed_select_sql(spec, '_raw_window', column_types(conn, raw))}"
+    )
+    typed = conn.sql("SELECT * FROM _typed_window").df()
+
+    known_duplicates = None
+    if table_exists(conn, spec.name, "clean"):
+        clean = table_name(spec.name, "clean")
+        others = f"SELECT * FROM {clean} WHERE NOT ({window_predicate(spec.time_column, start, end)})"
+        sql = cross_partition_duplicates_sql(spec, "_typed_window", others)
+        known_duplicates = conn.sql(sql).df() if sql else None
+
+    outcome = validate_partition(spec, typed, known_duplicates)
+    conn.register("_quarantine_ids", outcome.quarantine)
+    clean_sql = (
+        f"SELECT * EXCLUDE ({ROW_ID}, _partition_ts, _parse_errors) FROM _typed_window "
+        f"WHERE {ROW_ID} NOT IN (SELECT {ROW_ID} FROM _quarantine_ids)"
+    )
+    quarantine_sql = (
+        f"SELECT r.* EXCLUDE ({ROW_ID}), "
+        f"CAST(q.{REASON} AS VARCHAR) AS {REASON}, CAST(q.{FAILED_CHECKS} AS VARCHAR) AS {FAILED_CHECKS}, "
+        f"CAST(q.{FAILED_COLUMNS} AS VARCHAR) AS {FAILED_COLUMNS} "
+        f"FROM _raw_window r JOIN _quarantine_ids q USING ({ROW_ID})"
+    )
+    clean_rows = replace_window(conn, spec.name, "clean", clean_sql, spec.time_column, start, end)
+    quarantined = replace_window(conn, spec.name, "quarantine", quarantine_sql, "_partition_ts", start, end)
+    conn.unregister("_quarantine_ids")
+    reason_counts = outcome.reason_counts
+    top = outcome.quarantine[REASON].head(5).tolist() if not outcome.quarantine.empty else []
+    for temp in ("_raw_window", "_typed_window"):
+        conn.execute(f"DROP TABLE IF EXISTS {temp}")
+    return CleanResult(
+        raw_rows=len(typed),
+        clean_rows=clean_rows,
+        quarantined_rows=quarantined,
+        reason_counts=reason_counts,
+        top_reasons=top,
+    )
+
+
+def quarantine_preview(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, limit: int = 5) -> pd.DataFrame:
+    if not table_exists(conn, spec.name, "quarantine"):
+        return pd.DataFrame()
+    return conn.sql(
+        f"SELECT _source_file, _source_row, {REASON} FROM {table_name(spec.name, 'quarantine')} "
+        f"ORDER BY _source_file, _source_row LIMIT {int(limit)}"
+    ).df()

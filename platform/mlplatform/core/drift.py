@@ -1,0 +1,398 @@
+"""Drift statistics: compare new data with a stored reference Profile, never the raw reference rows.
+
+Decision rule, per feature: drifted when ``PSI >= psi_threshold`` OR
+``(p_value < pvalue_threshold AND effect >= floor)``.
+
+* Numeric: PSI on the reference decile bins + two-sample Kolmogorov–Smirnov test; the effect is the KS
+  statistic D (largest gap between the two CDFs), floor ``min_ks_statistic`` = 0.1 (about a
+  0.25-standard-deviation mean shift of a normal feature).
+* Categorical: PSI on the category buckets + chi-square test of homogeneity; the effect is the total
+  variation distance (share of rows that would have to change category), floor ``min_total_variation``
+  = 0.1.
+
+Why both: PSI is the industry yardstick (< 0.1 stable, 0.1–0.2 moderate, >= 0.2 major) and measures
+the size of a shift whatever the sample size, but coarse bins can hide a shift inside a bin. A test
+sees finer shifts, yet with large batches any tiny shift is significant, so a test only counts with an
+effect above a floor. Caveat: PSI is biased upwards by about (buckets - 1) / n_current, so judge
+batches of a few hundred rows or more (e.g. a rolling window, not one 24-row day).
+
+Nulls are a bucket of their own for PSI and chi-square, so a change of the null share is drift too.
+Unseen categories are pooled into "__other__". Every PSI clips shares at ``eps`` to keep ln finite.
+
+Reference approximations (the profile keeps 101 quantiles at 0%, 1%, ..., 100%):
+
+* KS: the reference CDF is taken as piecewise linear through (q_k, k/100). Between knots it is off
+  from the reference's ECDF by at most one 1% step, so D is within about 0.01 of ``ks_2samp`` on the
+  full data – far below the effect floor. The p-value uses Smirnov's asymptotic distribution with
+  n_eff = n_ref·n_cur / (n_ref + n_cur): ``scipy.stats.distributions.kstwo.sf(D, round(n_eff))``,
+  exactly what ``scipy.stats.ks_2samp(method="asymp")`` does.
+* Wasserstein-1: integral of |Q_ref(u) - Q_cur(u)| over u in [0, 1] between the two piecewise-linear
+  quantile functions through the 101 quantiles, held flat below 1% and above 99% (the min and max are
+  too noisy); within a few % of ``scipy.stats.wasserstein_distance`` for light tails, ~15% for heavy
+  ones. Divided by the reference IQR (robust to outliers, unlike the std), falling back to the std of
+  the quantile function, then to 1, when the IQR is 0. Reported, not decisive.
+* Jensen–Shannon: divergence in bits, in [0, 1]; equals ``scipy.spatial.distance.jensenshannon(p, q,
+  base=2) ** 2``. Reported, not decisive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import pandas as pd
+from scipy import integrate, stats
+
+from mlplatform.core.profile import (
+    NULL_KEY,
+    OTHER_KEY,
+    CategoricalProfile,
+    FeatureProfile,
+    NumericProfile,
+    Profile,
+    bin_counts,
+    category_labels,
+    numeric_values,
+)
+
+DEFAULT_MIN_KS_STATISTIC = 0.1
+DEFAULT_MIN_TOTAL_VARIATION = 0.1
+FEATURE_TABLE_COLUMNS = [
+    "feature",
+    "kind",
+    "n_current",
+    "psi",
+    "test",
+    "statistic",
+    "p_value",
+    "effect_size",
+    "wasserstein",
+    "jensen_shannon",
+    "drifted",
+    "reason",
+]
+# Metric names where lower is better, to read a performance drop the right way round.
+_LOWER_IS_BETTER = ("rmse", "mse", "mae", "mape", "loss", "error", "l1", "l2")
+
+
+class ThresholdsLike(Protocol):
+    """DriftSpec satisfies this; the two effect floors are optional attributes (see DriftThresholds)."""
+
+    @property
+    def psi_threshold(self) -> float: ...
+    @property
+    def pvalue_threshold(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class DriftThresholds:
+    psi_threshold: float = 0.2
+    pvalue_threshold: float = 0.01
+    min_ks_statistic: float = DEFAULT_MIN_KS_STATISTIC
+    min_total_variation: float = DEFAULT_MIN_TOTAL_VARIATION
+
+
+class DriftTestResult(NamedTuple):
+    statistic: float
+    p_value: float
+
+
+@dataclass(frozen=True)
+class DriftVerdict:
+    drifted: bool
+    drifted_share: float
+    n_drifted: int
+    reason: str
+    n_features: int = 0
+    drifted_features: tuple[str, ...] = ()
+    performance_drop: float | None = None
+
+
+def psi(
+    expected_props: Sequence[float] | np.ndarray,
+    actual_props: Sequence[float] | np.ndarray,
+    eps: float = 1e-4,
+) -> float:
+    """Population stability index: sum((a - e) * ln(a / e)), shares clipped at `eps` (not renormalised)."""
+    expected = np.clip(np.asarray(expected_props, dtype=float), eps, None)
+    actual = np.clip(np.asarray(actual_props, dtype=float), eps, None)
+    if expected.shape != actual.shape:
+        raise ValueError(f"PSI needs matching buckets, got {expected.shape} and {actual.shape}")
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def numeric_psi(profile_entry: NumericProfile, values: Iterable[Any]) -> float:
+    """PSI of `values` on the reference bins, nulls as an extra bucket; NaN when there are no values."""
+    numbers = numeric_values(values)
+    if numbers.size == 0:
+        return float("nan")
+    present = numbers[~np.isnan(numbers)]
+    actual = np.append(bin_counts(profile_entry.bin_edges, present), numbers.size - present.size)
+    return psi(profile_entry.distribution(), actual / numbers.size)
+
+
+def categorical_psi(profile_entry: CategoricalProfile, values: Iterable[Any]) -> float:
+    """PSI over the reference categories plus "__other__" and "__null__"; NaN when there are no values."""
+    keys, expected = _aligned(profile_entry.distribution())
+    observed = _category_counts(keys, values)
+    if observed.sum() == 0:
+        return float("nan")
+    return psi(expected, observed / observed.sum())
+
+
+def ks_statistic_vs_quantiles(ref_quantiles: Sequence[float], values: Iterable[Any]) -> float:
+    """Two-sample KS statistic D against the reference CDF rebuilt from its quantiles (see module doc)."""
+    knots = np.asarray(ref_quantiles, dtype=float)
+    current = _present_sorted(values)
+    if knots.size < 2 or current.size == 0:
+        return float("nan")
+    probabilities = np.linspace(0.0, 1.0, knots.size)
+    # Both CDFs are monotone and the ECDF is flat between points, so the largest gap sits at a
+    # knot or a current value, approached from the left or from the right.
+    points = np.unique(np.concatenate([knots, current]))
+    gaps = [
+        np.abs(
+            _piecewise_linear_cdf(points, knots, probabilities, side)
+            - np.searchsorted(current, points, side) / current.size
+        )
+        for side in ("left", "right")
+    ]
+    return float(max(gap.max() for gap in gaps))
+
+
+def ks_pvalue(statistic: float, n_ref: int, n_cur: int) -> float:
+    """Asymptotic two-sided two-sample KS p-value, as scipy.stats.ks_2samp(method="asymp")."""
+    if not np.isfinite(statistic) or n_ref <= 0 or n_cur <= 0:
+        return float("nan")
+    n_eff = n_ref * n_cur / (n_ref + n_cur)
+    return float(np.clip(stats.distributions.kstwo.sf(statistic, max(1.0, np.round(n_eff))), 0.0, 1.0))
+
+
+def ks_test_vs_quantiles(
+    ref_quantiles: Sequence[float], ref_count: int, values: Iterable[Any]
+) -> DriftTestResult:
+    current = _present_sorted(values)
+    statistic = ks_statistic_vs_quantiles(ref_quantiles, current)
+    return DriftTestResult(statistic, ks_pvalue(statistic, ref_count, current.size))
+
+
+def wasserstein_vs_quantiles(
+    ref_quantiles: Sequence[float], values: Iterable[Any], normalise: bool = True
+) -> float:
+    """Wasserstein-1 distance between quantile-function approximations, divided by the reference IQR."""
+    knots = np.asarray(ref_quantiles, dtype=float)
+    current = _present_sorted(values)
+    if knots.size < 2 or current.size == 0:
+        return float("nan")
+    probabilities = np.linspace(0.0, 1.0, knots.size)
+    difference = knots - np.quantile(current, probabilities)
+    if difference.size > 3:
+        # Hold the outer segments flat at the 1st/99th percentile: linear out to the sample min/max lets
+        # one extreme value dominate (5x too large on lognormal data); flat stays within ~15%.
+        difference[0], difference[-1] = difference[1], difference[-2]
+    left, right, width = difference[:-1], difference[1:], np.diff(probabilities)
+    same_sign = left * right >= 0
+    # Exact integral of |linear|: a trapezoid, or two triangles where the line crosses zero.
+    crossing = (left**2 + right**2) / np.where(same_sign, 1.0, np.abs(left) + np.abs(right)) / 2
+    distance = float(np.sum(np.where(same_sign, (np.abs(left) + np.abs(right)) / 2, crossing) * width))
+    return distance / _quantile_scale(knots, probabilities) if normalise else distance
+
+
+def chi_square_test(ref_freqs: Mapping[str, float], ref_count: int, values: Iterable[Any]) -> DriftTestResult:
+    """Chi-square test of homogeneity on the 2 x k table (reference counts = ref_freqs · ref_count,
+    current counts); unseen categories are pooled into "__other__", nulls into "__null__" if that
+    key is in ref_freqs. A homogeneity test rather than goodness of fit because the reference is a
+    sample too; it tends to scipy.stats.chisquare(current, ref_freqs · n) as ref_count grows."""
+    keys, expected = _aligned(ref_freqs)
+    observed = _category_counts(keys, values)
+    table = np.vstack([np.round(expected * ref_count), observed])
+    table = table[:, table.sum(axis=0) > 0]
+    if observed.sum() == 0 or table[0].sum() == 0:
+        return DriftTestResult(float("nan"), float("nan"))
+    if table.shape[1] < 2:  # one category on both sides: nothing can differ
+        return DriftTestResult(0.0, 1.0)
+    result = stats.chi2_contingency(table, correction=False)
+    return DriftTestResult(float(result.statistic), float(result.pvalue))
+
+
+def jensen_shannon(ref_freqs: Mapping[str, float], values: Iterable[Any]) -> float:
+    """Jensen–Shannon divergence in bits (in [0, 1]) between ref_freqs and the shares of `values`."""
+    keys, expected = _aligned(ref_freqs)
+    observed = _category_counts(keys, values)
+    if observed.sum() == 0 or expected.sum() == 0:
+        return float("nan")
+    p, q = expected / expected.sum(), observed / observed.sum()
+    middle = (p + q) / 2
+    divergence = 0.5 * _kl_bits(p, middle) + 0.5 * _kl_bits(q, middle)
+    return float(np.clip(divergence, 0.0, 1.0))
+
+
+def total_variation(ref_freqs: Mapping[str, float], values: Iterable[Any]) -> float:
+    """Half the L1 distance between the shares: the share of rows that would have to change category."""
+    keys, expected = _aligned(ref_freqs)
+    observed = _category_counts(keys, values)
+    if observed.sum() == 0 or expected.sum() == 0:
+        return float("nan")
+    return float(0.5 * np.abs(expected / expected.sum() - observed / observed.sum()).sum())
+
+
+def feature_drift(profile: Profile, df: pd.DataFrame, thresholds: ThresholdsLike) -> pd.DataFrame:
+    """One row per profiled feature, columns FEATURE_TABLE_COLUMNS; `thresholds` may be a DriftSpec."""
+    if missing := [name for name in profile.features if name not in df.columns]:
+        raise KeyError(f"profiled features missing from the data: {missing}")
+    rows = [_feature_row(name, entry, df[name], thresholds) for name, entry in profile.features.items()]
+    return pd.DataFrame(rows, columns=FEATURE_TABLE_COLUMNS)
+
+
+def _feature_row(
+    name: str, entry: FeatureProfile, values: pd.Series, thresholds: ThresholdsLike
+) -> tuple[Any, ...]:
+    """Values in FEATURE_TABLE_COLUMNS order."""
+    if isinstance(entry, NumericProfile):
+        present = _present_sorted(values)
+        test_name, test = "ks", ks_test_vs_quantiles(entry.quantiles, entry.count, present)
+        psi_value, effect = numeric_psi(entry, values), test.statistic
+        floor = getattr(thresholds, "min_ks_statistic", DEFAULT_MIN_KS_STATISTIC)
+        distances = (wasserstein_vs_quantiles(entry.quantiles, present), float("nan"))
+    else:
+        shares = entry.distribution()
+        test_name, test = "chi2", chi_square_test(shares, entry.n_rows, values)
+        psi_value, effect = categorical_psi(entry, values), total_variation(shares, values)
+        floor = getattr(thresholds, "min_total_variation", DEFAULT_MIN_TOTAL_VARIATION)
+        distances = (float("nan"), jensen_shannon(shares, values))
+    drifted, reason = _judge(psi_value, test_name, test, effect, floor, thresholds, len(values))
+    return (name, entry.kind, len(values), psi_value, test_name, *test, effect, *distances, drifted, reason)
+
+
+def performance_drop(performance: Mapping[str, Any]) -> float:
+    """Relative degradation from `performance["reference"]` to `performance["current"]` (> 0 = worse).
+
+    Direction: `performance["higher_is_better"]` if given, else inferred from `performance["metric"]`
+    (names containing rmse, mae, loss, error, ... are lower-is-better), else higher is better."""
+    reference, current = float(performance["reference"]), float(performance["current"])
+    higher_is_better = performance.get("higher_is_better")
+    if higher_is_better is None:
+        metric = str(performance.get("metric", "")).lower()
+        higher_is_better = not any(token in metric for token in _LOWER_IS_BETTER)
+    change = (reference - current) if higher_is_better else (current - reference)
+    return change / abs(reference) if reference != 0 else (np.inf if change > 0 else 0.0)
+
+
+def dataset_verdict(
+    feature_table: pd.DataFrame,
+    drifted_share_threshold: float,
+    performance: Mapping[str, Any] | None = None,
+    performance_drop_threshold: float = 0.25,
+) -> DriftVerdict:
+    """Dataset-level call: drifted when the share of drifted features >= drifted_share_threshold (and at
+    least one feature drifted), or when the model's relative performance drop >= the drop threshold.
+    `performance`: {"reference": float, "current": float, "metric"?: str, "higher_is_better"?: bool}."""
+    n_features = len(feature_table)
+    drifted_names = tuple(
+        str(name) for name in feature_table.loc[feature_table["drifted"].astype(bool), "feature"]
+    )
+    share = len(drifted_names) / n_features if n_features else 0.0
+    reasons = []
+    by_features = bool(drifted_names) and share >= drifted_share_threshold
+    if by_features:
+        reasons.append(
+            f"{len(drifted_names)}/{n_features} features drifted ({share:.0%} >= {drifted_share_threshold:.0%}): "
+            + ", ".join(drifted_names)
+        )
+    drop = None
+    # A missing or NaN current metric (e.g. no labels yet) means no performance signal, not a drop.
+    if performance and performance.get("current") is not None and np.isfinite(float(performance["current"])):
+        drop = performance_drop(performance)
+    by_performance = drop is not None and drop > 0 and drop >= performance_drop_threshold
+    if by_performance:
+        reasons.append(f"performance dropped {drop:.1%} >= {performance_drop_threshold:.0%}")
+    if not reasons:
+        perf = f", performance drop {drop:.1%}" if drop is not None else ""
+        reasons.append(f"stable: {len(drifted_names)}/{n_features} features drifted ({share:.0%}){perf}")
+    return DriftVerdict(
+        drifted=by_features or by_performance,
+        drifted_share=share,
+        n_drifted=len(drifted_names),
+        reason="; ".join(reasons),
+        n_features=n_features,
+        drifted_features=drifted_names,
+        performance_drop=drop,
+    )
+
+
+def _judge(
+    psi_value: float,
+    test_name: str,
+    test: DriftTestResult,
+    effect: float,
+    floor: float,
+    thresholds: ThresholdsLike,
+    n_current: int,
+) -> tuple[bool, str]:
+    if n_current == 0:
+        return False, "no current rows: not judged"
+    by_psi = bool(psi_value >= thresholds.psi_threshold)  # False for NaN
+    by_test = bool(test.p_value < thresholds.pvalue_threshold and effect >= floor)
+    found = []
+    if by_psi:
+        found.append(f"psi {psi_value:.3f} >= {thresholds.psi_threshold}")
+    if by_test:
+        found.append(
+            f"{test_name} p={test.p_value:.2g} < {thresholds.pvalue_threshold} with effect {effect:.3f} >= {floor}"
+        )
+    if found:
+        return True, "; ".join(found)
+    return False, f"stable: psi {psi_value:.3f}, {test_name} p={test.p_value:.2g}, effect {effect:.3f}"
+
+
+def _piecewise_linear_cdf(
+    points: np.ndarray, knots: np.ndarray, probabilities: np.ndarray, side: str
+) -> np.ndarray:
+    """CDF through (knots, probabilities): side="right" gives F(x), side="left" the limit F(x-).
+    Tied knots (discrete data) make a jump, as in an ECDF."""
+    below = np.searchsorted(knots, points, side=side) - 1  # last knot <= x ("right") or < x ("left")
+    cdf = np.where(below >= knots.size - 1, 1.0, 0.0)
+    inside = (below >= 0) & (below < knots.size - 1)
+    j = below[inside]
+    # Strictly knots[j] < knots[j+1] here, by the choice of `side`, so no division by zero.
+    fraction = (points[inside] - knots[j]) / (knots[j + 1] - knots[j])
+    cdf[inside] = probabilities[j] + (probabilities[j + 1] - probabilities[j]) * fraction
+    return cdf
+
+
+def _quantile_scale(knots: np.ndarray, probabilities: np.ndarray) -> float:
+    iqr = float(np.interp(0.75, probabilities, knots) - np.interp(0.25, probabilities, knots))
+    if iqr > 0:
+        return iqr
+    mean = integrate.trapezoid(knots, probabilities)
+    std = float(np.sqrt(integrate.trapezoid((knots - mean) ** 2, probabilities)))
+    return std if std > 0 else 1.0
+
+
+def _present_sorted(values: Iterable[Any]) -> np.ndarray:
+    numbers = numeric_values(values)
+    return np.sort(numbers[~np.isnan(numbers)])
+
+
+def _aligned(freqs: Mapping[str, float]) -> tuple[list[str], np.ndarray]:
+    """Category keys with "__other__" always present, and their shares in the same order."""
+    keys = list(freqs) + ([] if OTHER_KEY in freqs else [OTHER_KEY])
+    return keys, np.array([float(freqs.get(key, 0.0)) for key in keys])
+
+
+def _category_counts(keys: list[str], values: Iterable[Any]) -> np.ndarray:
+    labels, n_null = category_labels(values)
+    known = set(keys) - {OTHER_KEY, NULL_KEY}
+    counts = pd.Series(labels, dtype=object).value_counts().to_dict()
+    vector = np.array([counts.get(key, 0) if key in known else 0 for key in keys], dtype=float)
+    # Everything without its own bucket goes to "__other__": unseen labels, and nulls when not tracked.
+    vector[keys.index(OTHER_KEY)] += sum(n for label, n in counts.items() if label not in known)
+    vector[keys.index(NULL_KEY) if NULL_KEY in keys else keys.index(OTHER_KEY)] += n_null
+    return vector
+
+
+def _kl_bits(p: np.ndarray, q: np.ndarray) -> float:
+    mask = p > 0  # 0 · log 0 = 0
+    return float(np.sum(p[mask] * np.log2(p[mask] / q[mask])))

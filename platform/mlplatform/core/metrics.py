@@ -1,0 +1,238 @@
+"""Evaluation metrics and naive baselines for the three supported tasks.
+
+Every metric is a plain float keyed by a short name, so the same dict can be logged to MLflow, shown in
+the report and compared during promotion. Baselines give each model a floor it must beat: a model that
+cannot outperform "predict the average" has learned nothing useful.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+PRIMARY_METRIC: dict[str, str] = {"regression": "rmse", "binary": "roc_auc", "multiclass": "log_loss"}
+
+_HIGHER_IS_BETTER = {
+    "r2": True,
+    "roc_auc": True,
+    "pr_auc": True,
+    "accuracy": True,
+    "f1": True,
+    "macro_f1": True,
+}
+_LOWER_IS_BETTER = {"mae": False, "rmse": False, "mape": False, "log_loss": False, "brier": False}
+_DIRECTION: dict[str, bool] = {**_HIGHER_IS_BETTER, **_LOWER_IS_BETTER}
+
+SAME_HOUR_LAST_WEEK = timedelta(days=7)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of `metric` is better. Accepts prefixed names such as "test_rmse"."""
+    if metric in _DIRECTION:
+        return _DIRECTION[metric]
+    # Longest known suffix wins, so "test_pr_auc" resolves to pr_auc rather than something shorter.
+    suffixes = sorted((name for name in _DIRECTION if metric.endswith("_" + name)), key=len, reverse=True)
+    if suffixes:
+        return _DIRECTION[suffixes[0]]
+    raise ValueError(f"unknown metric {metric!r}; known metrics: {sorted(_DIRECTION)}")
+
+
+def to_python_value(value: Any) -> Any:
+    """numpy scalars -> plain Python values, so labels survive JSON and compare cleanly."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def infer_classes(y: Sequence[Any] | pd.Series | np.ndarray) -> list[Any]:
+    """Sorted distinct non-null labels. For binary tasks the last one is the positive class
+    (1 for 0/1, True for bools, "yes" for "no"/"yes")."""
+    values = pd.Series(y).dropna().unique()
+    try:
+        ordered = sorted(values)
+    except TypeError:  # mixed label types cannot be sorted; keep first-seen order, still deterministic
+        ordered = list(values)
+    return [to_python_value(v) for v in ordered]
+
+
+def encode_labels(y: Sequence[Any] | pd.Series | np.ndarray, classes: Sequence[Any]) -> np.ndarray:
+    """Map labels to their position in `classes` (0..k-1). Raises ValueError on unknown labels."""
+    # A plain dict lookup treats 1 == 1.0 == True alike, which pandas' typed index matching does not.
+    positions = {label: index for index, label in enumerate(classes)}
+    series = pd.Series(y)
+    values = series.tolist()
+    missing = series.isna().tolist()
+    codes = [-1 if gap else positions.get(value, -1) for value, gap in zip(values, missing, strict=True)]
+    unknown = {str(value) for value, code in zip(values, codes, strict=True) if code < 0}
+    if unknown:
+        raise ValueError(
+            f"{sum(code < 0 for code in codes)} label(s) not among the known classes {list(classes)}: "
+            f"{sorted(unknown)[:10]}"
+        )
+    return np.asarray(codes, dtype=np.int64)
+
+
+def _regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    errors = y_pred - y_true
+    result = {
+        "mae": float(np.mean(np.abs(errors))),
+        "rmse": float(np.sqrt(np.mean(errors**2))),
+        "r2": float(skm.r2_score(y_true, y_pred)),
+    }
+    nonzero = y_true != 0
+    # MAPE divides by the actual value: rows with zero actuals are undefined, so they are left out.
+    if nonzero.any():
+        result["mape"] = float(np.mean(np.abs(errors[nonzero] / y_true[nonzero])))
+    return result
+
+
+def _binary_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    both_classes = np.unique(y_true).size == 2
+    predicted = (proba >= 0.5).astype(np.int64)
+    return {
+        # Ranking metrics are undefined with one class present; NaN keeps the key set stable.
+        "roc_auc": float(skm.roc_auc_score(y_true, proba)) if both_classes else math.nan,
+        "pr_auc": float(skm.average_precision_score(y_true, proba)) if both_classes else math.nan,
+        "log_loss": float(skm.log_loss(y_true, np.clip(proba, 1e-15, 1 - 1e-15), labels=[0, 1])),
+        "brier": float(np.mean((proba - y_true) ** 2)),
+        "accuracy": float(np.mean(predicted == y_true)),
+        "f1": float(skm.f1_score(y_true, predicted, zero_division=0)),
+    }
+
+
+def _multiclass_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    n_classes = proba.shape[1]
+    # Clip and renormalise so a hard 0 probability on the true class costs a large, finite penalty.
+    clipped = np.clip(proba, 1e-15, 1.0)
+    clipped = clipped / clipped.sum(axis=1, keepdims=True)
+    predicted = np.argmax(proba, axis=1)
+    return {
+        "log_loss": float(skm.log_loss(y_true, clipped, labels=list(range(n_classes)))),
+        "macro_f1": float(skm.f1_score(y_true, predicted, average="macro", zero_division=0)),
+        "accuracy": float(np.mean(predicted == y_true)),
+    }
+
+
+def compute_metrics(
+    task: str,
+    y_true: Sequence[Any] | pd.Series | np.ndarray,
+    y_pred_or_proba: Sequence[Any] | pd.Series | np.ndarray,
+    classes: Sequence[Any] | None = None,
+) -> dict[str, float]:
+    """Metrics for one set of predictions.
+
+    regression: mae, rmse, r2 and mape (mape over rows with a non-zero actual; omitted if none).
+    binary: `y_pred_or_proba` is P(positive). roc_auc, pr_auc (average precision), log_loss, brier,
+        accuracy and f1 at threshold 0.5. `classes` = [negative, positive]; default: 0/1 or False/True.
+    multiclass: `y_pred_or_proba` is an n x k probability matrix whose columns follow `classes`
+        (default 0..k-1). log_loss, macro_f1, accuracy.
+    """
+    if len(y_true) == 0:
+        raise ValueError("cannot compute metrics on zero rows")
+    if task == "regression":
+        return _regression_metrics(
+            np.asarray(y_true, dtype=np.float64), np.asarray(y_pred_or_proba, dtype=np.float64)
+        )
+    if task == "binary":
+        labels = encode_labels(y_true, classes if classes is not None else [0, 1])
+        return _binary_metrics(labels, np.asarray(y_pred_or_proba, dtype=np.float64).reshape(-1))
+    if task == "multiclass":
+        proba = np.asarray(y_pred_or_proba, dtype=np.float64)
+        if proba.ndim != 2:
+            raise ValueError(f"multiclass needs an n x k probability matrix, got shape {proba.shape}")
+        known = list(classes) if classes is not None else list(range(proba.shape[1]))
+        if len(known) != proba.shape[1]:
+            raise ValueError(f"{len(known)} classes but the probability matrix has {proba.shape[1]} columns")
+        return _multiclass_metrics(encode_labels(y_true, known), proba)
+    raise ValueError(f"unknown task {task!r}; expected regression, binary or multiclass")
+
+
+def baseline_predictions(
+    task: str,
+    y_train: Sequence[Any] | pd.Series | np.ndarray,
+    test_frame: pd.DataFrame,
+    time_column: str,
+    target_column: str,
+    history: pd.DataFrame | None,
+    entity_column: str | None = None,
+    classes: Sequence[Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """Naive predictions for the rows of `test_frame`, keyed by baseline name.
+
+    regression:
+        "training_mean": the mean of `y_train` everywhere.
+        "same_hour_last_week": the target at exactly `time - 7 days` (same entity if `entity_column`
+            is given) looked up in `history` (or in `test_frame` itself when `history` is None); rows
+            with no such value fall back to the training mean. Pass every labelled row known before
+            scoring as `history` (train + validation + test) so the first test week is covered too.
+    binary: "positive_rate": the training share of the positive class as the probability.
+    multiclass: "class_frequencies": the training class shares as an n x k matrix (columns = `classes`).
+
+    Use `best_baseline` to score them and pick the one a model has to beat.
+    """
+    n_rows = len(test_frame)
+    if task == "regression":
+        train_mean = float(np.mean(np.asarray(y_train, dtype=np.float64)))
+        return {
+            "training_mean": np.full(n_rows, train_mean),
+            "same_hour_last_week": _same_time_last_week(
+                test_frame, time_column, target_column, history, entity_column, train_mean
+            ),
+        }
+    known = list(classes) if classes is not None else infer_classes(y_train)
+    shares = np.bincount(encode_labels(y_train, known), minlength=len(known)) / len(y_train)
+    if task == "binary":
+        if len(known) != 2:
+            raise ValueError(f"binary task needs exactly two classes, got {known}")
+        return {"positive_rate": np.full(n_rows, shares[1])}
+    if task == "multiclass":
+        return {"class_frequencies": np.tile(shares, (n_rows, 1))}
+    raise ValueError(f"unknown task {task!r}; expected regression, binary or multiclass")
+
+
+def _same_time_last_week(
+    test_frame: pd.DataFrame,
+    time_column: str,
+    target_column: str,
+    history: pd.DataFrame | None,
+    entity_column: str | None,
+    fallback: float,
+) -> np.ndarray:
+    source = test_frame if history is None else history
+    keys = [entity_column] if entity_column else []
+    lookup = source[[*keys, time_column, target_column]].dropna(subset=[target_column]).copy()
+    lookup[time_column] = pd.to_datetime(lookup[time_column]) + SAME_HOUR_LAST_WEEK
+    # Duplicate timestamps would multiply rows in the merge; keep one value per (entity, time).
+    lookup = lookup.drop_duplicates(subset=[*keys, time_column], keep="last")
+    wanted = test_frame[[*keys, time_column]].reset_index(drop=True)
+    wanted[time_column] = pd.to_datetime(wanted[time_column])
+    merged = wanted.merge(lookup, on=[*keys, time_column], how="left")
+    return merged[target_column].astype("float64").fillna(fallback).to_numpy()
+
+
+def best_baseline(
+    task: str,
+    y_true: Sequence[Any] | pd.Series | np.ndarray,
+    baselines: Mapping[str, np.ndarray],
+    classes: Sequence[Any] | None = None,
+) -> tuple[str, dict[str, float]]:
+    """Score each baseline and return (name, metrics) of the best one by the task's primary metric.
+
+    A NaN score never wins; if every score is NaN the first baseline is returned.
+    """
+    if not baselines:
+        raise ValueError("no baselines to compare")
+    primary = PRIMARY_METRIC[task]
+    sign = 1.0 if higher_is_better(primary) else -1.0
+    scored = {name: compute_metrics(task, y_true, values, classes) for name, values in baselines.items()}
+
+    def goodness(name: str) -> float:
+        value = scored[name][primary]
+        return -math.inf if math.isnan(value) else sign * value
+
+    best = max(scored, key=goodness)  # max keeps the first of equals, so ties are stable
+    return best, scored[best]

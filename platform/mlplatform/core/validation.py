@@ -1,0 +1,190 @@
+"""Validating raw rows against the spec: Pandera schema building and the clean/quarantine split.
+
+Every raw row ends in exactly one of `clean` (typed) or `quarantine` (original values plus the
+reasons), so that raw = clean + quarantine always holds.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import pandas as pd
+import pandera.pandas as pa
+
+from mlplatform.core.sql import quote_ident, quote_literal, typed_expression
+from mlplatform.specs.model import ColumnSpec, DatasetSpec
+
+PANDAS_DTYPES = {
+    "int": "Int64",
+    "float": "float64",
+    "bool": "boolean",
+    "date": "datetime64[ns]",
+    "timestamp": "datetime64[ns]",
+}
+ROW_ID = "_row_id"
+REASON = "_quarantine_reason"
+FAILED_CHECKS = "_failed_checks"
+FAILED_COLUMNS = "_failed_columns"
+
+
+def column_checks(column: ColumnSpec) -> list[pa.Check]:
+    checks: list[pa.Check] = []
+    if column.min is not None:
+        checks.append(pa.Check.ge(column.min))
+    if column.max is not None:
+        checks.append(pa.Check.le(column.max))
+    if column.allowed is not None:
+        checks.append(pa.Check.isin(column.allowed))
+    return checks
+
+
+def build_schema(spec: DatasetSpec) -> pa.DataFrameSchema:
+    """The Pandera schema of a clean partition, straight from the spec's `columns`."""
+    columns = {
+        name: pa.Column(
+            PANDAS_DTYPES.get(col.type),  # text columns: no dtype check, their values are checked
+            checks=column_checks(col),
+            nullable=col.nullable and name != spec.time_column,
+            unique=col.unique,
+            report_duplicates="exclude_first",  # the first row with a key stays clean
+            coerce=col.type in PANDAS_DTYPES,
+            description=col.description,
+            title=name,
+        )
+        for name, col in spec.columns.items()
+    }
+    if spec.time_column not in columns:
+        columns[spec.time_column] = pa.Column("datetime64[ns]", nullable=False, coerce=True)
+    return pa.DataFrameSchema(columns, name=spec.name, strict=False)
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    clean: pd.DataFrame
+    quarantine: pd.DataFrame  # ROW_ID plus reasons; joined back to the raw rows in SQL
+    reason_counts: dict[str, int]  # "column: check" -> rows failing it, for the UI
+
+
+def typed_select_sql(spec: DatasetSpec, raw_relation: str, raw_types: dict[str, str]) -> str:
+    """Raw rows with spec columns cast to their types and a parse-error list per row."""
+    casts, errors = [], []
+    for name, col in spec.columns.items():
+        source_type = raw_types.get(name, "VARCHAR")
+        ident = quote_ident(name)
+        casts.append(f"{typed_expression(ident, col.type, source_type)} AS {ident}")
+        if name in spec.derived:
+            continue
+        errors.append(
+            f"CASE WHEN {ident} IS NOT NULL AND {typed_expression(ident, col.type, source_type)} IS NULL "
+            f"THEN {quote_literal(name + ': cannot parse ')} || {quote_literal(chr(39))} || CAST({ident} AS VARCHAR)"
+            f" || {quote_literal(chr(39) + ' as ' + col.type)} END"
+        )
+    casts += [quote_ident(name) for name in spec.derived if name not in spec.columns]
+    if spec.time_column not in spec.columns and spec.time_column not in spec.derived:
+        casts.append(
+            f"TRY_CAST({quote_ident(spec.time_column)} AS TIMESTAMP) AS {quote_ident(spec.time_column)}"
+        )
+    parse_errors = (
+        f"list_filter([_parse_error, {', '.join(errors)}], lambda x: x IS NOT NULL)" if errors else "[]"
+    )
+    lineage = "_source_file, _source_row, _loaded_at, _partition_ts"
+    return (
+        f"SELECT {ROW_ID}, {', '.join(casts)}, {lineage}, {parse_errors} AS _parse_errors FROM {raw_relation}"
+    )
+
+
+def _plain(value: object) -> object:
+    """numpy scalars print as np.float64(7.0); users want 7."""
+    value = value.item() if hasattr(value, "item") else value
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _describe_failure(check: str, value: object) -> str:
+    if check == "not_nullable":
+        return "null in a non-nullable column"
+    if check == "field_uniqueness":
+        return f"duplicate key {_plain(value)!r}"
+    return f"{check} failed for {_plain(value)!r}"
+
+
+def validate_partition(
+    spec: DatasetSpec, typed: pd.DataFrame, known_duplicates: pd.DataFrame | None = None
+) -> ValidationOutcome:
+    """Split typed raw rows (from `typed_select_sql`) into clean rows and quarantine reasons.
+
+    `known_duplicates` (ROW_ID, column, reason) lists rows whose unique key is already clean in
+    another partition, which Pandera cannot see from one partition.
+    """
+    reasons: dict[int, list[str]] = defaultdict(list)
+    checks: dict[int, list[str]] = defaultdict(list)
+    failed_columns: dict[int, set[str]] = defaultdict(set)
+    parse_failed: dict[int, set[str]] = defaultdict(set)
+    failure_columns: dict[int, list[str]] = defaultdict(list)  # parallel to `checks`
+    if known_duplicates is not None:
+        for row_id, column, reason in known_duplicates[[ROW_ID, "column", "reason"]].itertuples(index=False):
+            reasons[int(row_id)].append(str(reason))
+            checks[int(row_id)].append("field_uniqueness")
+            failure_columns[int(row_id)].append(str(column))
+            failed_columns[int(row_id)].add(str(column))
+    for row_id, errors in zip(typed[ROW_ID], typed["_parse_errors"], strict=True):
+        for error in errors:
+            column = error.split(":", 1)[0] if not error.startswith("line ") else "_line"
+            reasons[row_id].append(error)
+            checks[row_id].append("parse" if column != "_line" else "line_shape")
+            failure_columns[row_id].append(column)
+            failed_columns[row_id].add(column)
+            parse_failed[row_id].add(column)
+
+    frame = typed.drop(columns=["_parse_errors"])
+    try:
+        build_schema(spec).validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+        schema_level = cases[cases["index"].isna()]
+        if not schema_level.empty:
+            first = schema_level.iloc[0]
+            raise ValueError(
+                f"dataset {spec.name}: column {first['column']!r} fails {first['check']} for the whole partition"
+            ) from exc
+        for case in cases.itertuples(index=False):
+            row_id = int(frame.at[int(case.index), ROW_ID])
+            column = str(case.column)
+            if column in parse_failed[row_id] or "_line" in parse_failed[row_id]:
+                continue  # already explained by its parse error, or by a malformed line
+            reasons[row_id].append(f"{column}: {_describe_failure(str(case.check), case.failure_case)}")
+            checks[row_id].append(str(case.check))
+            failure_columns[row_id].append(column)
+            failed_columns[row_id].add(column)
+
+    bad_ids = sorted(reasons)
+    counts = Counter(
+        f"{column}: {check}"
+        for i in bad_ids
+        for column, check in zip(failure_columns[i], checks[i], strict=True)
+    )
+    quarantine = pd.DataFrame(
+        {
+            ROW_ID: pd.Series(bad_ids, dtype="int64"),
+            REASON: ["; ".join(reasons[i]) for i in bad_ids],
+            FAILED_CHECKS: ["; ".join(dict.fromkeys(checks[i])) for i in bad_ids],
+            FAILED_COLUMNS: [", ".join(sorted(failed_columns[i])) for i in bad_ids],
+        }
+    )
+    clean = frame[~frame[ROW_ID].isin(bad_ids)]
+    return ValidationOutcome(clean=clean, quarantine=quarantine, reason_counts=dict(counts.most_common()))
+
+
+def cross_partition_duplicates_sql(
+    spec: DatasetSpec, typed_relation: str, other_clean_rows: str
+) -> str | None:
+    """Rows of `typed_relation` whose unique key is already in `other_clean_rows` (a SELECT)."""
+    parts = [
+        f"SELECT t.{ROW_ID}, {quote_literal(name)} AS column, "
+        f"{quote_literal(name + ': duplicate key ')} || CAST(t.{quote_ident(name)} AS VARCHAR) "
+        f"|| ' (already clean in another partition)' AS reason "
+        f"FROM {typed_relation} t WHERE t.{quote_ident(name)} IN (SELECT {quote_ident(name)} FROM ({other_clean_rows}))"
+        for name, col in spec.columns.items()
+        if col.unique
+    ]
+    return " UNION ALL ".join(parts) if parts else None

@@ -1,0 +1,144 @@
+"""MLflow as a Dagster resource: one place that knows the tracking and registry URIs.
+
+We do not use dagster-mlflow: its run handling ties an MLflow run to the whole Dagster job, while each
+of our assets opens its own short run and must always close it, marked FAILED if the asset fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import mlflow
+from dagster import ConfigurableResource
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
+from mlflow.tracking import MlflowClient
+
+_ALREADY_EXISTS = ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
+_DOES_NOT_EXIST = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+_INVALID_PARAMETER = ErrorCode.Name(INVALID_PARAMETER_VALUE)
+
+
+class MlflowResource(ConfigurableResource):
+    """Tracking, experiments and the model registry for the platform's assets."""
+
+    tracking_uri: str
+    registry_uri: str | None = None  # None: the registry lives in the tracking store
+    artifact_location: str | None = None  # root for artifacts of experiments this resource creates
+
+    @property
+    def effective_registry_uri(self) -> str:
+        return self.registry_uri or self.tracking_uri
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.effective_registry_uri)
+
+    def _point_fluent_api_here(self) -> None:
+        # The fluent API (mlflow.log_metric, ...) reads process-wide URIs; set them explicitly so a
+        # stray MLFLOW_* environment variable cannot send runs somewhere else.
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.effective_registry_uri)
+
+    def experiment_id(self, name: str) -> str:
+        """The id of experiment `name`, created (under `artifact_location`/name if set) when missing."""
+        client = self.client()
+        existing = client.get_experiment_by_name(name)
+        if existing is not None:
+            return existing.experiment_id
+        location = f"{self.artifact_location.rstrip('/')}/{name}" if self.artifact_location else None
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException as error:
+            # Another process created it between our lookup and create: use theirs.
+            if error.error_code != _ALREADY_EXISTS:
+                raise
+            created = client.get_experiment_by_name(name)
+            if created is None:
+                raise
+            return created.experiment_id
+
+    @contextmanager
+    def start_run(
+        self, experiment_name: str, run_name: str | None = None, tags: Mapping[str, Any] | None = None
+    ) -> Iterator[mlflow.ActiveRun]:
+        """Open an MLflow run and always close it: FINISHED on success, FAILED on any exception.
+
+        Inside the block the fluent API (mlflow.log_params, mlflow.log_artifact, ...) logs to this run.
+        """
+        self._point_fluent_api_here()
+        run = mlflow.start_run(
+            experiment_id=self.experiment_id(experiment_name),
+            run_name=run_name,
+            tags={key: str(value) for key, value in (tags or {}).items()},
+        )
+        run_id = run.info.run_id
+        status = "FAILED"
+        try:
+            yield run
+            status = "FINISHED"
+        finally:
+            self._end_run(run_id, status)
+
+    def _end_run(self, run_id: str, status: str) -> None:
+        # Close runs the block left open on top of ours (nested runs) so the fluent stack is clean,
+        # then close ours; if it is no longer the active run, terminate it through the client.
+        active = mlflow.active_run()
+        while active is not None and active.info.run_id != run_id:
+            mlflow.end_run(status=status)
+            active = mlflow.active_run()
+        if active is not None:
+            mlflow.end_run(status=status)
+        else:
+            self.client().set_terminated(run_id, status=status)
+
+    def ensure_registered_model(self, model_name: str) -> None:
+        """Create the registered model if it does not exist yet (safe to call concurrently)."""
+        try:
+            self.client().create_registered_model(model_name)
+        except MlflowException as error:
+            if error.error_code != _ALREADY_EXISTS:
+                raise
+
+    def register_model_version(
+        self,
+        model_name: str,
+        run_id: str,
+        artifact_path: str,
+        tags: Mapping[str, Any] | None = None,
+        description: str | None = None,
+    ) -> ModelVersion:
+        """Register the artifacts under `artifact_path` of run `run_id` as a new version of `model_name`."""
+        self.ensure_registered_model(model_name)
+        client = self.client()
+        artifact_uri = client.get_run(run_id).info.artifact_uri
+        return client.create_model_version(
+            name=model_name,
+            source=f"{artifact_uri.rstrip('/')}/{artifact_path.strip('/')}",
+            run_id=run_id,
+            tags={key: str(value) for key, value in (tags or {}).items()},
+            description=description,
+        )
+
+    def set_alias(self, model_name: str, alias: str, version: str | int) -> None:
+        """Point `alias` (e.g. "champion") of `model_name` at `version`, moving it if already set."""
+        self.client().set_registered_model_alias(model_name, alias, str(version))
+
+    def get_alias_version(self, model_name: str, alias: str) -> ModelVersion | None:
+        """The version `alias` points to, or None if the model or the alias does not exist."""
+        try:
+            return self.client().get_model_version_by_alias(model_name, alias)
+        except MlflowException as error:
+            missing_model = error.error_code == _DOES_NOT_EXIST
+            # An unset alias is reported as an invalid parameter; other invalid parameters still raise.
+            missing_alias = error.error_code == _INVALID_PARAMETER and "not found" in error.message
+            if missing_model or missing_alias:
+                return None
+            raise

@@ -1,0 +1,61 @@
+"""Shared fixtures: every test gets its own platform home in a temp dir; nothing touches the network."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlplatform.cli import prepare_home
+from mlplatform.specs.loader import BUNDLED_SPECS_DIR
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIKE_CSV = BUNDLED_SPECS_DIR.parent / "datasets" / "data" / "bike_sharing_hour.csv"
+BIKE_ROWS = 17_379
+
+
+@pytest.fixture
+def platform_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh $MLPLATFORM_HOME with its own Dagster instance (SQLite) and no extra specs."""
+    home = tmp_path / "home"
+    for name in ("MLPLATFORM_SPECS", "MLPLATFORM_WAREHOUSE", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLPLATFORM_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    prepare_home(None)
+    return home
+
+
+def bike_spec_dict() -> dict:
+    return yaml.safe_load((BUNDLED_SPECS_DIR / "bike_sharing.yaml").read_text())
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path) -> Callable[..., Path]:
+    """Write a spec (dict or text) into a temp spec folder; returns the file path."""
+    folder = tmp_path / "specs"
+    folder.mkdir(exist_ok=True)
+
+    def write(spec: dict | str, filename: str = "spec.yaml") -> Path:
+        path = folder / filename
+        path.write_text(spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def use_extra_specs(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    def use(folder: Path) -> None:
+        monkeypatch.setenv("MLPLATFORM_SPECS", str(folder))
+
+    return use
+
+
+def subprocess_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLPLATFORM_", "MLFLOW_"))}
+    env.update(MLPLATFORM_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), **extra)
+    return env
