@@ -104,6 +104,6 @@ def test_entity_rolling_stays_within_the_entity() -> None:
         "(TIMESTAMP '2024-01-03 12:00', 'b', 200.0, 0)) t(ts, customer, amount, label)"
     )
     feats = conn.sql(features_sql(spec, "clean", datetime(2024, 1, 1), datetime(2024, 1, 4))).df()
-    got = dict(zip(zip(feats.customer, feats.ts.dt.day), feats.amount_sum_2d, strict=True))
+    got = dict(zip(zip(feats.customer, feats.ts.dt.day, strict=True), feats.amount_sum_2d, strict=True))
     # (t - 2d, t]: the row itself is known at its time; a's row on day 1 falls out on day 3.
     assert got == {("a", 1): 1.0, ("a", 2): 3.0, ("a", 3): 6.0, ("b", 2): 100.0, ("b", 3): 300.0}
