@@ -44,7 +44,6 @@ def build_dataset(
     job = dg.define_asset_job(
         job_name(spec),
         selection=dg.AssetSelection.key_prefixes([spec.name]),
-        partitions_def=partitions,
         description=f"Materialize every asset of {spec.name} (a range of partitions runs as one run).",
     )
     return DatasetDefinitions(spec, partitions, assets, build_quality_checks(spec), job)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from datetime import date, datetime, timedelta
 
 import dagster as dg
@@ -15,6 +16,10 @@ from mlplatform.core.source import SourceProbe
 from mlplatform.core.sql import column_types
 from mlplatform.core.warehouse import table_exists, table_name
 from mlplatform.specs.model import DatasetSpec
+
+# A range of partitions must run as one run (BackfillPolicy.single_run), which Dagster still labels
+# beta; we rely on it on purpose, so its warning would only be noise on every load.
+warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
 
 GRAIN_DAYS = {"day": 1, "week": 7, "month": 28}  # month: the shortest, so offsets always reach far enough
 DUCKDB_TO_TABLE_TYPE = {"BIGINT": "int", "INTEGER": "int", "DOUBLE": "float", "VARCHAR": "string"}

@@ -42,6 +42,10 @@ def source_files(spec: DatasetSpec) -> list[str]:
     return sorted(glob.glob(pattern)) if spec.source.is_glob else [pattern] if Path(pattern).exists() else []
 
 
+def _csv_dialect(spec: DatasetSpec) -> str:
+    return f"header=true, delim={quote_literal(spec.source.delimiter)}, quote='\"', escape='\"'"
+
+
 def _reader_sql(spec: DatasetSpec, files: list[str], rejects: bool) -> str:
     file_list = "[" + ", ".join(quote_literal(f) for f in files) + "]"
     if spec.source_format == "parquet":
@@ -49,12 +53,13 @@ def _reader_sql(spec: DatasetSpec, files: list[str], rejects: bool) -> str:
             f"SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS _source_row "
             f"FROM read_parquet({file_list}, filename='_source_file', file_row_number=true, union_by_name=true)"
         )
-    options = "header=true, all_varchar=true, filename='_source_file'"
+    options = f"{_csv_dialect(spec)}, all_varchar=true, filename='_source_file'"
     # DuckDB keeps rejected lines only for scans with one schema; multi-file CSVs are read one by one.
+    # Without rejects (probing the schema and time range) malformed lines are skipped.
     options += (
         ", store_rejects=true, rejects_table='_rejects', rejects_scan='_reject_scans'"
         if rejects
-        else ", union_by_name=true"
+        else ", union_by_name=true, ignore_errors=true"
     )
     return f"SELECT * FROM read_csv({file_list}, {options})"
 
@@ -70,7 +75,9 @@ def sniff_types(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, files: list[
     """
     if spec.source_format != "csv" or not files:
         return {}
-    guessed = column_types(conn, f"SELECT * FROM read_csv({quote_literal(files[0])}, header=true)")
+    guessed = column_types(
+        conn, f"SELECT * FROM read_csv({quote_literal(files[0])}, {_csv_dialect(spec)}, ignore_errors=true)"
+    )
     return {
         name: sql_type
         for name, sql_type in guessed.items()

@@ -55,6 +55,8 @@ class ColumnSpec(_Strict):
 class SourceSpec(_Strict):
     path: str
     format: Literal["csv", "parquet"] | None = None
+    # Explicit, not sniffed: a file with malformed lines can fool a delimiter sniffer.
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
 
     @property
     def is_glob(self) -> bool:
