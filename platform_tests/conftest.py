@@ -56,6 +56,9 @@ def use_extra_specs(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
 
 
 def subprocess_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLPLATFORM_", "MLFLOW_"))}
+    """Environment for a CLI subprocess with its own platform home (Dagster needs the folder to exist)."""
+    (home / "dagster").mkdir(parents=True, exist_ok=True)
+    (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLPLATFORM_", "MLFLOW_", "DAGSTER_"))}
     env.update(MLPLATFORM_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), **extra)
     return env

@@ -1,0 +1,78 @@
+"""Starting and stopping real Dagster processes in tests (127.0.0.1 only, free ports, always stopped)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running(command: Sequence[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[subprocess.Popen]:
+    """Run `command` in its own process group; on exit stop the whole group (dev servers fork)."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            yield proc
+        finally:
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def graphql(
+    port: int, query: str, variables: dict[str, Any] | None = None, timeout: float = 10
+) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_for_asset_keys(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> list[str]:
+    """Poll the webserver until its code location has loaded assets; returns their keys."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            nodes = graphql(port, "{ assetNodes { assetKey { path } } }")["data"]["assetNodes"]
+            if nodes:
+                return sorted("/".join(n["assetKey"]["path"]) for n in nodes)
+        except (urllib.error.URLError, ConnectionError, KeyError, TypeError, TimeoutError):
+            pass
+        time.sleep(1)
+    raise AssertionError(f"no assets after {timeout} s:\n{log.read_text()[-3000:]}")

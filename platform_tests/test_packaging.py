@@ -1,0 +1,91 @@
+"""Packaging: `platform/` never shadows the standard library, and every CLI finds the code location."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from platform_tests.conftest import REPO_ROOT, subprocess_env
+from platform_tests.servers import free_port, running, wait_for_asset_keys
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
+def test_platform_folder_is_not_a_package() -> None:
+    assert not (REPO_ROOT / "platform" / "__init__.py").exists()
+    assert (REPO_ROOT / "platform" / "mlplatform" / "__init__.py").exists()
+
+
+def test_platform_is_the_standard_library_module_in_the_test_run() -> None:
+    assert Path(platform.__file__).resolve().parent == STDLIB
+    assert platform.python_version().startswith("3.")
+
+
+def test_platform_is_the_standard_library_module_in_a_subprocess_at_the_repo_root(tmp_path: Path) -> None:
+    probe = "import platform, mlplatform.definitions; print(platform.__file__); print(platform.system())"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO_ROOT,
+        env=subprocess_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()
+    assert Path(out[0]).resolve().parent == STDLIB
+    assert out[1] == platform.system()
+
+
+@pytest.mark.e2e
+def test_dagster_cli_materializes_a_partition_from_the_repo_root(tmp_path: Path) -> None:
+    """The `dagster` CLI (which itself imports the standard library's `platform`) runs our assets."""
+    home = tmp_path / "home"
+    result = subprocess.run(
+        [
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "mlplatform.definitions",
+            "--select",
+            "bike_sharing/raw",
+            "--partition",
+            "2011-01-01",
+        ],
+        cwd=REPO_ROOT,
+        env=subprocess_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "RUN_SUCCESS" in result.stderr + result.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["dagster", "dev", "-w", "workspace.yaml"],
+        ["dg", "dev", "--use-active-venv"],
+    ],
+    ids=["dagster-dev", "dg-dev"],
+)
+def test_dev_servers_show_the_asset_graph(command: list[str], tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "server.log"
+    home = tmp_path / "home"
+    full = [*command, "--host", "127.0.0.1", "--port", str(port)]
+    with running(full, subprocess_env(home), REPO_ROOT, log) as proc:
+        keys = wait_for_asset_keys(port, proc, log)
+    assert {
+        "bike_sharing/raw",
+        "bike_sharing/clean",
+        "bike_sharing/quarantine",
+        "bike_sharing/features",
+    } <= set(keys)
