@@ -1,0 +1,77 @@
+"""The `mlplatform` command as a user runs it: in a subprocess, against a temp home."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from platform_tests.conftest import bike_spec_dict, subprocess_env
+
+
+def _mlplatform(*args: str, home: Path, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["mlplatform", *args],
+        cwd=home.parent,
+        env=subprocess_env(home, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_help_explains_every_command(tmp_path: Path) -> None:
+    result = _mlplatform("--help", home=tmp_path / "home")
+    assert result.returncode == 0
+    for command in ("run", "specs"):
+        assert command in result.stdout
+    run_help = _mlplatform("run", "--help", home=tmp_path / "home")
+    assert "--dataset" in run_help.stdout and "--home" in run_help.stdout
+
+
+def test_unknown_dataset_is_one_clear_line(tmp_path: Path) -> None:
+    result = _mlplatform("run", "--dataset", "nope", home=tmp_path / "home")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "mlplatform: error: unknown dataset nope (known: bike_sharing, transactions)"
+    ]
+
+
+def test_bad_spec_is_one_clear_line(tmp_path: Path, write_spec: Callable[..., Path]) -> None:
+    spec = bike_spec_dict()
+    spec["name"] = "broken"
+    spec["columns"]["temp"]["type"] = "decimal"
+    path = write_spec(spec, "broken.yaml")
+    for command in (["specs"], ["run"]):
+        result = _mlplatform(*command, home=tmp_path / "home", MLPLATFORM_SPECS=str(path.parent))
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr
+        assert lines[0].startswith(f"mlplatform: error: spec file {path}: key 'columns.temp.type'")
+
+
+def test_specs_lists_the_bundled_datasets(tmp_path: Path) -> None:
+    result = _mlplatform("specs", home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert "bike_sharing:" in result.stdout and "2011-01-01 00:00:00 .. 2012-12-31 23:00:00" in result.stdout
+
+
+@pytest.mark.e2e
+def test_readme_main_command_runs_the_whole_graph(tmp_path: Path) -> None:
+    """`mlplatform run`, as in the README, in a fresh folder: exits 0 and says where things are."""
+    home = tmp_path / ".mlplatform"
+    result = subprocess.run(
+        ["mlplatform", "run"],
+        cwd=tmp_path,
+        env={k: v for k, v in subprocess_env(home).items() if k not in ("MLPLATFORM_HOME", "DAGSTER_HOME")},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (home / "warehouse.duckdb").is_file()
+    assert f"warehouse (DuckDB): {home / 'warehouse.duckdb'}" in result.stdout
+    assert "bike_sharing: OK" in result.stdout and "transactions: OK" in result.stdout
+    assert "raw 17,379, clean 17,379, quarantine 0, features 17,379" in result.stdout
