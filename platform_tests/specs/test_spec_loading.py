@@ -149,3 +149,12 @@ def test_duplicate_dataset_names_are_refused(write_spec: Callable[..., Path]) ->
     path = write_spec(spec, "copy.yaml")
     with pytest.raises(SpecError, match="'bike_sharing' is already defined"):
         load_specs([path.parent])
+
+
+def test_owners_and_tags_dagster_would_refuse_are_named(write_spec: Callable[..., Path]) -> None:
+    spec = bike_spec_dict()
+    spec["owners"] = ["data platform team"]
+    assert "key 'owners'" in _error_for(write_spec, spec)
+    spec = bike_spec_dict()
+    spec["tags"] = {"domain": "mobility & more"}
+    assert "key 'tags'" in _error_for(write_spec, spec)

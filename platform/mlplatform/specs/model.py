@@ -18,6 +18,8 @@ Task = Literal["regression", "binary", "multiclass"]
 Grain = Literal["day", "week", "month"]
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_OWNER_RE = re.compile(r"^(team:[A-Za-z0-9_.-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")  # what Dagster accepts as a tag key or value
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*(m|h|d|w)\s*$")
 _DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -138,9 +140,18 @@ class DriftSpec(_Strict):
     pvalue_threshold: float = 0.01
     drifted_share_threshold: float = Field(default=0.3, ge=0, le=1)
     performance_drop_threshold: float = Field(default=0.25, ge=0)
+    # Least time between two drift-triggered retrainings, so persistent drift cannot cause a storm.
     cooldown: str = "7d"
+    # Each drift report judges the trailing `window` of data ending with its partition: one daily
+    # partition can be too few rows (24 for hourly data) for PSI and tests to be trustworthy.
+    window: str = "7d"
+    # Columns never judged for drift (besides the calendar features, which are always left out:
+    # a week of day-of-year values "drifts" from a year of them by construction).
+    exclude: list[str] = Field(default_factory=list)
+    # How often a failed drift-triggered retraining is requested again before the sensor gives up.
+    max_retries: int = Field(default=1, ge=0)
 
-    @field_validator("cooldown")
+    @field_validator("cooldown", "window")
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)
@@ -169,6 +180,22 @@ class DatasetSpec(_Strict):
     drift: DriftSpec = Field(default_factory=DriftSpec)
     # Set by the loader, not by the YAML: where the spec came from, to resolve relative paths.
     spec_path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("owners")
+    @classmethod
+    def _owner_format(cls, value: list[str]) -> list[str]:
+        bad = [owner for owner in value if not _OWNER_RE.match(owner)]
+        if bad:
+            raise ValueError(f"{bad} are not owners: use an email address or team:<name>")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_format(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [f"{k}: {v}" for k, v in value.items() if not (_TAG_RE.match(k) and _TAG_RE.match(str(v)))]
+        if bad:
+            raise ValueError(f"{bad}: tag keys and values are 1-63 letters, digits, '_', '.' or '-'")
+        return value
 
     @field_validator("name")
     @classmethod
