@@ -25,6 +25,8 @@ def prepare_home(home: str | None) -> None:
     """Point MLPLATFORM_HOME and DAGSTER_HOME at the platform home and create the Dagster instance."""
     if home:
         os.environ[HOME_ENV] = str(Path(home).expanduser().resolve())
+    # Like Dagster's (dagster.yaml below), MLflow's usage telemetry stays off unless the user sets it.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     settings = load_settings()
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
     dagster_home = Path(os.environ["DAGSTER_HOME"])
@@ -50,9 +52,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     prepare_home(args.home)
     defs = _load_definitions()
-    results = run_datasets(defs, args.dataset or None, progress=print)
+    results = run_datasets(defs, args.dataset or None, progress=print, stages=args.stage or None)
     print_summary(defs, results)
     return 0 if all(r.success for r in results) else 1
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from mlplatform.factory import mlflow_resource
+    from mlplatform.resources.registry import RegistryError, rollback
+
+    prepare_home(args.home)
+    resource = mlflow_resource(load_settings())
+    try:
+        change = rollback(resource, args.dataset, args.to)
+    except RegistryError as exc:
+        raise UserError(str(exc)) from None
+    print(
+        f"{args.dataset}: champion moved from version {change.previous} to version {change.current} "
+        f"(MLflow registry {resource.effective_registry_uri})"
+    )
+    print(
+        f"re-score with it: mlplatform run --dataset {args.dataset} --stage predictions"
+        + (f" --home {args.home}" if args.home else "")
+    )
+    return 0
 
 
 def cmd_specs(args: argparse.Namespace) -> int:
@@ -91,8 +114,33 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument("--dataset", action="append", metavar="NAME", help="only this dataset (repeatable)")
+    run.add_argument(
+        "--stage",
+        action="append",
+        metavar="STAGE",
+        help=(
+            "only this stage (repeatable): raw, clean, features, training_set, model, evaluation, "
+            "predictions; e.g. --stage predictions re-scores with the current champion"
+        ),
+    )
     run.add_argument("--home", help=f"platform home (default: ${HOME_ENV} or ./.mlplatform)")
     run.set_defaults(func=cmd_run)
+
+    rollback = sub.add_parser(
+        "rollback",
+        help="point a dataset's `champion` model alias back at the previous champion (or --to a version)",
+        description=(
+            "Move the `champion` alias of the dataset's registered MLflow model back to the champion before "
+            "the current one (promotions are undone one at a time), or to the version given with --to. "
+            "Predictions keep their old model_version until re-scored (`mlplatform run --stage predictions`)."
+        ),
+    )
+    rollback.add_argument(
+        "--dataset", required=True, metavar="NAME", help="dataset (= registered model) name"
+    )
+    rollback.add_argument("--to", type=int, metavar="VERSION", help="model version to make champion")
+    rollback.add_argument("--home", help=f"platform home (default: ${HOME_ENV} or ./.mlplatform)")
+    rollback.set_defaults(func=cmd_rollback)
 
     specs = sub.add_parser("specs", help="validate the spec files and list the datasets they define")
     specs.set_defaults(func=cmd_specs)

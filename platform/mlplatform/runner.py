@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dagster as dg
 import duckdb
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from mlflow.exceptions import MlflowException
 
 from mlplatform.core.warehouse import count_rows
+from mlplatform.factory import mlflow_resource
+from mlplatform.resources.mlflow import MlflowResource
+from mlplatform.resources.registry import CHALLENGER, CHAMPION
 from mlplatform.settings import load_settings
 
-STAGES = ("raw", "clean", "quarantine", "features")
+STAGES = ("raw", "clean", "quarantine", "features", "training_set", "predictions")
+# Stages a run can be limited to; `clean` also writes `quarantine` (one step).
+RUNNABLE_STAGES = ("raw", "clean", "features", "training_set", "model", "evaluation", "predictions")
+_STAGE_KEYS = {"clean": ("clean", "quarantine")}
 
 
 @dataclass
@@ -29,23 +37,41 @@ def dataset_names(defs: dg.Definitions) -> list[str]:
 
 
 def run_datasets(
-    defs: dg.Definitions, names: list[str] | None, progress: Callable[[str], None] = lambda _: None
+    defs: dg.Definitions,
+    names: list[str] | None,
+    progress: Callable[[str], None] = lambda _: None,
+    stages: list[str] | None = None,
 ) -> list[RunOutcome]:
-    """One run per dataset over all its partitions (a single-run backfill), in the current instance."""
+    """One run per dataset over all its partitions (a single-run backfill), in the current instance.
+
+    `stages` limits each run to those stages (and their checks), e.g. ["predictions"] to re-score with
+    a rolled-back champion without retraining.
+    """
     from mlplatform.cli import UserError
 
     known = dataset_names(defs)
     unknown = [n for n in names or [] if n not in known]
     if unknown:
         raise UserError(f"unknown dataset {', '.join(unknown)} (known: {', '.join(known)})")
+    wrong = [s for s in stages or [] if s not in RUNNABLE_STAGES]
+    if wrong:
+        raise UserError(f"unknown stage {', '.join(wrong)} (stages: {', '.join(RUNNABLE_STAGES)})")
     instance = dg.DagsterInstance.get()
     outcomes = []
     for name in names or known:
         job = defs.resolve_job_def(f"{name}__all")
         keys = job.partitions_def.get_partition_keys() if job.partitions_def else []
-        progress(f"[{name}] materializing {len(keys)} partitions ({keys[0]} .. {keys[-1]}) as one run")
+        selection = (
+            [dg.AssetKey([name, key]) for stage in stages for key in _STAGE_KEYS.get(stage, (stage,))]
+            if stages
+            else None
+        )
+        what = f"{', '.join(stages)} of" if stages else "every asset of"
+        progress(f"[{name}] materializing {what} {len(keys)} partitions ({keys[0]} .. {keys[-1]}) as one run")
         tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
-        result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        result = job.execute_in_process(
+            instance=instance, tags=tags, raise_on_error=False, asset_selection=selection
+        )
         failed = [e.step_key for e in result.all_events if e.is_step_failure and e.step_key]
         outcomes.append(RunOutcome(name, result.run_id, result.success, len(keys), failed))
         status = "succeeded" if result.success else f"FAILED in {', '.join(failed) or 'a check'}"
@@ -59,19 +85,67 @@ def stage_counts(dataset: str) -> dict[str, int]:
         return {stage: count_rows(conn, dataset, stage) for stage in STAGES}
 
 
-def print_summary(defs: dg.Definitions, outcomes: list[RunOutcome]) -> None:
-    import os
+def model_summary(resource: MlflowResource, dataset: str) -> list[str]:
+    """Champion, its test metrics beside the baseline's, and the latest evaluation, read from MLflow."""
+    try:
+        champion = resource.get_alias_version(dataset, CHAMPION)
+        challenger = resource.get_alias_version(dataset, CHALLENGER)
+    except MlflowException as error:
+        return [f"  models: cannot read MLflow ({error.message.splitlines()[0]})"]
+    lines: list[str] = []
+    client = resource.client()
+    if champion is None:
+        lines.append("  champion: none yet")
+    else:
+        run = client.get_run(champion.run_id) if champion.run_id else None
+        logged = run.data.metrics if run else {}
+        tags = run.data.tags if run else {}
+        lines.append(f"  champion: version {champion.version} (MLflow run {champion.run_id})")
+        names = [key.removeprefix("test_") for key in logged if key.startswith("test_")]
+        baseline = tags.get("evaluation.baseline", "baseline")
+        lines.append(f"    {'test metric':<12} {'model':>12} {baseline:>20}")
+        for metric in sorted(names):
+            base = logged.get(f"baseline_test_{metric}")
+            base_text = f"{base:>20.4g}" if base is not None else f"{'–':>20}"
+            lines.append(f"    {metric:<12} {logged[f'test_{metric}']:>12.4g} {base_text}")
+    if challenger is not None:
+        tags = challenger.tags or {}
+        if champion is None or challenger.version != champion.version:
+            decision = tags.get("promotion_decision", "not evaluated")
+            lines.append(
+                f"  latest model: version {challenger.version}, {decision}: {tags.get('promotion_reason', '')}"
+            )
+        if "evaluation_report" in tags:
+            lines.append(f"  evaluation report: {tags['evaluation_report']}")
+    return lines
 
+
+def _mlflow_ui_command(resource: MlflowResource) -> str:
+    if resource.tracking_uri.startswith(("http://", "https://")):
+        return f"open {resource.tracking_uri}"
+    separate = resource.effective_registry_uri != resource.tracking_uri
+    registry = f" --registry-store-uri {resource.registry_uri}" if separate else ""
+    return f"mlflow ui --backend-store-uri {resource.tracking_uri}{registry}   # then {resource.ui_url}"
+
+
+def print_summary(defs: dg.Definitions, outcomes: list[RunOutcome]) -> None:
     settings = load_settings()
+    resource = mlflow_resource(settings)
+    dagster_home = os.environ.get("DAGSTER_HOME", str(settings.dagster_home))
     print("\n== mlplatform summary ==")
     for outcome in outcomes:
         counts = stage_counts(outcome.dataset)
         print(f"{outcome.dataset}: {'OK' if outcome.success else 'FAILED'} (run {outcome.run_id})")
         print("  rows: " + ", ".join(f"{stage} {counts[stage]:,}" for stage in STAGES))
         print(f"  quarantined: {counts['quarantine']:,} of {counts['raw']:,} raw rows")
+        for line in model_summary(resource, outcome.dataset):
+            print(line)
     print(f"\nwarehouse (DuckDB): {settings.warehouse_path}")
-    print(f"Dagster instance:   {os.environ.get('DAGSTER_HOME', settings.dagster_home)}")
+    print(f"Dagster instance:   {dagster_home}")
+    print(f"MLflow tracking:    {resource.tracking_uri}")
     print(
-        f"see the runs:       DAGSTER_HOME={os.environ.get('DAGSTER_HOME', settings.dagster_home)} dagster dev"
+        f"Dagster UI:         MLPLATFORM_HOME={settings.home} DAGSTER_HOME={dagster_home} "
+        "dagster dev -m mlplatform.definitions"
     )
+    print(f"MLflow UI:          {_mlflow_ui_command(resource)}")
     print(f"query the tables:   duckdb -readonly {settings.warehouse_path}")

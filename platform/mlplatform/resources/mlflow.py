@@ -6,6 +6,7 @@ of our assets opens its own short run and must always close it, marked FAILED if
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -33,6 +34,8 @@ class MlflowResource(ConfigurableResource):
     tracking_uri: str
     registry_uri: str | None = None  # None: the registry lives in the tracking store
     artifact_location: str | None = None  # root for artifacts of experiments this resource creates
+    # Where a browser reaches the MLflow UI, for links in Dagster metadata (`mlflow ui` listens here).
+    ui_url: str = "http://127.0.0.1:5000"
 
     @property
     def effective_registry_uri(self) -> str:
@@ -41,11 +44,28 @@ class MlflowResource(ConfigurableResource):
     def client(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.effective_registry_uri)
 
-    def _point_fluent_api_here(self) -> None:
-        # The fluent API (mlflow.log_metric, ...) reads process-wide URIs; set them explicitly so a
-        # stray MLFLOW_* environment variable cannot send runs somewhere else.
+    def activate(self) -> None:
+        """Point MLflow's fluent API (mlflow.log_metric, mlflow.artifacts, ...) at this store."""
+        # The fluent API reads process-wide URIs; set them explicitly so a stray MLFLOW_* environment
+        # variable cannot send runs somewhere else.
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.effective_registry_uri)
+        # Progress bars of artifact downloads only clutter Dagster's run logs.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # Like the Dagster instance (telemetry: false), the platform sends no usage data unless asked.
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+    @property
+    def browser_url(self) -> str:
+        """An MLflow server serves its own UI; a local store is opened with `mlflow ui` at `ui_url`."""
+        base = self.tracking_uri if self.tracking_uri.startswith(("http://", "https://")) else self.ui_url
+        return base.rstrip("/")
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.browser_url}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def model_version_url(self, model_name: str, version: str | int) -> str:
+        return f"{self.browser_url}/#/models/{model_name}/versions/{version}"
 
     def experiment_id(self, name: str) -> str:
         """The id of experiment `name`, created (under `artifact_location`/name if set) when missing."""
@@ -73,7 +93,7 @@ class MlflowResource(ConfigurableResource):
 
         Inside the block the fluent API (mlflow.log_params, mlflow.log_artifact, ...) logs to this run.
         """
-        self._point_fluent_api_here()
+        self.activate()
         run = mlflow.start_run(
             experiment_id=self.experiment_id(experiment_name),
             run_name=run_name,

@@ -1,0 +1,108 @@
+"""Asset checks of the model half: does the model earn its keep, and are its predictions usable?
+
+Like the data checks they read small summaries (metrics in MLflow, one aggregate query in DuckDB),
+so they are cheap to re-run from the UI.
+"""
+
+import math
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from mlplatform.assets.common import asset_key
+from mlplatform.assets.evaluation import promotion_metric
+from mlplatform.assets.scoring import PREDICTIONS
+from mlplatform.checks.data_quality import not_empty_checks
+from mlplatform.core.metrics import higher_is_better
+from mlplatform.core.sql import column_types, quote_ident
+from mlplatform.core.warehouse import count_rows, table_exists, table_name
+from mlplatform.resources.mlflow import MlflowResource
+from mlplatform.resources.registry import CHALLENGER
+from mlplatform.specs.model import DatasetSpec
+
+
+def build_model_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
+    return [
+        _beats_baseline_check(spec),
+        _finite_predictions_check(spec),
+        *not_empty_checks(spec, ("training_set", PREDICTIONS)),
+    ]
+
+
+def _beats_baseline_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
+    metric = promotion_metric(spec)
+
+    @dg.asset_check(
+        asset=asset_key(spec, "evaluation"),
+        name="model_beats_baseline",
+        # Not blocking: predictions use the champion, which a weak challenger does not replace.
+        blocking=False,
+        description=(
+            f"The latest model (`{CHALLENGER}`) is better than the best naive baseline on the test window "
+            f"by {metric}. Reads the metrics the training and the evaluation logged to its MLflow run."
+        ),
+    )
+    def model_beats_baseline(mlflow: MlflowResource) -> dg.AssetCheckResult:
+        version = mlflow.get_alias_version(spec.name, CHALLENGER)
+        if version is None or not version.run_id:
+            return dg.AssetCheckResult(
+                passed=False, description=f"no `{CHALLENGER}` version of {spec.name} yet"
+            )
+        logged = mlflow.client().get_run(version.run_id).data.metrics
+        model_value = logged.get(f"test_{metric}", math.nan)
+        baseline_value = logged.get(f"baseline_test_{metric}")
+        metadata = {
+            "model_version": int(version.version),
+            "metric": metric,
+            f"model_test_{metric}": model_value,
+        }
+        if baseline_value is None:
+            return dg.AssetCheckResult(
+                passed=False,
+                description=f"version {version.version} has not been evaluated yet",
+                metadata=metadata,
+            )
+        gain = model_value - baseline_value if higher_is_better(metric) else baseline_value - model_value
+        return dg.AssetCheckResult(
+            passed=math.isfinite(model_value) and gain > 0,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={**metadata, f"baseline_test_{metric}": baseline_value, "improvement": gain},
+        )
+
+    return model_beats_baseline
+
+
+def _finite_predictions_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=asset_key(spec, PREDICTIONS),
+        name="finite_predictions",
+        blocking=True,
+        description="Every prediction and probability is a finite number (no NULL, NaN or infinity).",
+    )
+    def finite_predictions(warehouse: DuckDBResource) -> dg.AssetCheckResult:
+        bad: dict[str, int] = {}
+        with warehouse.get_connection() as conn:
+            if not table_exists(conn, spec.name, PREDICTIONS):
+                return dg.AssetCheckResult(passed=False, description="no predictions table yet")
+            table = table_name(spec.name, PREDICTIONS)
+            numeric = [
+                name
+                for name, sql_type in column_types(conn, table).items()
+                if (name == "prediction" or name.startswith("probability"))
+                and sql_type in ("DOUBLE", "FLOAT")
+            ]
+            if numeric:
+                counts = ", ".join(
+                    f"count(*) FILTER (WHERE {quote_ident(c)} IS NULL OR NOT isfinite({quote_ident(c)}))"
+                    for c in numeric
+                )
+                row = conn.execute(f"SELECT {counts} FROM {table}").fetchall()[0]
+                bad = {name: int(n) for name, n in zip(numeric, row, strict=True)}
+            rows = count_rows(conn, spec.name, PREDICTIONS)
+        return dg.AssetCheckResult(
+            passed=rows > 0 and not any(bad.values()),
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"rows": rows, "non_finite": dg.MetadataValue.json(bad)},
+        )
+
+    return finite_predictions

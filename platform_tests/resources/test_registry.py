@@ -1,0 +1,136 @@
+"""Champion history, promotion and rollback against a real MLflow store (SQLite in a temp dir)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlplatform.core.training import lightgbm_params, predict, train_lightgbm
+from mlplatform.resources.mlflow import MlflowResource
+from mlplatform.resources.registry import (
+    CHALLENGER,
+    CHAMPION,
+    RegistryError,
+    champion_history,
+    load_version,
+    log_lightgbm_model,
+    promote,
+    register_version,
+    rollback,
+)
+
+MODEL = "toy"
+
+
+@pytest.fixture(scope="module")
+def resource(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowResource]:
+    root = tmp_path_factory.mktemp("registry")
+    # MLflow exports the URIs it is pointed at; put back what was there before.
+    saved = {name: os.environ.pop(name, None) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    try:
+        yield MlflowResource(
+            tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_location=(root / "artifacts").as_uri()
+        )
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame({"x": rng.normal(size=300), "colour": rng.choice(["red", "blue"], size=300)})
+    data["y"] = 2 * data["x"] + (data["colour"] == "red")
+    return data
+
+
+@pytest.fixture(scope="module")
+def versions(
+    resource: MlflowResource, frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory
+) -> list[int]:
+    """Three registered versions of MODEL, none promoted yet."""
+    found = []
+    features = frame[["x", "colour"]]
+    for rounds in (5, 10, 20):
+        model = train_lightgbm(
+            "regression", features, frame["y"], None, None, lightgbm_params("regression", None, {}), rounds, 5
+        )
+        with resource.start_run(MODEL) as run:
+            info = log_lightgbm_model(model, features.head(3), tmp_path_factory.mktemp("work"))
+            found.append(
+                int(register_version(resource, MODEL, info, run.info.run_id, {"rounds": rounds}).version)
+            )
+    return found
+
+
+def champion(resource: MlflowResource) -> int | None:
+    version = resource.get_alias_version(MODEL, CHAMPION)
+    return None if version is None else int(version.version)
+
+
+def test_new_versions_are_challengers_and_load_back_from_text(
+    resource: MlflowResource, versions: list[int], frame: pd.DataFrame
+) -> None:
+    assert versions == [1, 2, 3]
+    assert int(resource.get_alias_version(MODEL, CHALLENGER).version) == 3
+    loaded = load_version(resource, MODEL, 1)
+    assert loaded.feature_names == ["x", "colour"] and loaded.categorical_levels == {
+        "colour": ["blue", "red"]
+    }
+    assert np.isfinite(predict(loaded, frame)).all()
+    assert resource.client().get_model_version(MODEL, "1").tags["rounds"] == "5"
+
+
+def test_promotions_build_a_history_that_rollback_undoes(
+    resource: MlflowResource, versions: list[int]
+) -> None:
+    with pytest.raises(RegistryError, match="no earlier champion"):
+        rollback(resource, MODEL)
+    assert promote(resource, MODEL, 1).previous is None
+    change = promote(resource, MODEL, 3)
+    assert (change.previous, change.current, champion(resource)) == (1, 3, 3)
+    assert champion_history(resource, MODEL) == [1, 3]
+    assert resource.client().get_model_version(MODEL, "3").tags["previous_champion"] == "1"
+
+    # --to pushes onto the history, a plain rollback pops: 3 -> 2 -> 3 -> 1.
+    assert rollback(resource, MODEL, to=2).current == 2
+    assert champion_history(resource, MODEL) == [1, 3, 2]
+    assert (rollback(resource, MODEL).current, champion(resource)) == (3, 3)
+    assert (rollback(resource, MODEL).current, champion(resource)) == (1, 1)
+    assert champion_history(resource, MODEL) == [1]
+    with pytest.raises(RegistryError, match="no earlier champion"):
+        rollback(resource, MODEL)
+
+
+def test_rollback_refuses_what_it_cannot_do(resource: MlflowResource, versions: list[int]) -> None:
+    with pytest.raises(RegistryError, match=r"toy has no version 7 \(versions: \[1, 2, 3\]\)"):
+        rollback(resource, MODEL, to=7)
+    current = champion(resource) or promote(resource, MODEL, 2).current
+    with pytest.raises(RegistryError, match="already the champion"):
+        rollback(resource, MODEL, to=current)
+    with pytest.raises(RegistryError, match="no registered model 'missing'"):
+        rollback(resource, "missing")
+
+
+def test_the_logged_model_is_a_pyfunc_without_pickle(
+    resource: MlflowResource, versions: list[int], frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    resource.activate()
+    root = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/2", dst_path=str(tmp_path)))
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    assert {"MLmodel", "lightgbm_pyfunc.py", "artifacts/lightgbm/model.txt", "input_example.json"} <= files
+    assert not [name for name in files if name.endswith((".pkl", ".pickle"))]
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/2")
+    assert list(pyfunc.predict(frame[["x", "colour"]])) == pytest.approx(
+        list(predict(load_version(resource, MODEL, 2), frame))
+    )
