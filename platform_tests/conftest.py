@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlplatform.cli import prepare_home
+from mlplatform.cli import DAGSTER_YAML, prepare_home
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +57,10 @@ def use_extra_specs(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
 
 def subprocess_env(home: Path, **extra: str) -> dict[str, str]:
     """Environment for a CLI subprocess with its own platform home (Dagster needs the folder to exist)."""
-    (home / "dagster").mkdir(parents=True, exist_ok=True)
-    (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    config = home / "dagster" / "dagster.yaml"
+    if not config.exists():
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(DAGSTER_YAML)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLPLATFORM_", "MLFLOW_", "DAGSTER_"))}
     env.update(MLPLATFORM_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), **extra)
     return env

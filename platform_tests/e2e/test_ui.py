@@ -1,0 +1,104 @@
+"""What a user sees: the real dagster-webserver, driven by headless Chromium and Dagster's GraphQL client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+
+from mlplatform.cli import prepare_home
+from mlplatform.factory import build_definitions
+from mlplatform.runner import run_datasets
+from platform_tests.browser import artifacts_dir, chromium, dismiss_dialogs, wait_for_text
+from platform_tests.conftest import REPO_ROOT, subprocess_env
+from platform_tests.servers import free_port, running, wait_for_asset_keys
+
+pytestmark = pytest.mark.e2e
+IMMEDIATE_RUNS = """
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: DefaultRunCoordinator
+"""
+
+
+@dataclass(frozen=True)
+class Webserver:
+    home: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="module")
+def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
+    """A platform home with bike sharing materialized, served by a real dagster-webserver."""
+    root = tmp_path_factory.mktemp("ui")
+    home = root / "home"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLPLATFORM_HOME", str(home))
+        patch.setenv("DAGSTER_HOME", str(home / "dagster"))
+        patch.delenv("MLPLATFORM_SPECS", raising=False)
+        prepare_home(None)
+        outcomes = run_datasets(build_definitions(), ["bike_sharing"])
+        assert all(o.success for o in outcomes), outcomes
+    # No daemon here (the automation tests run one): runs the UI submits start at once.
+    with (home / "dagster" / "dagster.yaml").open("a") as config:
+        config.write(IMMEDIATE_RUNS)
+    port = free_port()
+    log = root / "webserver.log"
+    command = ["dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    with running(command, subprocess_env(home), REPO_ROOT, log) as proc:
+        wait_for_asset_keys(port, proc, log)
+        yield Webserver(home, port)
+
+
+def test_browser_shows_the_asset_graph_checks_and_metadata(webserver: Webserver, tmp_path: Path) -> None:
+    shots = artifacts_dir(tmp_path / "screenshots")
+    with chromium(tmp_path / "profile") as browser:
+        browser.get(f"{webserver.url}/asset-groups")
+        time.sleep(2)
+        dismiss_dialogs(browser)
+        wait_for_text(browser, "ingestion", "cleaning", "features")
+        browser.save_screenshot(str(shots / "asset_graph.png"))
+
+        browser.get(f"{webserver.url}/assets/bike_sharing/clean")
+        dismiss_dialogs(browser)
+        wait_for_text(browser, "Rows of bike_sharing that pass", "Pandera", "DuckDB", "cleaning")
+        browser.save_screenshot(str(shots / "asset_clean.png"))
+
+        browser.get(f"{webserver.url}/assets/bike_sharing/clean?view=checks")
+        dismiss_dialogs(browser)
+        wait_for_text(browser, "row_accounting", "validity_rate", "unique_keys", "not_empty")
+        browser.save_screenshot(str(shots / "asset_clean_checks.png"))
+
+        browser.get(f"{webserver.url}/assets/bike_sharing/quarantine?view=events")
+        dismiss_dialogs(browser)
+        wait_for_text(browser, "quarantined_rows", "raw_rows")
+        browser.save_screenshot(str(shots / "asset_quarantine_events.png"))
+    assert (shots / "asset_graph.png").stat().st_size > 10_000
+
+
+def test_graphql_client_launches_a_materialization(webserver: Webserver) -> None:
+    client = DagsterGraphQLClient("127.0.0.1", port_number=webserver.port)
+    run_id = client.submit_job_execution(
+        "bike_sharing__all",
+        asset_selection=[["bike_sharing", "raw"]],
+        tags={"dagster/partition": "2011-01-05"},
+    )
+    deadline = time.monotonic() + 240
+    status = None
+    while time.monotonic() < deadline:
+        try:
+            status = client.get_run_status(run_id).value
+        except DagsterGraphQLClientError:
+            status = None
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(2)
+    assert status == "SUCCESS", f"run {run_id} ended {status}"
