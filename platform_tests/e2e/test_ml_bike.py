@@ -227,6 +227,12 @@ def test_worse_model_is_not_promoted_and_rollback_moves_the_champion(
     assert "champion moved from version 1 to version 2" in capsys.readouterr().out
     assert alias_version("champion") == 2
 
+    # Evaluating again without a new model re-checks the champion and keeps its record as it was.
+    recheck = run_datasets(bike.defs, [DATASET], stages=["evaluation"])[0]
+    assert recheck.success and latest_metadata("evaluation")["decision"].value == "already champion"
+    assert client().get_model_version(DATASET, "2").tags["promotion_decision"] == "not promoted"
+    assert (load_settings().reports_dir / DATASET / "version_2" / "recheck" / "report.md").is_file()
+
     # Re-score the last three days: those rows now carry version 2, the rest still version 1.
     job = bike.defs.resolve_job_def(f"{DATASET}__all")
     tags = {ASSET_PARTITION_RANGE_START_TAG: "2012-12-29", ASSET_PARTITION_RANGE_END_TAG: "2012-12-31"}

@@ -111,14 +111,12 @@ def evaluate(
                 f"champion version {result.champion_version} cannot score the test window: {error}"
             )
 
-    def value(metrics: dict[str, float] | None) -> float | None:
-        return None if metrics is None else metrics.get(metric, math.nan)
-
+    champion_value = None if result.champion is None else result.champion.get(metric, math.nan)
     result.decision = decide_promotion(
         metric,
-        value(challenger_metrics),  # type: ignore[arg-type]
-        value(result.champion),
-        value(baseline_metrics),  # type: ignore[arg-type]
+        challenger_metrics.get(metric, math.nan),  # a metric undefined here (e.g. MAPE) never wins
+        champion_value,
+        baseline_metrics.get(metric, math.nan),
         spec.promotion.min_improvement,
     )
     if result.notes:
