@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ STAGES = ("raw", "clean", "quarantine", "features", "training_set", "predictions
 # Stages a run can be limited to; `clean` also writes `quarantine` (one step).
 RUNNABLE_STAGES = ("raw", "clean", "features", "training_set", "model", "evaluation", "predictions")
 _STAGE_KEYS = {"clean": ("clean", "quarantine")}
+# The terminal shows the stages' own progress lines; every Dagster event is still in the run's log.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 @dataclass
@@ -56,6 +59,8 @@ def run_datasets(
     wrong = [s for s in stages or [] if s not in RUNNABLE_STAGES]
     if wrong:
         raise UserError(f"unknown stage {', '.join(wrong)} (stages: {', '.join(RUNNABLE_STAGES)})")
+    for noisy in ("mlflow.store.db.utils", "alembic"):  # schema set-up chatter on a new MLflow store
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     instance = dg.DagsterInstance.get()
     outcomes = []
     for name in names or known:
@@ -70,7 +75,11 @@ def run_datasets(
         progress(f"[{name}] materializing {what} {len(keys)} partitions ({keys[0]} .. {keys[-1]}) as one run")
         tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
         result = job.execute_in_process(
-            instance=instance, tags=tags, raise_on_error=False, asset_selection=selection
+            instance=instance,
+            tags=tags,
+            raise_on_error=False,
+            asset_selection=selection,
+            run_config=QUIET_CONSOLE,
         )
         failed = [e.step_key for e in result.all_events if e.is_step_failure and e.step_key]
         outcomes.append(RunOutcome(name, result.run_id, result.success, len(keys), failed))
