@@ -14,6 +14,9 @@ from mlplatform.settings import HOME_ENV, load_settings
 DAGSTER_YAML = """# Written by mlplatform on first use. The Dagster instance of this platform home.
 telemetry:
   enabled: false
+# One DuckDB file has one writer: runs the daemon launches (sensors, schedules) queue, one at a time.
+run_queue:
+  max_concurrent_runs: 1
 """
 
 
@@ -144,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     specs = sub.add_parser("specs", help="validate the spec files and list the datasets they define")
     specs.set_defaults(func=cmd_specs)
+
+    from mlplatform.replay import add_replay_command  # `mlplatform replay` lives with its logic
+
+    add_replay_command(sub)
     return parser
 
 

@@ -16,6 +16,7 @@ from mlplatform.assets.features import build_features_asset
 from mlplatform.assets.ingestion import build_raw_asset
 from mlplatform.assets.scoring import build_predictions_asset
 from mlplatform.assets.training import build_training_assets
+from mlplatform.automation import build_automation
 from mlplatform.checks.data_quality import build_quality_checks
 from mlplatform.checks.model_checks import build_model_checks
 from mlplatform.resources.mlflow import MlflowResource
@@ -79,10 +80,14 @@ def build_definitions(
     specs = specs if specs is not None else load_specs(settings.extra_spec_dirs)
     with duckdb.connect() as probe_conn:
         datasets = [build_dataset(spec, probe_conn, settings) for spec in specs]
+    # Drift monitoring and automation (mlplatform.automation): monitoring assets, jobs, sensors, schedule.
+    automations = [build_automation(d.spec, d.partitions, d.job) for d in datasets]
     return dg.Definitions(
-        assets=[a for d in datasets for a in d.assets],
+        assets=[a for d in datasets for a in d.assets] + [a for x in automations for a in x.assets],
         asset_checks=[c for d in datasets for c in d.checks],
-        jobs=[d.job for d in datasets],
+        jobs=[d.job for d in datasets] + [j for x in automations for j in x.jobs],
+        sensors=[s for x in automations for s in x.sensors],
+        schedules=[s for x in automations for s in x.schedules],
         resources={
             "warehouse": DuckDBResource(database=settings.warehouse_path),
             "mlflow": mlflow_resource(settings),

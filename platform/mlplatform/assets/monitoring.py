@@ -1,0 +1,346 @@
+"""Stage 6, monitoring: `reference_profile` (what the champion learned from) and `drift_report`.
+
+`reference_profile` profiles the champion's training rows (inputs, target, the champion's own
+predictions on them) and records its test error; it is rebuilt whenever evaluation (promotion) runs,
+declared with an AutomationCondition so a champion changed from the UI also refreshes it.
+
+`drift_report` is partitioned like `features`: each partition is judged on the trailing
+`drift.window` of rows ending with it (a single day of hourly data is too few rows for PSI), so the
+verdict of a day is "the last week looks different from what the champion learned". Results go to
+`<ds>.drift_report` (per column) and `<ds>.drift_verdict` (one row per partition); the verdict of the
+newest partition is also materialization metadata, which is all the drift sensor reads.
+"""
+
+import base64
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import duckdb
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from mlplatform.assets.common import GRAIN_DAYS, asset_key, spec_code_version, time_window
+from mlplatform.core import drift_plots
+from mlplatform.core.monitoring import (
+    Reference,
+    build_reference,
+    judge_window,
+    model_outputs,
+    monitored_columns,
+    nan_to_none,
+    primary_error,
+    read_reference,
+)
+from mlplatform.core.sql import quote_ident
+from mlplatform.core.warehouse import replace_window, table_exists, table_name, window_predicate
+from mlplatform.resources.mlflow import MlflowResource
+from mlplatform.specs.model import DatasetSpec, parse_duration
+
+# Embedding plots in metadata of a long backfill would copy them into every partition's event.
+_MAX_PARTITIONS_WITH_PLOTS = 14
+_HISTORY_PARTITIONS = 120
+# Outputs are judged only when most of the window was scored by the reference's model: a few rows
+# give a PSI biased upwards by about (buckets - 1) / rows.
+_MIN_SHARE_SCORED_BY_REFERENCE = 0.5
+
+
+def window_length(spec: DatasetSpec) -> timedelta:
+    return parse_duration(spec.drift.window)
+
+
+def window_partitions(spec: DatasetSpec) -> int:
+    """How many partitions the trailing window of one partition reaches back (including itself)."""
+    grain = timedelta(days=GRAIN_DAYS[spec.partition_grain])
+    return max(1, -(-window_length(spec) // grain))
+
+
+def _png_markdown(png: bytes, caption: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(f"![{caption}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def champion_training_rows(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, windows: dict[str, tuple[str, str]] | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train rows, test rows) the champion was trained and tested on.
+
+    With the champion's recorded windows (first and last timestamp of each split) the rows come from
+    `features`, which is right even after a rollback to an older champion; without them from
+    `training_set`, which holds the split of the latest training."""
+    if windows and "train" in windows and "test" in windows:
+        features, t = table_name(spec.name, "features"), quote_ident(spec.time_column)
+        labelled = f"{quote_ident(spec.target.column)} IS NOT NULL"
+
+        def rows(first: str, last: str) -> pd.DataFrame:
+            return conn.execute(
+                f"SELECT * FROM {features} WHERE {t} BETWEEN ?::TIMESTAMP AND ?::TIMESTAMP AND {labelled} "
+                f"ORDER BY {t}",
+                [first, last],
+            ).df()
+
+        return rows(*windows["train"]), rows(*windows["test"])
+    if not table_exists(conn, spec.name, "training_set"):
+        raise dg.Failure(f"{spec.name}.training_set does not exist: train a model first")
+    frame = conn.sql(
+        f"SELECT * FROM {table_name(spec.name, 'training_set')} WHERE split IN ('train', 'test')"
+    ).df()
+    return frame[frame["split"] == "train"], frame[frame["split"] == "test"]
+
+
+def _recorded_windows(mlflow: MlflowResource, run_id: str | None) -> dict[str, tuple[str, str]] | None:
+    """Train/test windows the training run logged as params `window_<split>` = "first .. last"."""
+    if not run_id:
+        return None
+    params = mlflow.client().get_run(run_id).data.params
+    found = {}
+    for split in ("train", "test"):
+        first, separator, last = params.get(f"window_{split}", "").partition(" .. ")
+        if separator and first not in ("", "NaT") and last not in ("", "NaT"):
+            found[split] = (first, last)
+    return found or None
+
+
+def build_reference_profile_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=asset_key(spec, "reference_profile"),
+        deps=[asset_key(spec, "training_set"), asset_key(spec, "evaluation")],
+        group_name="monitoring",
+        kinds={"duckdb", "mlflow"},
+        owners=spec.owners,
+        tags=spec.tags,
+        # Eager: whenever evaluation (and so possibly the champion) changes, the reference follows.
+        automation_condition=dg.AutomationCondition.eager(),
+        code_version=spec_code_version(spec, "drift", "features", "columns", "target", "drop"),
+        description=(
+            f"Distribution profile of the {spec.name} champion's training rows: decile bins, quantiles and "
+            "moments of numeric columns, category shares of categorical ones, for the model inputs, the "
+            "target and the champion's predictions; plus the champion's test error. Long table "
+            f"`{spec.name}.reference_profile` (feature, kind, key, value) that drift reports compare with."
+        ),
+    )
+    def reference_profile(
+        context: dg.AssetExecutionContext, warehouse: DuckDBResource, mlflow: MlflowResource
+    ) -> dg.MaterializeResult:
+        from mlplatform.resources.registry import CHAMPION, load_version
+
+        champion = mlflow.get_alias_version(spec.name, CHAMPION)
+        if champion is None:
+            raise dg.Failure(f"{spec.name} has no champion model yet: nothing to profile")
+        model = load_version(mlflow, spec.name, champion.version)
+        with warehouse.get_connection() as conn:
+            train, test = champion_training_rows(conn, spec, _recorded_windows(mlflow, champion.run_id))
+        if train.empty:
+            raise dg.Failure(f"no training rows found for {spec.name} champion version {champion.version}")
+        train = pd.concat([train, model_outputs(model, train)], axis=1)
+        columns = monitored_columns(spec, list(train.columns))
+        performance = None
+        if not test.empty:
+            performance = primary_error(
+                spec.target.task, test[spec.target.column], model_outputs(model, test), model.classes
+            )
+        frame = build_reference(train, columns, performance, spec)
+        frame["model_version"] = int(champion.version)
+        frame["built_at"] = datetime.now(UTC).replace(tzinfo=None)
+        with warehouse.get_connection() as conn:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(spec.name)}")
+            conn.register("_reference_rows", frame)
+            conn.execute(
+                f"CREATE OR REPLACE TABLE {table_name(spec.name, 'reference_profile')} AS "
+                "SELECT * FROM _reference_rows"
+            )
+            conn.unregister("_reference_rows")
+        context.log.info(
+            f"reference of {spec.name} champion v{champion.version}: {len(train)} training rows, "
+            f"{len(columns.all)} columns, test error {performance}"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "champion_version": int(champion.version),
+                "training_rows": len(train),
+                "test_rows": len(test),
+                "profiled_columns": dg.MetadataValue.json(columns.roles),
+                "reference_metric": performance[0] if performance else "none",
+                "reference_error": nan_to_none(performance[1]) if performance else None,
+                "dagster/row_count": len(frame),
+                "dagster/table_name": f"{spec.name}.reference_profile",
+            }
+        )
+
+    return reference_profile
+
+
+def window_rows(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, start: datetime, end: datetime
+) -> pd.DataFrame:
+    """Features of [start, end) with the predictions of the same rows (NULL where not scored)."""
+    features = table_name(spec.name, "features")
+    where = window_predicate(spec.time_column, start, end)
+    if not table_exists(conn, spec.name, "predictions"):
+        return conn.sql(f"SELECT * FROM {features} WHERE {where}").df()
+    keys = [spec.time_column, *([spec.entity_key] if spec.entity_key else [])]
+    on = " AND ".join(f"f.{quote_ident(k)} = p.{quote_ident(k)}" for k in keys)
+    predictions = table_name(spec.name, "predictions")
+    output_columns = [
+        c
+        for c in conn.sql(f"SELECT * FROM {predictions} LIMIT 0").columns
+        if c == "prediction" or c == "model_version" or c.startswith("probability")
+    ]
+    picked = ", ".join(f"any_value({quote_ident(c)}) AS {quote_ident(c)}" for c in output_columns)
+    group = ", ".join(quote_ident(k) for k in keys)
+    # One prediction per key: a duplicated (time, entity) pair must not duplicate feature rows.
+    return conn.sql(
+        f"SELECT f.*, {', '.join('p.' + quote_ident(c) for c in output_columns)} "
+        f"FROM (SELECT * FROM {features} WHERE {where}) f "
+        f"LEFT JOIN (SELECT {group}, {picked} FROM {predictions} WHERE {where} GROUP BY {group}) p ON {on}"
+    ).df()
+
+
+def report_partition(
+    spec: DatasetSpec,
+    reference: Reference,
+    version: int | None,
+    rows: pd.DataFrame,
+    partition_start: datetime,
+    window_start: datetime,
+    window_end: datetime,
+) -> tuple[pd.DataFrame, dict]:
+    """Per-column rows and the verdict row of one partition's window (`version`: the reference's model)."""
+    times = rows[spec.time_column]
+    window = rows[(times >= window_start) & (times < window_end)].reset_index(drop=True)
+    judge_outputs = False
+    if "model_version" in window and len(window):
+        by_reference = pd.to_numeric(window["model_version"], errors="coerce") == version
+        judge_outputs = by_reference.mean() >= _MIN_SHARE_SCORED_BY_REFERENCE
+        # Outputs of another model would be compared with the wrong reference: blank them.
+        for column in [c for c in window.columns if c == "prediction" or c.startswith("probability")]:
+            window[column] = window[column].where(by_reference)
+    report = judge_window(spec, reference, window, judge_outputs=judge_outputs)
+    columns = report.columns.copy()
+    columns.insert(0, "partition_start", partition_start)
+    columns.insert(1, "window_start", window_start)
+    columns.insert(2, "window_end", window_end)
+    columns["reference_version"] = version
+    verdict = report.verdict
+    row = {
+        "partition_start": partition_start,
+        "window_start": window_start,
+        "window_end": window_end,
+        "n_rows": report.n_rows,
+        "drifted": bool(verdict.drifted and report.n_rows > 0),
+        "drifted_share": float(verdict.drifted_share),
+        "n_drifted": int(verdict.n_drifted),
+        "n_judged": int(verdict.n_features),
+        "drifted_columns": ", ".join(verdict.drifted_features),
+        "metric": report.metric,
+        "reference_error": nan_to_none(report.reference_error),
+        "current_error": nan_to_none(report.current_error),
+        "performance_drop": nan_to_none(verdict.performance_drop),
+        "prediction_psi": nan_to_none(report.prediction_psi),
+        "outputs_judged": judge_outputs,
+        "reason": verdict.reason if report.n_rows else "no rows in the window",
+        "reference_version": version,
+    }
+    return columns, row
+
+
+def build_drift_report_asset(spec: DatasetSpec, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    reach = window_partitions(spec)
+    mapping = dg.TimeWindowPartitionMapping(start_offset=-(reach - 1)) if reach > 1 else None
+
+    @dg.asset(
+        key=asset_key(spec, "drift_report"),
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[
+            dg.AssetDep(asset_key(spec, "features"), partition_mapping=mapping),
+            dg.AssetDep(asset_key(spec, "predictions"), partition_mapping=mapping),
+            asset_key(spec, "reference_profile"),
+        ],
+        group_name="monitoring",
+        kinds={"duckdb"},
+        owners=spec.owners,
+        tags=spec.tags,
+        code_version=spec_code_version(spec, "drift", "features", "columns", "target"),
+        description=(
+            f"Drift of {spec.name} per partition: the trailing {spec.drift.window} of rows ending with the "
+            "partition against the champion's reference profile. Per column PSI plus KS (numeric) or "
+            "chi-square (categorical) with Wasserstein / Jensen-Shannon distances; prediction drift; the "
+            "champion's error where labels are present next to its test error; a data-set verdict "
+            f"(spec `drift`). Tables `{spec.name}.drift_report` and `{spec.name}.drift_verdict`."
+        ),
+    )
+    def drift_report(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> dg.MaterializeResult:
+        start, end = time_window(context)
+        keys = context.partition_keys
+        window = window_length(spec)
+        with warehouse.get_connection() as conn:
+            if not table_exists(conn, spec.name, "reference_profile"):
+                raise dg.Failure(f"{spec.name}.reference_profile does not exist: no champion profiled yet")
+            stored = conn.sql(f"SELECT * FROM {table_name(spec.name, 'reference_profile')}").df()
+            rows = window_rows(conn, spec, start - window, end)
+        reference = read_reference(stored)
+        version = int(stored["model_version"].iloc[0]) if "model_version" in stored and len(stored) else None
+        column_frames, verdicts = [], []
+        for key in keys:
+            partition = partitions.time_window_for_partition_key(key)  # type: ignore[attr-defined]
+            p_start, p_end = partition.start.replace(tzinfo=None), partition.end.replace(tzinfo=None)
+            columns, verdict = report_partition(
+                spec, reference, version, rows, p_start, p_end - window, p_end
+            )
+            column_frames.append(columns)
+            verdicts.append(verdict)
+        computed_at = datetime.now(UTC).replace(tzinfo=None)
+        column_table = pd.concat(column_frames, ignore_index=True)
+        verdict_table = pd.DataFrame(verdicts).assign(computed_at=computed_at)
+        with warehouse.get_connection() as conn:
+            for name, frame in (("drift_report", column_table), ("drift_verdict", verdict_table)):
+                conn.register("_drift_rows", frame)
+                replace_window(
+                    conn, spec.name, name, "SELECT * FROM _drift_rows", "partition_start", start, end
+                )
+                conn.unregister("_drift_rows")
+            history = conn.sql(
+                f"SELECT * FROM {table_name(spec.name, 'drift_verdict')} "
+                f"ORDER BY partition_start DESC LIMIT {_HISTORY_PARTITIONS}"
+            ).df()
+        latest = verdicts[-1]
+        n_drifted = sum(v["drifted"] for v in verdicts)
+        context.log.info(
+            f"{spec.name} drift {keys[0]} .. {keys[-1]}: {n_drifted}/{len(keys)} drifted; latest: {latest['reason']}"
+        )
+        metadata: dict = {
+            "drifted": latest["drifted"],
+            "verdict_partition": keys[-1],
+            "reason": latest["reason"],
+            "drifted_share": latest["drifted_share"],
+            "performance_drop": latest["performance_drop"],
+            "current_error": latest["current_error"],
+            "reference_error": latest["reference_error"],
+            "reference_version": latest["reference_version"],
+            "drifted_partitions_in_run": int(n_drifted),
+            "window": spec.drift.window,
+            "dagster/row_count": len(column_table),
+            "dagster/table_name": f"{spec.name}.drift_report",
+        }
+        if len(keys) <= _MAX_PARTITIONS_WITH_PLOTS:
+            bars = drift_plots.feature_drift_bars(
+                column_frames[-1],
+                spec.drift.psi_threshold,
+                f"{spec.name} {keys[-1]} (trailing {spec.drift.window})",
+            )
+            metadata["feature_drift"] = _png_markdown(bars, "per-column drift")
+            if len(history) > 1:
+                trend = drift_plots.drift_history(
+                    history.sort_values("partition_start"),
+                    spec.drift.drifted_share_threshold,
+                    spec.drift.performance_drop_threshold,
+                )
+                metadata["drift_over_partitions"] = _png_markdown(trend, "drift over partitions")
+        return dg.MaterializeResult(metadata={k: v for k, v in metadata.items() if v is not None})
+
+    return drift_report
+
+
+def build_monitoring_assets(
+    spec: DatasetSpec, partitions: dg.PartitionsDefinition
+) -> list[dg.AssetsDefinition]:
+    return [build_reference_profile_asset(spec), build_drift_report_asset(spec, partitions)]

@@ -1,0 +1,85 @@
+"""Drift plots as PNG bytes: per-column drift bars, drift score over partitions, replay errors.
+
+matplotlib's object API on the Agg canvas (never pyplot), as in core.report: safe in worker processes.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+_DPI = 100
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png")
+    figure.clear()
+    return buffer.getvalue()
+
+
+def _figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def feature_drift_bars(columns: pd.DataFrame, psi_threshold: float, title: str) -> bytes:
+    """PSI per column, drifted ones in red, with the threshold as a dashed line."""
+    ordered = columns.assign(psi=columns["psi"].fillna(0.0)).sort_values("psi")
+    figure = _figure(7.0, max(2.5, 0.32 * len(ordered) + 1.2))
+    axes = figure.add_subplot()
+    colours = ["#d62728" if drifted else "#1f77b4" for drifted in ordered["drifted"]]
+    labels = [
+        f"{name} ({role})" if role != "feature" else name
+        for name, role in zip(ordered["feature"], ordered["role"], strict=True)
+    ]
+    axes.barh(labels, ordered["psi"], color=colours)
+    axes.axvline(psi_threshold, color="grey", linestyle="--", label=f"PSI threshold {psi_threshold}")
+    axes.set_xlabel("PSI vs reference (red: drifted by PSI or test)")
+    axes.set_title(title)
+    axes.legend(loc="lower right")
+    return _png(figure)
+
+
+def drift_history(verdicts: pd.DataFrame, share_threshold: float, drop_threshold: float) -> bytes:
+    """Drifted share and performance drop per partition; drifted partitions marked."""
+    figure = _figure(8.0, 3.6)
+    axes = figure.add_subplot()
+    x = pd.to_datetime(verdicts["partition_start"])
+    axes.plot(x, verdicts["drifted_share"], label="share of drifted columns", color="#1f77b4")
+    if verdicts["performance_drop"].notna().any():
+        axes.plot(x, verdicts["performance_drop"], label="performance drop", color="#ff7f0e")
+        axes.axhline(drop_threshold, color="#ff7f0e", linestyle=":", linewidth=1)
+    axes.axhline(share_threshold, color="#1f77b4", linestyle=":", linewidth=1)
+    drifted = verdicts["drifted"].astype(bool).to_numpy()
+    if drifted.any():
+        axes.scatter(x[drifted], np.zeros(drifted.sum()), marker="v", color="#d62728", label="drift verdict")
+    axes.set_ylabel("score (dotted: thresholds)")
+    axes.set_title("Drift over partitions")
+    axes.legend(loc="upper left", fontsize="small")
+    figure.autofmt_xdate()
+    return _png(figure)
+
+
+def replay_errors(replay: pd.DataFrame, metric: str) -> bytes:
+    """Error per period for each policy, retrain moments marked with dots."""
+    figure = _figure(10.0, 4.5)
+    axes = figure.add_subplot()
+    for policy, rows in replay.groupby("policy", sort=False):
+        x = pd.to_datetime(rows["period"])
+        (line,) = axes.plot(x, rows["error"], label=str(policy), linewidth=1.4)
+        retrained = rows["retrained"].astype(bool).to_numpy()
+        axes.scatter(
+            x[retrained], rows["error"].to_numpy()[retrained], color=line.get_color(), s=28, zorder=3
+        )
+    axes.set_ylabel(f"{metric} per period")
+    axes.set_title("Replay: error per period (dots: retraining ran after that period)")
+    axes.legend()
+    figure.autofmt_xdate()
+    return _png(figure)

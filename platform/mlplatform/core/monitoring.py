@@ -1,0 +1,316 @@
+"""Drift monitoring logic shared by the monitoring assets and the replay. No Dagster, no file paths.
+
+* Which columns are judged: the model inputs, minus calendar features (`cal_*`: a week of
+  day-of-year values always "drifts" from a year of them, that is seasonality by construction) and
+  minus the spec's `drift.exclude`. Categorical when the spec types them string/category/bool or
+  lists `allowed` values (chi-square + Jensen-Shannon); numeric otherwise (KS + Wasserstein). The
+  model output (prediction or probability) is judged too; the target is reported but not voted.
+* The reference: a Profile of the champion's training rows (inputs, target, the champion's
+  predictions on them) stored long with the champion's own test error as extra `performance` rows,
+  so one table holds everything a drift report compares against.
+* Natural variability: each trailing window of the training rows is judged against the profile of
+  all of them; the largest PSI and effect a column shows there are stored as `baseline` rows. A
+  column then counts as drifted only beyond max(spec threshold, that baseline). Without this, data
+  with seasons or autocorrelation (hourly bike rentals: any week differs from a year of weeks)
+  "drifts" every single window; for i.i.d. data the baselines are tiny and the spec thresholds rule.
+* One report: per-column drift of a window of rows vs the reference, the champion's error on the
+  labelled rows next to its test error, and the data-set verdict from core.drift.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlplatform.core.drift import (
+    DEFAULT_MIN_KS_STATISTIC,
+    DEFAULT_MIN_TOTAL_VARIATION,
+    FEATURE_TABLE_COLUMNS,
+    DriftThresholds,
+    DriftVerdict,
+    dataset_verdict,
+    feature_drift,
+)
+from mlplatform.core.features import feature_names
+from mlplatform.core.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
+from mlplatform.core.profile import FRAME_COLUMNS, Profile, build_profile
+from mlplatform.specs.model import DatasetSpec, parse_duration
+
+PERFORMANCE_KIND = "performance"
+BASELINE_KIND = "baseline"  # per-column drift the training data shows against its own profile
+PERFORMANCE_FEATURE = "__performance__"
+CALENDAR_PREFIX = "cal_"
+ROLE_FEATURE, ROLE_PREDICTION, ROLE_TARGET = "feature", "prediction", "target"
+_CATEGORICAL_TYPES = ("string", "category", "bool")
+
+
+@dataclass(frozen=True)
+class MonitoredColumns:
+    """What a drift report judges, by role and kind."""
+
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    roles: dict[str, str]
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+def output_column(task: str, available: Sequence[str]) -> tuple[str, bool] | None:
+    """The model-output column of the predictions table and whether it is categorical."""
+    if task == "binary" and "probability" in available:
+        return "probability", False
+    if "prediction" in available:
+        return "prediction", task != "regression"
+    return None
+
+
+def monitored_columns(
+    spec: DatasetSpec, available: Sequence[str], with_prediction: bool = True
+) -> MonitoredColumns:
+    """Inputs (no calendar parts, no `drift.exclude`), the target, and the model output if present."""
+    excluded = set(spec.drift.exclude)
+    inputs = [
+        name
+        for name in feature_names(spec)
+        if name in available and not name.startswith(CALENDAR_PREFIX) and name not in excluded
+    ]
+    roles = {name: ROLE_FEATURE for name in inputs}
+    numeric, categorical = [], []
+    for name in inputs:
+        column = spec.columns.get(name)
+        is_category = column is not None and (column.type in _CATEGORICAL_TYPES or column.allowed is not None)
+        (categorical if is_category else numeric).append(name)
+    if spec.target.column in available and spec.target.column not in excluded:
+        roles[spec.target.column] = ROLE_TARGET
+        (numeric if spec.target.task == "regression" else categorical).append(spec.target.column)
+    output = output_column(spec.target.task, available) if with_prediction else None
+    if output is not None:
+        name, is_category = output
+        roles[name] = ROLE_PREDICTION
+        (categorical if is_category else numeric).append(name)
+    return MonitoredColumns(tuple(numeric), tuple(categorical), roles)
+
+
+def primary_error(
+    task: str, y_true: pd.Series, scored: pd.DataFrame, classes: Sequence[Any] | None = None
+) -> tuple[str, float]:
+    """(metric name, value) of the task's primary metric on the labelled rows; NaN when undefined
+    (no labels, one class only for ROC AUC, ...), which core.drift reads as "no performance signal"."""
+    metric = PRIMARY_METRIC[task]
+    labelled = y_true.notna().to_numpy()
+    if not labelled.any():
+        return metric, float("nan")
+    y = y_true[labelled]
+    try:
+        if task == "regression":
+            values = compute_metrics(task, y, scored.loc[labelled, "prediction"])
+        elif task == "binary":
+            known = list(classes) if classes is not None else sorted(pd.unique(y).tolist())
+            if len(known) != 2:
+                return metric, float("nan")
+            values = compute_metrics(task, y, scored.loc[labelled, "probability"], known)
+        else:
+            columns = [c for c in scored.columns if c.startswith("probability_")]
+            known = [c.removeprefix("probability_") for c in columns]
+            values = compute_metrics(task, y.astype(str), scored.loc[labelled, columns].to_numpy(), known)
+    except ValueError:
+        return metric, float("nan")
+    return metric, float(values.get(metric, float("nan")))
+
+
+def natural_variability(
+    spec: DatasetSpec, rows: pd.DataFrame, profile: Profile, window: pd.Timedelta
+) -> pd.DataFrame:
+    """Largest PSI and effect each column shows in consecutive `window`s of `rows` against `profile`
+    (the profile of all of `rows`), as long `baseline` rows. Windows with under half the typical
+    number of rows are skipped: their PSI is inflated by their size alone."""
+    times = pd.to_datetime(rows[spec.time_column])
+    if times.empty:
+        return pd.DataFrame(columns=FRAME_COLUMNS)
+    buckets = ((times - times.min()) // window).to_numpy()
+    sizes = pd.Series(buckets).value_counts()
+    tables = []
+    for bucket, size in sizes.items():
+        if size >= 0.5 * sizes.median() and size > 1:
+            tables.append(feature_drift(profile, rows[buckets == bucket], spec.drift))
+    if not tables:
+        return pd.DataFrame(columns=FRAME_COLUMNS)
+    worst = pd.concat(tables).groupby("feature")[["psi", "effect_size"]].max()
+    records = [
+        (name, BASELINE_KIND, key, float(value))
+        for name, row in worst.iterrows()
+        for key, value in (("psi", row["psi"]), ("effect", row["effect_size"]))
+        if math.isfinite(value)
+    ]
+    return pd.DataFrame(records, columns=FRAME_COLUMNS)
+
+
+def build_reference(
+    rows: pd.DataFrame,
+    columns: MonitoredColumns,
+    performance: tuple[str, float] | None,
+    spec: DatasetSpec | None = None,
+) -> pd.DataFrame:
+    """Long reference table: the profile of `rows`, the champion's test error as a `performance` row,
+    and (with `spec` and `drift.calibrate`) the natural variability of each column as `baseline` rows."""
+    profile = build_profile(rows, list(columns.numeric), list(columns.categorical))
+    parts = [profile.to_frame()]
+    if performance is not None and math.isfinite(performance[1]):
+        parts.append(
+            pd.DataFrame(
+                [(PERFORMANCE_FEATURE, PERFORMANCE_KIND, performance[0], float(performance[1]))],
+                columns=FRAME_COLUMNS,
+            )
+        )
+    if spec is not None and spec.drift.calibrate:
+        parts.append(
+            natural_variability(spec, rows, profile, pd.Timedelta(parse_duration(spec.drift.window)))
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class Reference:
+    profile: Profile
+    performance: tuple[str, float] | None
+    baseline_psi: dict[str, float]
+    baseline_effect: dict[str, float]
+
+
+def read_reference(frame: pd.DataFrame) -> Reference:
+    """Inverse of build_reference."""
+    kinds = frame["kind"]
+    profile = Profile.from_frame(frame.loc[~kinds.isin([PERFORMANCE_KIND, BASELINE_KIND]), FRAME_COLUMNS])
+    rows = frame.loc[kinds == PERFORMANCE_KIND]
+    performance = (str(rows["key"].iloc[0]), float(rows["value"].iloc[0])) if len(rows) else None
+    baseline = frame.loc[kinds == BASELINE_KIND]
+    by_key = {
+        key: dict(zip(part["feature"], part["value"], strict=True)) for key, part in baseline.groupby("key")
+    }
+    return Reference(profile, performance, by_key.get("psi", {}), by_key.get("effect", {}))
+
+
+def column_thresholds(spec: DatasetSpec, reference: Reference, name: str) -> DriftThresholds:
+    """The spec's thresholds, raised to the column's natural variability when it is larger."""
+    effect = reference.baseline_effect.get(name, 0.0)
+    return DriftThresholds(
+        psi_threshold=max(spec.drift.psi_threshold, reference.baseline_psi.get(name, 0.0)),
+        pvalue_threshold=spec.drift.pvalue_threshold,
+        min_ks_statistic=max(DEFAULT_MIN_KS_STATISTIC, effect),
+        min_total_variation=max(DEFAULT_MIN_TOTAL_VARIATION, effect),
+    )
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    """One drift report: per-column table (core.drift columns + role) and the data-set verdict."""
+
+    columns: pd.DataFrame
+    verdict: DriftVerdict
+    n_rows: int
+    metric: str | None
+    reference_error: float | None
+    current_error: float | None
+    prediction_psi: float | None
+
+
+def judge_window(
+    spec: DatasetSpec, reference: Reference, window: pd.DataFrame, judge_outputs: bool = True
+) -> WindowReport:
+    """Compare `window` (features + target + prediction columns) with the reference.
+
+    The verdict's drifted share counts inputs and the model output, not the target (labels can
+    arrive late; the performance check covers them). `judge_outputs` False (predictions by another
+    model than the reference's) leaves the output and the performance out of the verdict."""
+    names = [
+        name
+        for name in reference.profile.features
+        if name in window.columns and (judge_outputs or _role(spec, name) != ROLE_PREDICTION)
+    ]
+    parts = [
+        feature_drift(
+            Profile(features={name: reference.profile.features[name]}),
+            window,
+            column_thresholds(spec, reference, name),
+        )
+        for name in names
+    ]
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=FEATURE_TABLE_COLUMNS)
+    table.insert(1, "role", [_role(spec, name) for name in table["feature"]])
+    table["psi_threshold"] = [column_thresholds(spec, reference, n).psi_threshold for n in table["feature"]]
+    reference_performance = reference.performance
+    voting = table[table["role"] != ROLE_TARGET]
+    metric = current = reference_error = None
+    performance = None
+    if judge_outputs and reference_performance is not None and spec.target.column in window.columns:
+        metric, reference_error = reference_performance
+        _, current = primary_error(spec.target.task, window[spec.target.column], window)
+        performance = {
+            "metric": metric,
+            "reference": reference_error,
+            "current": current,
+            "higher_is_better": higher_is_better(metric),
+        }
+    verdict = dataset_verdict(
+        voting.reset_index(drop=True),
+        spec.drift.drifted_share_threshold,
+        performance,
+        spec.drift.performance_drop_threshold,
+    )
+    outputs = table.loc[table["role"] == ROLE_PREDICTION, "psi"]
+    return WindowReport(
+        columns=table,
+        verdict=verdict,
+        n_rows=len(window),
+        metric=metric,
+        reference_error=reference_error,
+        current_error=current,
+        prediction_psi=float(outputs.iloc[0]) if len(outputs) else None,
+    )
+
+
+def _is_target(spec: DatasetSpec, name: str) -> bool:
+    return name == spec.target.column
+
+
+def _role(spec: DatasetSpec, name: str) -> str:
+    if _is_target(spec, name):
+        return ROLE_TARGET
+    if name in ("prediction", "probability"):
+        return ROLE_PREDICTION
+    return ROLE_FEATURE
+
+
+def nan_to_none(value: Any) -> Any:
+    """JSON/metadata-friendly: NaN and numpy scalars become None and plain Python numbers."""
+    if value is None:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def model_outputs(model: Any, rows: pd.DataFrame) -> pd.DataFrame:
+    """The champion's outputs on `rows`, named like the predictions table: `prediction`, and for
+    classification `probability` (binary) or `probability_<class>` (multiclass)."""
+    from mlplatform.core.training import predict
+
+    scores = predict(model, rows)
+    if model.task == "regression":
+        return pd.DataFrame({"prediction": scores}, index=rows.index)
+    classes = list(model.classes or [])
+    if model.task == "binary":
+        labels = np.asarray(classes, dtype=object)[(scores >= 0.5).astype(np.int64)]
+        return pd.DataFrame({"prediction": labels, "probability": scores}, index=rows.index)
+    frame = pd.DataFrame(scores, columns=[f"probability_{c}" for c in classes], index=rows.index)
+    frame.insert(0, "prediction", np.asarray(classes, dtype=object)[np.argmax(scores, axis=1)])
+    return frame

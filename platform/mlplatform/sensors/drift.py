@@ -1,0 +1,209 @@
+"""`<ds>__drift_sensor`: drift verdicts -> a retraining run, at most once per cool-down.
+
+What it reads: only the materialization events of `<ds>/drift_report` in the Dagster event log (their
+metadata carries the verdict of the newest partition of each run). It never opens the DuckDB
+warehouse: a DuckDB file has one writer process, and a daemon holding it, even read-only, would make
+the runs that write it fail. The event log is built for concurrent readers and is small.
+
+The decision (`decide`, pure, also used by the replay with a simulated clock):
+* verdicts are read in event order; the latest wins: a drifted verdict becomes the pending drift, a
+  later stable one clears it (the newer window no longer looks drifted);
+* pending drift requests `<ds>__retrain` with run key `drift:<ds>:<event id>` unless a retraining is
+  in flight or the last request was less than `drift.cooldown` ago (the drift stays pending);
+* a requested retraining that failed is requested again (`...:retry<n>`), at most `drift.max_retries`
+  times, without waiting for the cool-down: the drift signal is not lost.
+The state lives in the sensor cursor (JSON), which Dagster stores with the instance, so it survives
+daemon restarts; the run keys make Dagster drop a request it has already launched anyway.
+"""
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
+
+from mlplatform.jobs.monitoring import retrain_job_name
+from mlplatform.sensors.common import sensor_interval, sensor_status
+from mlplatform.specs.model import DatasetSpec, parse_duration
+
+_IN_FLIGHT = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING", "MANAGED"}
+_FAILED = {"FAILURE", "CANCELED"}
+_EVENTS_PER_TICK = 500
+
+
+@dataclass(frozen=True)
+class Verdict:
+    storage_id: int
+    drifted: bool
+    partition: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Request:
+    run_key: str
+    storage_id: int  # the drift event that caused it
+    partition: str | None
+    at: str  # ISO time of the (first) request
+    attempt: int = 1
+    status: str | None = None  # last seen status of its run
+    gave_up: bool = False
+
+
+@dataclass(frozen=True)
+class DriftState:
+    last_storage_id: int = 0
+    pending: Verdict | None = None
+    last_request: Request | None = None
+    requests: int = 0
+
+    def to_cursor(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_cursor(cls, cursor: str | None) -> "DriftState":
+        if not cursor:
+            return cls()
+        data = json.loads(cursor)
+        pending = Verdict(**data["pending"]) if data.get("pending") else None
+        request = Request(**data["last_request"]) if data.get("last_request") else None
+        return cls(data.get("last_storage_id", 0), pending, request, data.get("requests", 0))
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: DriftState
+    run_key: str | None  # None: no request this tick
+    message: str
+    retry_of: str | None = None
+
+
+def decide(
+    state: DriftState,
+    verdicts: Sequence[Verdict],
+    run_status: str | None,
+    now: datetime,
+    cooldown: timedelta,
+    max_retries: int,
+    dataset: str,
+) -> Decision:
+    """One tick of the drift sensor. `run_status`: status of the last requested run (None: unseen)."""
+    pending = state.pending
+    for verdict in sorted(verdicts, key=lambda v: v.storage_id):
+        if verdict.storage_id > state.last_storage_id:
+            pending = verdict if verdict.drifted else None
+    last_id = max([state.last_storage_id, *(v.storage_id for v in verdicts)])
+    request = state.last_request
+    if request is not None and run_status is not None:
+        request = replace(request, status=run_status)
+    base = DriftState(last_id, pending, request, state.requests)
+
+    if request is not None and not request.gave_up and request.status in _FAILED:
+        if request.attempt > max_retries:
+            gave_up = replace(base, last_request=replace(request, gave_up=True))
+            return Decision(
+                gave_up, None, f"retraining {request.run_key} failed {request.attempt} times; giving up"
+            )
+        run_key = f"{request.run_key.split(':retry')[0]}:retry{request.attempt}"
+        retried = replace(request, run_key=run_key, attempt=request.attempt + 1, status=None)
+        # The retry retrains on all data so far, which covers any newer drift too.
+        new_state = replace(base, pending=None, last_request=retried, requests=state.requests + 1)
+        return Decision(
+            new_state, run_key, f"retrying failed retraining ({request.status})", retry_of=request.run_key
+        )
+    if pending is None:
+        return Decision(base, None, "no drift")
+    if request is not None and request.status in _IN_FLIGHT:
+        return Decision(base, None, f"drift pending; retraining {request.run_key} still {request.status}")
+    if request is not None:
+        ready_at = datetime.fromisoformat(request.at) + cooldown
+        if now < ready_at:
+            return Decision(
+                base, None, f"drift pending; cool-down until {ready_at.isoformat(timespec='seconds')}"
+            )
+    run_key = f"drift:{dataset}:{pending.storage_id}"
+    new_request = Request(run_key, pending.storage_id, pending.partition, now.isoformat())
+    new_state = replace(base, pending=None, last_request=new_request, requests=state.requests + 1)
+    return Decision(new_state, run_key, f"drift at {pending.partition}: {pending.reason}")
+
+
+def read_verdicts(instance: dg.DagsterInstance, key: dg.AssetKey, after_storage_id: int) -> list[Verdict]:
+    """Verdicts from drift_report materializations newer than `after_storage_id` (event log only)."""
+    result = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, after_storage_id=after_storage_id or None),
+        limit=_EVENTS_PER_TICK,
+        ascending=True,
+    )
+    verdicts = []
+    for record in result.records:
+        materialization = record.asset_materialization
+        metadata = materialization.metadata if materialization else {}
+        drifted = metadata.get("drifted")
+        if drifted is None:
+            continue
+        # A ranged run writes one event per partition, all with the verdict of its newest partition.
+        partition = metadata.get("verdict_partition")
+        reason = metadata.get("reason")
+        verdicts.append(
+            Verdict(
+                record.storage_id,
+                bool(drifted.value),
+                str(partition.value) if partition else None,
+                str(reason.value)[:300] if reason else "",
+            )
+        )
+    return verdicts
+
+
+def run_status(instance: dg.DagsterInstance, sensor_name: str, run_key: str) -> str | None:
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key, SENSOR_NAME_TAG: sensor_name}), limit=1
+    )
+    return runs[0].status.value if runs else None
+
+
+def build_drift_sensor(
+    spec: DatasetSpec,
+    retrain_job: UnresolvedAssetJobDefinition,
+    clock: Callable[[], datetime] | None = None,
+) -> dg.SensorDefinition:
+    drift_key = dg.AssetKey([spec.name, "drift_report"])
+    cooldown = parse_duration(spec.drift.cooldown)
+    name = f"{spec.name}__drift_sensor"
+    now = clock or (lambda: datetime.now(UTC))
+
+    @dg.sensor(
+        name=name,
+        job=retrain_job,
+        minimum_interval_seconds=sensor_interval(),
+        default_status=sensor_status(spec.name),
+        description=(
+            f"Requests {retrain_job_name(spec)} when {spec.name}/drift_report's verdict is drifted; at most once "
+            f"per {spec.drift.cooldown} (spec drift.cooldown), a failed retraining is retried up to "
+            f"{spec.drift.max_retries} time(s). Reads materialization metadata only."
+        ),
+    )
+    def drift_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        state = DriftState.from_cursor(context.cursor)
+        verdicts = read_verdicts(context.instance, drift_key, state.last_storage_id)
+        status = (
+            run_status(context.instance, name, state.last_request.run_key) if state.last_request else None
+        )
+        decision = decide(state, verdicts, status, now(), cooldown, spec.drift.max_retries, spec.name)
+        context.log.info(decision.message)
+        requests = []
+        if decision.run_key:
+            tags = {"mlplatform/trigger": "drift", "mlplatform/drift_reason": decision.message[:250]}
+            if decision.retry_of:
+                tags["mlplatform/retry_of"] = decision.retry_of
+            requests.append(dg.RunRequest(run_key=decision.run_key, tags=tags))
+        return dg.SensorResult(
+            run_requests=requests,
+            skip_reason=None if requests else dg.SkipReason(decision.message),
+            cursor=decision.state.to_cursor(),
+        )
+
+    return drift_sensor
