@@ -55,7 +55,7 @@ def test_dagster_cli_materializes_a_partition_from_the_repo_root(tmp_path: Path)
             "--select",
             "bike_sharing/raw",
             "--partition",
-            "2011-01-01",
+            "2011-01-02",
         ],
         cwd=REPO_ROOT,
         env=subprocess_env(home),

@@ -1,6 +1,6 @@
 """The model half on the bundled bike-sharing data, end to end in a temp home.
 
-One materialization of the whole graph (all 731 daily partitions as one run) is shared by the module;
+One materialization of the whole graph (all 106 weekly partitions as one run) is shared by the module;
 the last test then trains a deliberately worse model, rolls the champion back and forth and re-scores.
 """
 
@@ -233,14 +233,14 @@ def test_worse_model_is_not_promoted_and_rollback_moves_the_champion(
     assert client().get_model_version(DATASET, "2").tags["promotion_decision"] == "not promoted"
     assert (load_settings().reports_dir / DATASET / "version_2" / "recheck" / "report.md").is_file()
 
-    # Re-score the last three days: those rows now carry version 2, the rest still version 1.
+    # Re-score the last two weeks: those rows now carry version 2, the rest still version 1.
     job = bike.defs.resolve_job_def(f"{DATASET}__all")
-    tags = {ASSET_PARTITION_RANGE_START_TAG: "2012-12-29", ASSET_PARTITION_RANGE_END_TAG: "2012-12-31"}
+    tags = {ASSET_PARTITION_RANGE_START_TAG: "2012-12-23", ASSET_PARTITION_RANGE_END_TAG: "2012-12-30"}
     result = job.execute_in_process(
         instance=dg.DagsterInstance.get(), tags=tags, asset_selection=[dg.AssetKey([DATASET, "predictions"])]
     )
     assert result.success
-    rescored = query("SELECT count(*) FROM bike_sharing.features WHERE ts >= '2012-12-29'")[0][0]
+    rescored = query("SELECT count(*) FROM bike_sharing.features WHERE ts >= '2012-12-23'")[0][0]
     assert query("SELECT model_version, count(*) FROM bike_sharing.predictions GROUP BY 1 ORDER BY 1") == [
         (1, BIKE_ROWS - rescored),
         (2, rescored),

@@ -89,7 +89,7 @@ def test_graphql_client_launches_a_materialization(webserver: Webserver) -> None
     run_id = client.submit_job_execution(
         "bike_sharing__all",
         asset_selection=[["bike_sharing", "raw"]],
-        tags={"dagster/partition": "2011-01-05"},
+        tags={"dagster/partition": "2011-01-02"},
     )
     deadline = time.monotonic() + 240
     status = None
