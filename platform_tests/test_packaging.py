@@ -89,3 +89,30 @@ def test_dev_servers_show_the_asset_graph(command: list[str], tmp_path: Path) ->
         "bike_sharing/quarantine",
         "bike_sharing/features",
     } <= set(keys)
+
+
+@pytest.mark.e2e
+def test_dg_launch_and_asset_listing_work_as_documented(tmp_path: Path) -> None:
+    env = subprocess_env(tmp_path / "home")
+    listing = subprocess.run(
+        ["dagster", "asset", "list", "-m", "mlplatform.definitions"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    assert {"bike_sharing/raw", "bike_sharing/predictions", "transactions/drift_report"} <= set(
+        listing.stdout.split()
+    )
+    launch = subprocess.run(
+        ["dg", "launch", "--assets", "key:bike_sharing/raw", "--partition-range", "2011-01-02...2011-01-09"],
+        cwd=REPO_ROOT / "platform",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert launch.returncode == 0, launch.stdout[-2000:] + launch.stderr[-3000:]
+    assert "RUN_SUCCESS" in launch.stdout + launch.stderr

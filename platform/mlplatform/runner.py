@@ -83,7 +83,12 @@ def run_datasets(
         )
         failed = [e.step_key for e in result.all_events if e.is_step_failure and e.step_key]
         outcomes.append(RunOutcome(name, result.run_id, result.success, len(keys), failed))
-        status = "succeeded" if result.success else f"FAILED in {', '.join(failed) or 'a check'}"
+        done = {e.partition for e in result.get_asset_materialization_events() if e.partition}
+        status = (
+            f"succeeded ({len(done)}/{len(keys)} partitions materialized)"
+            if result.success
+            else f"FAILED in {', '.join(failed) or 'a check'}"
+        )
         progress(f"[{name}] run {result.run_id} {status}")
     return outcomes
 

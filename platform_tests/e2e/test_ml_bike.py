@@ -131,7 +131,7 @@ def test_training_is_one_finished_mlflow_run_with_everything_logged(bike: BikeRu
         assert {f"{split}_{m}" for m in ("mae", "rmse", "r2", "mape")} <= set(metrics)
     assert metrics["test_rmse"] < metrics["baseline_test_rmse"]
     assert tags["dagster.run_id"] == bike.outcome.run_id
-    assert tags["dagster.partition_range"] == "2011-01-01..2012-12-31"
+    assert tags["dagster.partition_range"] == "2010-12-26..2012-12-30"
     model_def = bike.defs.get_assets_def(dg.AssetKey([DATASET, "model"]))
     assert tags["dagster.code_version"] == model_def.code_versions_by_key[dg.AssetKey([DATASET, "model"])]
     assert tags["training_set.data_version"] == latest_metadata("training_set")["data_version"].value

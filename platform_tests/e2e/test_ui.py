@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from mlplatform.cli import prepare_home
 from mlplatform.factory import build_definitions
@@ -19,6 +21,8 @@ from platform_tests.servers import free_port, running, wait_for_asset_keys
 
 pytestmark = pytest.mark.e2e
 IMMEDIATE_RUNS = """
+telemetry:
+  enabled: false
 run_coordinator:
   module: dagster._core.run_coordinator
   class: DefaultRunCoordinator
@@ -48,8 +52,7 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
         outcomes = run_datasets(build_definitions(), ["bike_sharing"])
         assert all(o.success for o in outcomes), outcomes
     # No daemon here (the automation tests run one): runs the UI submits start at once.
-    with (home / "dagster" / "dagster.yaml").open("a") as config:
-        config.write(IMMEDIATE_RUNS)
+    (home / "dagster" / "dagster.yaml").write_text(IMMEDIATE_RUNS)
     port = free_port()
     log = root / "webserver.log"
     command = ["dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
@@ -102,3 +105,39 @@ def test_graphql_client_launches_a_materialization(webserver: Webserver) -> None
             break
         time.sleep(2)
     assert status == "SUCCESS", f"run {run_id} ended {status}"
+
+
+def test_mlflow_server_serves_the_registry_over_http(webserver: Webserver, tmp_path: Path) -> None:
+    """`mlflow server` over the platform's own store, read with MlflowClient over HTTP."""
+    port = free_port()
+    log = tmp_path / "mlflow.log"
+    store = f"sqlite:///{webserver.home / 'mlflow.db'}"
+    command = [
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        store,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    with running(command, subprocess_env(webserver.home), REPO_ROOT, log) as proc:
+        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                models = client.search_registered_models()
+                break
+            except MlflowException:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(1)
+        assert [m.name for m in models] == ["bike_sharing"]
+        champion = client.get_model_version_by_alias("bike_sharing", "champion")
+        challenger = client.get_model_version_by_alias("bike_sharing", "challenger")
+        assert champion.version == challenger.version == "1"
+        run = client.get_run(champion.run_id)
+        assert run.info.status == "FINISHED" and "test_rmse" in run.data.metrics

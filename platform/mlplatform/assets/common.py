@@ -79,8 +79,14 @@ def lookback_partitions(spec: DatasetSpec) -> int:
 
 
 def time_window(context: dg.AssetExecutionContext) -> tuple[datetime, datetime]:
-    """The run's window (one partition or a whole range), as naive UTC datetimes like the tables."""
+    """The run's window (one partition or a whole range), as naive UTC datetimes like the tables.
+
+    Also says in the run log (and the terminal of `mlplatform run`) which partitions the step
+    covers: a range runs in one step, so this is the progress a user can follow.
+    """
     window = context.partition_time_window
+    keys = context.partition_keys
+    context.log.info(f"{context.op_def.name}: {len(keys)} partition(s), {keys[0]} .. {keys[-1]}")
     return window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)
 
 
