@@ -41,7 +41,7 @@ class ReplayConfig:
     dataset: str
     output: Path
     period_days: int = 7
-    initial_fraction: float = 0.2
+    initial_fraction: float = 0.25
     retrain_every_days: int = 28
     policies: tuple[str, ...] = POLICIES
     processes: int = 2
@@ -292,7 +292,7 @@ def add_replay_command(sub: Any) -> None:
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--period-days", type=int, default=7, help="days per replayed period (default 7)")
     parser.add_argument(
-        "--initial-fraction", type=float, default=0.2, help="share of the history to bootstrap on (0.2)"
+        "--initial-fraction", type=float, default=0.25, help="share of the history to bootstrap on (0.25)"
     )
     parser.add_argument(
         "--retrain-every-days", type=int, default=28, help="schedule of the scheduled policy (28)"

@@ -67,7 +67,17 @@ def test_browser_shows_the_asset_graph_checks_and_metadata(webserver: Webserver,
         browser.get(f"{webserver.url}/asset-groups")
         time.sleep(2)
         dismiss_dialogs(browser)
-        wait_for_text(browser, "ingestion", "cleaning", "features")
+        wait_for_text(
+            browser, "ingestion", "cleaning", "features", "training", "evaluation", "scoring", "monitoring"
+        )
+
+        lineage = "view=lineage&lineageScope=upstream&lineageDepth=10"
+        browser.get(f"{webserver.url}/assets/bike_sharing/drift_report?{lineage}")
+        dismiss_dialogs(browser)
+        wait_for_text(
+            browser, "raw", "clean", "features", "training_set", "model", "predictions", "reference_profile"
+        )
+        time.sleep(2)  # let the graph finish its layout before the picture
         browser.save_screenshot(str(shots / "asset_graph.png"))
 
         browser.get(f"{webserver.url}/assets/bike_sharing/clean")
@@ -79,6 +89,11 @@ def test_browser_shows_the_asset_graph_checks_and_metadata(webserver: Webserver,
         dismiss_dialogs(browser)
         wait_for_text(browser, "row_accounting", "validity_rate", "unique_keys", "not_empty")
         browser.save_screenshot(str(shots / "asset_clean_checks.png"))
+
+        browser.get(f"{webserver.url}/assets/bike_sharing/evaluation")
+        dismiss_dialogs(browser)
+        wait_for_text(browser, "decision", "promoted", "challenger_version", "mlflow_run", "report")
+        browser.save_screenshot(str(shots / "evaluation.png"))
 
         browser.get(f"{webserver.url}/assets/bike_sharing/quarantine?view=events")
         dismiss_dialogs(browser)
