@@ -52,6 +52,18 @@ def test_bad_spec_is_one_clear_line(tmp_path: Path, write_spec: Callable[..., Pa
         assert lines[0].startswith(f"mlplatform: error: spec file {path}: key 'columns.temp.type'")
 
 
+def test_missing_source_file_is_one_clear_line(tmp_path: Path, write_spec: Callable[..., Path]) -> None:
+    spec = bike_spec_dict()
+    spec["name"] = "moved"
+    spec["source"]["path"] = str(tmp_path / "gone.csv")
+    path = write_spec(spec, "moved.yaml")
+    result = _mlplatform("run", home=tmp_path / "home", MLPLATFORM_SPECS=str(path.parent))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"mlplatform: error: spec file {path}: key 'source.path': file {tmp_path / 'gone.csv'} does not exist"
+    )
+
+
 def test_specs_lists_the_bundled_datasets(tmp_path: Path) -> None:
     result = _mlplatform("specs", home=tmp_path / "home")
     assert result.returncode == 0, result.stderr
