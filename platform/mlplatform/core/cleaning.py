@@ -15,6 +15,7 @@ from mlplatform.core.validation import (
     REASON,
     ROW_ID,
     cross_partition_duplicates_sql,
+    suspect_rows_predicate,
     typed_select_sql,
     validate_partition,
 )
@@ -32,8 +33,15 @@ class CleanResult:
 
 
 def clean_window(
-    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, start: datetime, end: datetime
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, start: datetime, end: datetime, prescreen: bool = True
 ) -> CleanResult:
+    """Validate the raw rows of [start, end) and write them to `clean` or `quarantine`.
+
+    With `prescreen` (the default) only rows a SQL screen cannot prove valid go through pandas and
+    Pandera (`suspect_rows_predicate`); the outcome is the same as validating every row (tested), at
+    a fraction of the cost: converting 10M rows to pandas and checking them took longer than all the
+    SQL of the spine. `prescreen=False` validates every row with Pandera.
+    """
     raw = table_name(spec.name, "raw")
     conn.execute(
         f"CREATE OR REPLACE TEMP TABLE _raw_window AS SELECT row_number() OVER () AS {ROW_ID}, * "
@@ -43,7 +51,10 @@ def clean_window(
         f"CREATE OR REPLACE TEMP TABLE _typed_window AS "
         f"{typed_select_sql(spec, '_raw_window', column_types(conn, raw))}"
     )
-    typed = conn.sql("SELECT * FROM _typed_window").df()
+    window_rows = int(conn.execute("SELECT count(*) FROM _typed_window").fetchall()[0][0])
+    screen = f"WHERE {suspect_rows_predicate(spec, '_typed_window')}" if prescreen else ""
+    # Row order as in the window: Pandera keeps the first of duplicated keys clean.
+    typed = conn.sql(f"SELECT * FROM _typed_window {screen} ORDER BY {ROW_ID}").df()
 
     known_duplicates = None
     if table_exists(conn, spec.name, "clean"):
@@ -72,7 +83,7 @@ def clean_window(
     for temp in ("_raw_window", "_typed_window"):
         conn.execute(f"DROP TABLE IF EXISTS {temp}")
     return CleanResult(
-        raw_rows=len(typed),
+        raw_rows=window_rows,
         clean_rows=clean_rows,
         quarantined_rows=quarantined,
         reason_counts=reason_counts,

@@ -28,11 +28,21 @@ OTHER_KEY = "__other__"
 NULL_KEY = "__null__"
 MAX_CATEGORIES = 50
 N_QUANTILES = 101
+# Numeric columns with at most this many distinct values (counts, small integers) also keep each
+# value's exact share: their CDF is a step function the 101 quantiles only approximate to ~1%, too
+# coarse for a KS test on tens of thousands of rows.
+MAX_EXACT_VALUES = 64
 FRAME_COLUMNS = ["feature", "kind", "key", "value"]
 
 _SCALAR_KEYS = ("n_rows", "count", "null_share")
 _NUMERIC_SCALARS = (*_SCALAR_KEYS, "mean", "std")
-_SERIES_KEYS = {"edge": "bin_edges", "prop": "bin_proportions", "quantile": "quantiles"}
+_SERIES_KEYS = {
+    "edge": "bin_edges",
+    "prop": "bin_proportions",
+    "quantile": "quantiles",
+    "value": "values",
+    "vshare": "value_shares",
+}
 _FREQ_PREFIX = "freq:"
 
 
@@ -46,6 +56,10 @@ class NumericProfile:
     bin_edges: tuple[float, ...]
     bin_proportions: tuple[float, ...]  # share of the non-null values per bin
     quantiles: tuple[float, ...]  # at probabilities np.linspace(0, 1, len(quantiles))
+    # Only for columns with <= MAX_EXACT_VALUES distinct values: those values, ascending, and the
+    # share of the non-null values each one has. Empty otherwise (and in profiles stored before).
+    values: tuple[float, ...] = ()
+    value_shares: tuple[float, ...] = ()
     kind: ClassVar[str] = "numeric"
 
     def distribution(self) -> np.ndarray:
@@ -169,9 +183,17 @@ def build_profile(
 
 def numeric_values(values: Iterable[Any]) -> np.ndarray:
     """Float array with NaN for nulls, unparsable values and ±inf."""
-    parsed = pd.to_numeric(pd.Series(values, dtype=None), errors="coerce")
-    # A copy, so blanking ±inf never writes into the caller's DataFrame.
-    numbers = parsed.astype("Float64").to_numpy(dtype=float, na_value=np.nan, copy=True)
+    if (
+        isinstance(values, pd.Series | np.ndarray)
+        and isinstance(values.dtype, np.dtype)
+        and values.dtype.kind in "biuf"
+    ):
+        # Plain numpy numbers need no parsing: one copy instead of pandas' nullable round trip (10x faster).
+        numbers = np.array(values, dtype=float, copy=True)
+    else:
+        parsed = pd.to_numeric(pd.Series(values, dtype=None), errors="coerce")
+        # A copy, so blanking ±inf never writes into the caller's DataFrame.
+        numbers = parsed.astype("Float64").to_numpy(dtype=float, na_value=np.nan, copy=True)
     numbers[~np.isfinite(numbers)] = np.nan
     return numbers
 
@@ -186,6 +208,21 @@ def category_labels(values: Iterable[Any]) -> tuple[np.ndarray, int]:
         if np.all((np.mod(floats, 1.0) == 0.0) & (np.abs(floats) < 2.0**53)):
             present = present.astype("int64")
     return present.astype(str).to_numpy(dtype=object), int(len(series) - len(present))
+
+
+def category_counts(values: Iterable[Any]) -> tuple[dict[str, int], int]:
+    """Count per string label (as `category_labels` writes them) of the non-null values, and the nulls.
+
+    Counts the raw values first and turns only the distinct ones into labels: a window of a million
+    rows has a few thousand distinct merchants, so this is far cheaper than labelling every row.
+    """
+    series = pd.Series(values, dtype=None)
+    raw_counts = series.value_counts(dropna=True)
+    labels, _ = category_labels(raw_counts.index.to_series(index=None))
+    counts: dict[str, int] = {}
+    for label, n in zip(labels, raw_counts.to_numpy(), strict=True):
+        counts[label] = counts.get(label, 0) + int(n)  # 1 and 1.0 are one label
+    return counts, int(len(series) - raw_counts.sum())
 
 
 def bin_counts(bin_edges: Sequence[float], values: np.ndarray) -> np.ndarray:
@@ -210,6 +247,7 @@ def _numeric_profile(series: pd.Series, n_bins: int, n_quantiles: int) -> Numeri
     edges = np.concatenate([[-np.inf], inner_edges, [np.inf]])
     proportions = bin_counts(edges, present) / count
     quantiles = np.quantile(present, np.linspace(0.0, 1.0, n_quantiles))
+    values, value_shares = _exact_values(present, quantiles)
     return NumericProfile(
         n_rows=n_rows,
         count=count,
@@ -219,7 +257,22 @@ def _numeric_profile(series: pd.Series, n_bins: int, n_quantiles: int) -> Numeri
         bin_edges=tuple(float(e) for e in edges),
         bin_proportions=tuple(float(p) for p in proportions),
         quantiles=tuple(float(q) for q in quantiles),
+        values=values,
+        value_shares=value_shares,
     )
+
+
+def _exact_values(present: np.ndarray, quantiles: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Distinct values and their shares when there are few; the quantiles tell cheaply when to look
+    (a continuous column has as many distinct quantiles as quantiles, and is not counted)."""
+    if np.unique(quantiles).size > MAX_EXACT_VALUES:
+        return (), ()
+    counts = pd.Series(present).value_counts(sort=False)
+    if len(counts) > MAX_EXACT_VALUES:
+        return (), ()
+    counts = counts.sort_index()
+    shares = counts.to_numpy(dtype=float) / present.size
+    return tuple(float(v) for v in counts.index), tuple(float(s) for s in shares)
 
 
 def _categorical_profile(series: pd.Series, max_categories: int) -> CategoricalProfile:

@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from mlplatform.core.sql import column_types, quote_ident, quote_literal, typed_expression
+from mlplatform.core.sql import column_types, fetch_row, quote_ident, quote_literal, typed_expression
 from mlplatform.specs.model import DatasetSpec
 
 LINEAGE_COLUMNS = ("_source_file", "_source_row", "_loaded_at", "_parse_error", "_partition_ts")
@@ -190,33 +190,58 @@ def stage_source(
         raise SourceError(f"source.path: no files match {spec.source_pattern}")
     conn.execute("DROP TABLE IF EXISTS _staged_read")
     if spec.source_format == "parquet":
+        # A view: Parquet is typed and cheap to scan, so the rows are copied once, into `_staged`.
         conn.execute(
-            f"CREATE TEMP TABLE _staged_read AS SELECT *, NULL::VARCHAR AS _parse_error FROM ({_reader_sql(spec, files, rejects=False)})"
+            f"CREATE OR REPLACE TEMP VIEW _staged_parquet AS SELECT *, NULL::VARCHAR AS _parse_error "
+            f"FROM ({_reader_sql(spec, files, rejects=False)})"
         )
+        read = "_staged_parquet"
+        if spec.derived:  # the positional join below needs a table: two scans may not line up
+            conn.execute("CREATE TEMP TABLE _staged_read AS SELECT * FROM _staged_parquet")
+            read = "_staged_read"
     else:
         _stage_csv(conn, spec, files)
-    types = column_types(conn, "_staged_read")
-    derived_sql = _derived_and_time_sql(spec, "_staged_read", types, sniff_types(conn, spec, files))
-    conn.execute("DROP TABLE IF EXISTS _staged")
-    # Both sides of the positional join are plain projections of the same table, so rows line up.
-    conn.execute(
-        f"""
-        CREATE TEMP TABLE _staged AS
-        WITH joined AS (
-            SELECT r.*, d.* FROM _staged_read r POSITIONAL JOIN ({derived_sql}) d
+        read = "_staged_read"
+    types = column_types(conn, read)
+    sniffed = sniff_types(conn, spec, files)
+    if spec.derived:
+        derived_sql = _derived_and_time_sql(spec, read, types, sniffed)
+        # Both sides of the positional join are plain projections of the same table, so rows line up.
+        joined = f"SELECT r.*, d.* FROM {read} r POSITIONAL JOIN ({derived_sql}) d"
+    else:
+        # Nothing derived: the row time is one cast of a source column, no join needed.
+        time_type = spec.columns[spec.time_column].type if spec.time_column in spec.columns else "timestamp"
+        typed_time = typed_expression(
+            quote_ident(spec.time_column), time_type, types.get(spec.time_column, "VARCHAR")
         )
-        SELECT * EXCLUDE (_row_ts),
-               {quote_literal(loaded_at.isoformat(sep=" "))}::TIMESTAMP AS _loaded_at,
-               coalesce(_row_ts,
-                        last_value(_row_ts IGNORE NULLS) OVER (PARTITION BY _source_file ORDER BY _source_row
-                            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
-                        first_value(_row_ts IGNORE NULLS) OVER (PARTITION BY _source_file ORDER BY _source_row
-                            ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)) AS _partition_ts
-        FROM joined
+        joined = f"SELECT *, TRY_CAST({typed_time} AS TIMESTAMP) AS _row_ts FROM {read}"
+    loaded = f"{quote_literal(loaded_at.isoformat(sep=' '))}::TIMESTAMP AS _loaded_at"
+    conn.execute("DROP TABLE IF EXISTS _staged")
+    conn.execute(
+        f"CREATE TEMP TABLE _staged AS SELECT * EXCLUDE (_row_ts), {loaded}, _row_ts AS _partition_ts FROM ({joined})"
+    )
+    if fetch_row(conn, "SELECT count(*) FROM _staged WHERE _partition_ts IS NULL")[0]:
+        _fill_partition_times(conn)
+    conn.execute("DROP TABLE IF EXISTS _staged_read")
+    conn.execute("DROP VIEW IF EXISTS _staged_parquet")
+    return "_staged"
+
+
+def _fill_partition_times(conn: duckdb.DuckDBPyConnection) -> None:
+    """Rows whose time does not parse take the time of the row before them in their file (or after,
+    at the top of a file). Only run when such rows exist: the window sorts every row."""
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _staged AS
+        SELECT * REPLACE (
+            coalesce(_partition_ts,
+                     last_value(_partition_ts IGNORE NULLS) OVER (PARTITION BY _source_file ORDER BY _source_row
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
+                     first_value(_partition_ts IGNORE NULLS) OVER (PARTITION BY _source_file ORDER BY _source_row
+                         ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)) AS _partition_ts)
+        FROM _staged
         """
     )
-    conn.execute("DROP TABLE IF EXISTS _staged_read")
-    return "_staged"
 
 
 def _stage_csv(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, files: list[str]) -> None:

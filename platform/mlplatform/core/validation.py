@@ -94,6 +94,62 @@ def typed_select_sql(spec: DatasetSpec, raw_relation: str, raw_types: dict[str, 
     )
 
 
+# pandas keeps times as datetime64[ns]: Pandera's coercion fails outside these bounds.
+_PANDAS_TIME_RANGE = ("1677-09-22", "2262-04-11")
+
+
+def _allowed_is_clearly_violated(ident: str, column: ColumnSpec) -> str:
+    """SQL that is true where `allowed` may fail; conservative (any non-null) where types could mix."""
+    values = column.allowed or []
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    if column.type in ("int", "float") and numbers:
+        return f"{ident} NOT IN ({', '.join(repr(float(v)) for v in values)})"
+    if column.type in ("string", "category") and all(isinstance(v, str) for v in values):
+        return f"{ident} NOT IN ({', '.join(quote_literal(v) for v in values)})"
+    return f"{ident} IS NOT NULL"
+
+
+def suspect_rows_predicate(spec: DatasetSpec, typed_relation: str) -> str:
+    """A SQL condition over `typed_select_sql` rows that holds for every row Pandera could reject.
+
+    It may hold for more rows (it is a screen, not the verdict): rows it leaves out pass every check
+    of `build_schema` by construction (typed, non-null where required, in range, allowed, unique in
+    the window), so only the rest need the pandas round trip and Pandera. On the usual mostly-clean
+    partition that is a few rows instead of millions. Floats: NaN is null to Pandera and sorts
+    above every number in DuckDB, so the null and max rules catch it.
+    """
+    rules = ["len(_parse_errors) > 0", f"{quote_ident(spec.time_column)} IS NULL"]
+    if spec.time_column not in spec.columns:
+        low, high = _PANDAS_TIME_RANGE
+        time = quote_ident(spec.time_column)
+        rules.append(f"{time} < {quote_literal(low)}::TIMESTAMP OR {time} > {quote_literal(high)}::TIMESTAMP")
+    for name, column in spec.columns.items():
+        ident = quote_ident(name)
+        nan = f" OR isnan({ident})" if column.type == "float" else ""
+        if not column.nullable:
+            rules.append(f"{ident} IS NULL{nan}")
+        numeric = column.type in ("int", "float")
+        if column.min is not None:
+            rules.append(f"{ident} < {float(column.min)!r}{nan}" if numeric else f"{ident} IS NOT NULL")
+        if column.max is not None:
+            rules.append(f"{ident} > {float(column.max)!r}{nan}" if numeric else f"{ident} IS NOT NULL")
+        if column.allowed is not None:
+            rules.append(_allowed_is_clearly_violated(ident, column))
+        if column.unique:
+            rules.append(
+                f"{ident} IN (SELECT {ident} FROM {typed_relation} GROUP BY ALL HAVING count(*) > 1)"
+                + (
+                    f" OR ({ident} IS NULL AND (SELECT count(*) FROM {typed_relation} WHERE {ident} IS NULL) > 1)"
+                )
+            )
+        if column.type in ("date", "timestamp"):
+            low, high = _PANDAS_TIME_RANGE
+            rules.append(
+                f"{ident} < {quote_literal(low)}::TIMESTAMP OR {ident} > {quote_literal(high)}::TIMESTAMP"
+            )
+    return " OR ".join(f"coalesce({rule}, false)" for rule in rules)
+
+
 def _plain(value: object) -> object:
     """numpy scalars print as np.float64(7.0); users want 7."""
     value = value.item() if hasattr(value, "item") else value
