@@ -87,10 +87,16 @@ def run_child(
     between runs, and a peak RSS that belongs to this run alone (os.wait4 reports it for the child).
     """
     command = [sys.executable, "-m", module, *args, "--result", str(result_path)]
+    # This checkout's code, whatever checkout the installed package points at.
+    path = os.pathsep.join(p for p in (str(REPO_ROOT / "platform"), os.environ.get("PYTHONPATH")) if p)
     started = time.perf_counter()
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
+            command,
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": path, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)

@@ -32,7 +32,7 @@ from mlplatform.core.monitoring import (
     read_reference,
 )
 from mlplatform.core.sql import quote_ident
-from mlplatform.core.warehouse import replace_window, table_exists, table_name, window_predicate
+from mlplatform.core.warehouse import read_frame, replace_window, table_exists, table_name, window_predicate
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.specs.model import DatasetSpec, parse_duration
 
@@ -71,11 +71,12 @@ def champion_training_rows(
         labelled = f"{quote_ident(spec.target.column)} IS NOT NULL"
 
         def rows(first: str, last: str) -> pd.DataFrame:
-            return conn.execute(
+            return read_frame(
+                conn,
                 f"SELECT * FROM {features} WHERE {t} BETWEEN ?::TIMESTAMP AND ?::TIMESTAMP AND {labelled} "
                 f"ORDER BY {t}",
                 [first, last],
-            ).df()
+            )
 
         return rows(*windows["train"]), rows(*windows["test"])
     if not table_exists(conn, spec.name, "training_set"):
@@ -175,7 +176,7 @@ def window_rows(
     features = table_name(spec.name, "features")
     where = window_predicate(spec.time_column, start, end)
     if not table_exists(conn, spec.name, "predictions"):
-        return conn.sql(f"SELECT * FROM {features} WHERE {where}").df()
+        return read_frame(conn, f"SELECT * FROM {features} WHERE {where}")
     keys = [spec.time_column, *([spec.entity_key] if spec.entity_key else [])]
     on = " AND ".join(f"f.{quote_ident(k)} = p.{quote_ident(k)}" for k in keys)
     predictions = table_name(spec.name, "predictions")
@@ -187,11 +188,12 @@ def window_rows(
     picked = ", ".join(f"any_value({quote_ident(c)}) AS {quote_ident(c)}" for c in output_columns)
     group = ", ".join(quote_ident(k) for k in keys)
     # One prediction per key: a duplicated (time, entity) pair must not duplicate feature rows.
-    return conn.sql(
+    return read_frame(
+        conn,
         f"SELECT f.*, {', '.join('p.' + quote_ident(c) for c in output_columns)} "
         f"FROM (SELECT * FROM {features} WHERE {where}) f "
-        f"LEFT JOIN (SELECT {group}, {picked} FROM {predictions} WHERE {where} GROUP BY {group}) p ON {on}"
-    ).df()
+        f"LEFT JOIN (SELECT {group}, {picked} FROM {predictions} WHERE {where} GROUP BY {group}) p ON {on}",
+    )
 
 
 def report_partition(

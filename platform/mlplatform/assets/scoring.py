@@ -9,7 +9,7 @@ from mlplatform.assets.common import asset_key, spec_code_version, table_metadat
 from mlplatform.assets.training import model_feature_names
 from mlplatform.core.sql import column_types
 from mlplatform.core.training import TrainedModel, predict
-from mlplatform.core.warehouse import replace_window, table_exists, table_name, window_predicate
+from mlplatform.core.warehouse import read_frame, replace_window, table_exists, table_name, window_predicate
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.resources.registry import CHAMPION, load_version
 from mlplatform.specs.model import DatasetSpec
@@ -106,7 +106,7 @@ def build_predictions_asset(spec: DatasetSpec, partitions: dg.PartitionsDefiniti
             unused = sorted(defined - set(model.feature_names))
             if unused:
                 context.log.warning(f"champion version {version} does not use the newer feature(s) {unused}")
-            frame = conn.sql(f"SELECT * FROM {features_table} WHERE {in_window}").df()
+            frame = read_frame(conn, f"SELECT * FROM {features_table} WHERE {in_window}")
             try:
                 scored = score_frame(spec, model, frame, version)
             except (TypeError, ValueError) as error:
