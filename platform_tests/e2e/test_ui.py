@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -156,3 +157,19 @@ def test_mlflow_server_serves_the_registry_over_http(webserver: Webserver, tmp_p
         assert str(champion.version) == str(challenger.version) == "1"  # the store may give an int
         run = client.get_run(champion.run_id)
         assert run.info.status == "FINISHED" and "test_rmse" in run.data.metrics
+
+
+def test_rollback_command_in_a_subprocess_says_what_is_wrong_in_one_line(webserver: Webserver) -> None:
+    """The home has one champion and nothing to roll back to: the command says so, changes nothing."""
+    for extra, expected in (([], "no earlier champion"), (["--to", "7"], "version 7")):
+        done = subprocess.run(
+            ["mlplatform", "rollback", "--dataset", "bike_sharing", *extra],
+            env=subprocess_env(webserver.home),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mlplatform: error: "), done.stderr
+        assert expected in lines[0], lines[0]
