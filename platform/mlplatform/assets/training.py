@@ -189,6 +189,7 @@ def build_model_asset(
         windows = split_windows(frame, spec)
         times = frame[spec.time_column]
         partition_range = f"{partition_key_at(times.min())}..{partition_key_at(times.max())}"
+        del frame, times  # the splits are copies: free the whole set before training doubles it
         run_id = context.run.run_id
         run_tags = {
             "mlplatform.stage": "training",

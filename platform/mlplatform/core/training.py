@@ -24,6 +24,7 @@ from mlplatform.core.metrics import encode_labels, infer_classes, to_python_valu
 MODEL_FILE = "model.txt"
 SIDECAR_FILE = "model.json"
 DEFAULT_SEED = 42
+PREDICT_CHUNK_ROWS = 1_000_000
 
 _OBJECTIVE = {"regression": "regression", "binary": "binary", "multiclass": "multiclass"}
 # Early stopping watches this metric; it matches PRIMARY_METRIC in metrics.py.
@@ -171,7 +172,7 @@ def train_lightgbm(
         prepare_features(X_train, feature_names, levels),
         label=_encode_target(task, y_train, classes),
         categorical_feature=list(categorical_features),
-        free_raw_data=False,
+        free_raw_data=True,  # LightGBM bins the rows; the float copy can go once it has
     )
     valid_sets: list[lgb.Dataset] = []
     callbacks: list[Any] = []
@@ -208,10 +209,18 @@ def train_lightgbm(
 
 
 def predict(model: TrainedModel, X: pd.DataFrame) -> np.ndarray:
-    """Regression: values. Binary: P(classes[1]). Multiclass: n x k matrix, columns in `model.classes`."""
-    features = prepare_features(X, model.feature_names, model.categorical_levels)
-    output = model.booster.predict(features, num_iteration=model.best_iteration)
-    return np.asarray(output, dtype=np.float64)
+    """Regression: values. Binary: P(classes[1]). Multiclass: n x k matrix, columns in `model.classes`.
+
+    Rows are scored PREDICT_CHUNK_ROWS at a time: each row's score depends on that row alone, and
+    the prepared copy of the inputs (and LightGBM's own float copy of it) then stay small instead of
+    two extra copies of a 10M-row frame.
+    """
+    outputs = []
+    for start in range(0, max(len(X), 1), PREDICT_CHUNK_ROWS):
+        chunk = X.iloc[start : start + PREDICT_CHUNK_ROWS]
+        features = prepare_features(chunk, model.feature_names, model.categorical_levels)
+        outputs.append(np.asarray(model.booster.predict(features, num_iteration=model.best_iteration)))
+    return np.asarray(np.concatenate(outputs), dtype=np.float64)
 
 
 def predict_labels(model: TrainedModel, X: pd.DataFrame, threshold: float = 0.5) -> np.ndarray:
