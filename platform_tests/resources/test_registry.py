@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from mlplatform.resources.registry import (
     register_version,
     rollback,
 )
+from platform_tests.conftest import subprocess_env
 
 MODEL = "toy"
 
@@ -134,3 +136,47 @@ def test_the_logged_model_is_a_pyfunc_without_pickle(
     assert list(pyfunc.predict(frame[["x", "colour"]])) == pytest.approx(
         list(predict(load_version(resource, MODEL, 2), frame))
     )
+
+
+def test_rollback_command_in_a_subprocess_moves_the_champion(
+    resource: MlflowResource, frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    """`mlplatform rollback` as a user runs it, against a store named by MLFLOW_TRACKING_URI."""
+    name = "toy_cli"
+    features = frame[["x", "colour"]]
+    for rounds in (5, 10):
+        model = train_lightgbm(
+            "regression", features, frame["y"], None, None, lightgbm_params("regression", None, {}), rounds, 5
+        )
+        with resource.start_run(name) as run:
+            info = log_lightgbm_model(model, features.head(3), tmp_path / f"work{rounds}")
+            register_version(resource, name, info, run.info.run_id, {"rounds": rounds})
+    promote(resource, name, 1)
+    promote(resource, name, 2)
+    home = tmp_path / "home"
+
+    def mlplatform_rollback(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["mlplatform", "rollback", "--dataset", name, *args],
+            cwd=tmp_path,
+            env=subprocess_env(home, MLFLOW_TRACKING_URI=resource.tracking_uri),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    back = mlplatform_rollback()
+    assert back.returncode == 0, back.stderr
+    assert back.stdout.splitlines() == [
+        f"{name}: champion moved from version 2 to version 1 (MLflow registry {resource.tracking_uri})",
+        f"re-score with it: mlplatform run --dataset {name} --stage predictions",
+    ]
+    assert int(resource.get_alias_version(name, CHAMPION).version) == 1
+    assert champion_history(resource, name) == [1]
+
+    forward = mlplatform_rollback("--to", "2", "--home", str(home))
+    assert forward.returncode == 0, forward.stderr
+    assert "champion moved from version 1 to version 2" in forward.stdout
+    assert f"--stage predictions --home {home}" in forward.stdout
+    assert int(resource.get_alias_version(name, CHAMPION).version) == 2
+    assert champion_history(resource, name) == [1, 2]
