@@ -17,6 +17,7 @@ from mlplatform.core.cleaning import clean_window
 from mlplatform.core.source import source_files, stage_source
 from mlplatform.core.warehouse import replace_window
 from mlplatform.specs.model import DatasetSpec
+from platform_tests.core.toy_spec import toy_spec
 
 HEADER = "id,day,kind,value,flag,code,seen"
 ROWS = [
@@ -41,23 +42,13 @@ BEYOND_PANDAS_TIMES = "17,2024-01-02,a,3,1,23,2300-01-01 00:00:00"
 
 
 def _spec(path: Path) -> DatasetSpec:
-    return DatasetSpec.model_validate(
+    return toy_spec(
+        path,
         {
-            "name": "toy",
-            "source": {"path": str(path)},
-            "derived": {"ts": "strptime(day, '%Y-%m-%d')"},
-            "time_column": "ts",
-            "columns": {
-                "id": {"type": "int", "nullable": False, "unique": True},
-                "day": {"type": "string", "nullable": False},
-                "kind": {"type": "category", "allowed": ["a", "b"]},
-                "value": {"type": "float", "nullable": False, "min": 0, "max": 10},
-                "flag": {"type": "int", "allowed": [0, 1]},
-                "code": {"type": "int", "unique": True},
-                "seen": {"type": "timestamp"},
-            },
-            "target": {"column": "value", "task": "regression"},
-        }
+            "flag": {"type": "int", "allowed": [0, 1]},
+            "code": {"type": "int", "unique": True},
+            "seen": {"type": "timestamp"},
+        },
     )
 
 

@@ -15,27 +15,9 @@ from mlplatform.core.source import source_files, stage_source
 from mlplatform.core.validation import build_schema
 from mlplatform.core.warehouse import replace_window
 from mlplatform.specs.model import DatasetSpec
+from platform_tests.core.toy_spec import toy_spec
 
 HEADER = "id,day,kind,value"
-
-
-def _spec(path: Path, **extra: object) -> DatasetSpec:
-    return DatasetSpec.model_validate(
-        {
-            "name": "toy",
-            "source": {"path": str(path)},
-            "derived": {"ts": "strptime(day, '%Y-%m-%d')"},
-            "time_column": "ts",
-            "columns": {
-                "id": {"type": "int", "nullable": False, "unique": True},
-                "day": {"type": "string", "nullable": False},
-                "kind": {"type": "category", "allowed": ["a", "b"]},
-                "value": {"type": "float", "nullable": False, "min": 0, "max": 10},
-            },
-            "target": {"column": "value", "task": "regression"},
-            **extra,
-        }
-    )
 
 
 def _load(spec: DatasetSpec) -> duckdb.DuckDBPyConnection:
@@ -52,7 +34,7 @@ def test_row_numbers_match_the_file_across_malformed_lines_and_files(tmp_path: P
         f"{HEADER}\n1,2024-01-01,a,1\n2,2024-01-01\n3,2024-01-02,b,2,extra\n4,2024-01-02,a,3\n"
     )
     (tmp_path / "b.csv").write_text(f"{HEADER}\n5,2024-01-03,a,4\n6,2024-01-03,b,5\n")
-    conn = _load(_spec(tmp_path / "*.csv"))
+    conn = _load(toy_spec(tmp_path / "*.csv"))
     raw = conn.sql("SELECT id, _source_file, _source_row, _parse_error FROM toy.raw ORDER BY id").df()
     assert raw.id.tolist() == ["1", "2", "3", "4", "5", "6"]
     assert [Path(f).name for f in raw._source_file] == ["a.csv"] * 4 + ["b.csv"] * 2
@@ -76,7 +58,7 @@ def test_each_kind_of_bad_value_gets_its_reason_and_nothing_is_lost(tmp_path: Pa
         "8,2024-13-45,b,2",  # time that does not parse: kept, in the previous row's partition
     ]
     (tmp_path / "t.csv").write_text(HEADER + "\n" + "\n".join(rows) + "\n")
-    conn = _load(_spec(tmp_path / "t.csv"))
+    conn = _load(toy_spec(tmp_path / "t.csv"))
     counts = conn.execute(
         "SELECT (SELECT count(*) FROM toy.raw), (SELECT count(*) FROM toy.clean), (SELECT count(*) FROM toy.quarantine)"
     ).fetchall()[0]
@@ -97,7 +79,7 @@ def test_each_kind_of_bad_value_gets_its_reason_and_nothing_is_lost(tmp_path: Pa
 
 def test_duplicate_key_in_another_partition_is_quarantined(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_text(f"{HEADER}\n1,2024-01-01,a,1\n1,2024-01-05,a,1\n")
-    spec = _spec(tmp_path / "t.csv")
+    spec = toy_spec(tmp_path / "t.csv")
     conn = duckdb.connect()
     staged = stage_source(conn, spec, source_files(spec), datetime(2024, 1, 1))
     everything = (datetime(2000, 1, 1), datetime(2100, 1, 1))
@@ -109,8 +91,8 @@ def test_duplicate_key_in_another_partition_is_quarantined(tmp_path: Path) -> No
     assert reason == "id: duplicate key 1 (already clean in another partition)"
 
 
-def test_schema_follows_the_spec(tmp_path: Path) -> None:
-    schema = build_schema(_spec(tmp_path / "t.csv"))
+def test_schema_follows_thetoy_spec(tmp_path: Path) -> None:
+    schema = build_schema(toy_spec(tmp_path / "t.csv"))
     assert set(schema.columns) == {"id", "day", "kind", "value", "ts"}
     assert schema.columns["id"].unique and not schema.columns["id"].nullable
     assert not schema.columns["ts"].nullable

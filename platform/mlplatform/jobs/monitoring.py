@@ -28,25 +28,34 @@ def stage_keys(spec: DatasetSpec, stages: tuple[str, ...]) -> list[dg.AssetKey]:
     return [dg.AssetKey([spec.name, stage]) for stage in stages]
 
 
-def build_ingest_job(spec: DatasetSpec) -> UnresolvedAssetJobDefinition:
+def _stage_job(
+    spec: DatasetSpec, name: str, stages: tuple[str, ...], purpose: str, description: str
+) -> UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
+        name,
+        selection=dg.AssetSelection.assets(*stage_keys(spec, stages)),
+        description=description,
+        tags={"mlplatform/dataset": spec.name, "mlplatform/purpose": purpose},
+    )
+
+
+def build_ingest_job(spec: DatasetSpec) -> UnresolvedAssetJobDefinition:
+    return _stage_job(
+        spec,
         ingest_job_name(spec),
-        selection=dg.AssetSelection.assets(*stage_keys(spec, INGEST_STAGES)),
-        description=(
-            f"New data of {spec.name} through the graph: raw -> clean/quarantine -> features -> predictions "
-            "(by the champion) -> drift_report, for a range of partitions in one run."
-        ),
-        tags={"mlplatform/dataset": spec.name, "mlplatform/purpose": "ingest"},
+        INGEST_STAGES,
+        "ingest",
+        f"New data of {spec.name} through the graph: raw -> clean/quarantine -> features -> predictions "
+        "(by the champion) -> drift_report, for a range of partitions in one run.",
     )
 
 
 def build_retrain_job(spec: DatasetSpec) -> UnresolvedAssetJobDefinition:
-    return dg.define_asset_job(
+    return _stage_job(
+        spec,
         retrain_job_name(spec),
-        selection=dg.AssetSelection.assets(*stage_keys(spec, RETRAIN_STAGES)),
-        description=(
-            f"Retrain {spec.name}: training_set -> model (challenger) -> evaluation (promotion of the champion) "
-            "-> reference_profile of whichever model is champion afterwards."
-        ),
-        tags={"mlplatform/dataset": spec.name, "mlplatform/purpose": "retrain"},
+        RETRAIN_STAGES,
+        "retrain",
+        f"Retrain {spec.name}: training_set -> model (challenger) -> evaluation (promotion of the champion) "
+        "-> reference_profile of whichever model is champion afterwards.",
     )
