@@ -32,7 +32,7 @@ from mlplatform.core.metrics import compute_metrics
 from mlplatform.core.monitoring import build_reference, judge_window, monitored_columns, primary_error
 from mlplatform.core.source import source_files
 from mlplatform.core.splits import assign_split, time_split
-from mlplatform.core.sql import DUCKDB_TYPES, quote_ident, quote_literal
+from mlplatform.core.sql import DUCKDB_TYPES, column_types, quote_ident, quote_literal, total_order_sql
 from mlplatform.core.training import available_cpus, lightgbm_params
 from mlplatform.specs.loader import parse_spec
 from mlplatform.specs.model import DatasetSpec, parse_duration
@@ -134,9 +134,8 @@ def run_bare(spec_path: Path, db_path: Path) -> dict[str, Any]:
             conn.execute(f"CREATE TABLE features AS {features_sql(spec, 'clean', start, end)}")
         with timer.stage("training_set"):
             # Ordered like the platform's training set: LightGBM's result depends on the row order.
-            order = ", ".join(
-                quote_ident(c) for c in [spec.time_column, *([spec.entity_key] if spec.entity_key else [])]
-            )
+            leading = [spec.time_column, *([spec.entity_key] if spec.entity_key else [])]
+            order = total_order_sql(leading, list(column_types(conn, "features")))
             frame = conn.sql(
                 f"SELECT * FROM features WHERE {quote_ident(target)} IS NOT NULL ORDER BY {order}"
             ).df()

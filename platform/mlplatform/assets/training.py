@@ -15,7 +15,7 @@ from mlplatform.assets.common import asset_key, spec_code_version, table_metadat
 from mlplatform.core.features import feature_names
 from mlplatform.core.metrics import PRIMARY_METRIC, compute_metrics
 from mlplatform.core.splits import SPLIT_NAMES, assign_split, time_split
-from mlplatform.core.sql import column_types, quote_ident
+from mlplatform.core.sql import column_types, quote_ident, total_order_sql
 from mlplatform.core.training import TrainedModel, available_cpus, lightgbm_params, predict, train_lightgbm
 from mlplatform.core.warehouse import count_rows, read_frame, table_exists, table_name
 from mlplatform.resources.mlflow import MlflowResource
@@ -38,9 +38,11 @@ def read_training_set(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> pd.
         raise dg.Failure(
             f"{spec.name}.{TRAINING_SET} does not exist: materialize {spec.name}/training_set first"
         )
-    order = [spec.time_column, *([spec.entity_key] if spec.entity_key else [])]
-    by = ", ".join(quote_ident(c) for c in order)
-    return read_frame(conn, f"SELECT * FROM {table_name(spec.name, TRAINING_SET)} ORDER BY {by}")
+    table = table_name(spec.name, TRAINING_SET)
+    # LightGBM's result depends on the row order: a total order makes the same rows the same model.
+    leading = [spec.time_column, *([spec.entity_key] if spec.entity_key else [])]
+    by = total_order_sql(leading, list(column_types(conn, table)))
+    return read_frame(conn, f"SELECT * FROM {table} ORDER BY {by}")
 
 
 def table_data_version(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> str:
@@ -51,16 +53,13 @@ def table_data_version(conn: duckdb.DuckDBPyConnection, schema: str, table: str)
     return hashlib.sha256(f"{columns}|{rows}|{row_hash_sum}".encode()).hexdigest()[:16]
 
 
-def split_windows(frame: pd.DataFrame, spec: DatasetSpec) -> dict[str, dict[str, str]]:
+def split_windows(parts: dict[str, pd.DataFrame], time_column: str) -> dict[str, dict[str, str]]:
     """First and last timestamp of each split, as stored (closed intervals, easy to read)."""
-    times = pd.to_datetime(frame[spec.time_column])
-    return {
-        name: {
-            "first": str(times[frame[SPLIT_COLUMN] == name].min()),
-            "last": str(times[frame[SPLIT_COLUMN] == name].max()),
-        }
-        for name in SPLIT_NAMES
-    }
+    windows: dict[str, dict[str, str]] = {}
+    for name, part in parts.items():
+        times = pd.to_datetime(part[time_column])
+        windows[name] = {"first": str(times.min()), "last": str(times.max())}
+    return windows
 
 
 def build_training_assets(
@@ -107,7 +106,9 @@ def build_training_set_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             metadata = table_metadata(conn, spec.name, TRAINING_SET, len(frame))
         counts = frame[SPLIT_COLUMN].value_counts()
         context.log.info(
-            f"{spec.name} training set: {dict(counts)} rows; {unlabelled} unlabelled rows left out"
+            f"{spec.name} training set: "
+            + ", ".join(f"{name} {int(counts.get(name, 0)):,}" for name in SPLIT_NAMES)
+            + f" rows; {unlabelled:,} unlabelled rows left out"
         )
         return dg.MaterializeResult(
             metadata={
@@ -186,7 +187,7 @@ def build_model_asset(
         parts = {name: frame[frame[SPLIT_COLUMN] == name] for name in SPLIT_NAMES}
         threads = available_cpus()
         params = lightgbm_params(task, None, spec.model.params, threads)
-        windows = split_windows(frame, spec)
+        windows = split_windows(parts, spec.time_column)
         times = frame[spec.time_column]
         partition_range = f"{partition_key_at(times.min())}..{partition_key_at(times.max())}"
         del frame, times  # the splits are copies: free the whole set before training doubles it

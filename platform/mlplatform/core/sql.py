@@ -46,6 +46,16 @@ def typed_expression(expr: str, spec_type: str, source_type: str = "VARCHAR") ->
     return f"TRY_CAST({expr} AS {target})"
 
 
+def total_order_sql(leading: list[str], columns: list[str]) -> str:
+    """An ORDER BY list: the `leading` columns, then every other one of `columns`.
+
+    DuckDB orders tied rows differently from run to run; ordering on every column makes the order
+    total (rows equal in every column are interchangeable), so the same rows read the same way twice.
+    """
+    rest = [c for c in columns if c not in leading]
+    return ", ".join(quote_ident(c) for c in [*leading, *rest])
+
+
 def column_types(conn, relation: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """Column name -> DuckDB type of a table, view or query."""
     return {row[0]: row[1] for row in conn.sql(f"DESCRIBE {relation}").fetchall()}
