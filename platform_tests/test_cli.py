@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,6 +64,31 @@ def test_missing_source_file_is_one_clear_line(tmp_path: Path, write_spec: Calla
     assert result.stderr.strip() == (
         f"mlplatform: error: spec file {path}: key 'source.path': file {tmp_path / 'gone.csv'} does not exist"
     )
+
+
+def test_prepared_home_has_its_instance_storage_before_any_process_starts(platform_home: Path) -> None:
+    """`mlplatform` creates the SQLite instance once, so a daemon and a webserver can start together.
+
+    Two processes opening a fresh home at once both create its tables and one dies on a duplicate
+    `alembic_version` row; on a prepared home they only read it.
+    """
+    dagster_home = platform_home / "dagster"
+    for database in ("history/runs.db", "schedules/schedules.db"):
+        with sqlite3.connect(dagster_home / database) as connection:
+            assert connection.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+    open_instance = "import dagster; dagster.DagsterInstance.get().dispose()"
+    together = [
+        subprocess.Popen(
+            [sys.executable, "-c", open_instance],
+            env=subprocess_env(platform_home),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    for process in together:
+        _, errors = process.communicate(timeout=120)
+        assert process.returncode == 0, errors[-2000:]
 
 
 def test_specs_lists_the_bundled_datasets(tmp_path: Path) -> None:

@@ -37,6 +37,20 @@ def prepare_home(home: str | None) -> None:
     config = dagster_home / "dagster.yaml"
     if not config.exists():
         config.write_text(DAGSTER_YAML)
+    create_instance_storage()
+
+
+def create_instance_storage() -> None:
+    """Create (or migrate) the storage of the instance at $DAGSTER_HOME, once, in this process.
+
+    A `dagster-daemon` and a `dagster-webserver` started side by side on a fresh SQLite home both
+    create its tables and one of them dies on the race (a duplicate `alembic_version` row), so the
+    platform creates them first.
+    """
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get():
+        pass
 
 
 def _load_definitions():  # type: ignore[no-untyped-def]
