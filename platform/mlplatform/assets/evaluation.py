@@ -180,10 +180,10 @@ def build_evaluation_asset(spec: DatasetSpec, reports_dir: Path) -> dg.AssetsDef
         code_version=spec_code_version(spec, "promotion", "target"),
         description=(
             f"Challenger vs champion vs a naive baseline on the test window of {spec.name}, with plots and a "
-            f"Markdown report (MLflow artifacts and {reports_dir / spec.name}). Promotes the challenger to "
-            f"`champion` when the rule holds: {metric} not worse than the champion by more than "
-            f"promotion.min_improvement={spec.promotion.min_improvement}, and better than the baseline when "
-            "there is no champion. Never promotes a worse model."
+            "Markdown report (as MLflow artifacts, and under $MLPLATFORM_REPORTS: see `report_path`). "
+            f"Promotes the challenger to `champion` when the rule holds: {metric} not worse than the "
+            f"champion by more than promotion.min_improvement={spec.promotion.min_improvement}, and better "
+            "than the baseline when there is no champion. Never promotes a worse model."
         ),
     )
     def evaluation(
