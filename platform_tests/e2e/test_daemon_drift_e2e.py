@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -77,10 +78,22 @@ def staged_days(tmp_path: Path) -> tuple[list[Path], list[Path], date]:
     return files[:HISTORY_DAYS], files[HISTORY_DAYS:], shift
 
 
+@dataclass
+class Services:
+    url: str
+    processes: dict[str, subprocess.Popen]
+
+    def assert_running(self) -> None:
+        """Fail at once, not at a timeout, when the daemon or the webserver has died (its log is printed)."""
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise AssertionError(f"{name} exited with code {process.returncode}")
+
+
 @pytest.fixture
 def daemon_and_webserver(
     platform_home: Path, landing: Path, staged_days: tuple, write_spec: Callable[..., Path], tmp_path: Path
-) -> Iterator[str]:
+) -> Iterator[Services]:
     raw = yaml.safe_load((BUNDLED_SPECS_DIR / "transactions.yaml").read_text())
     raw.update(name=NAME, source={"path": f"{landing}/*.parquet", "format": "parquet"})
     raw["partitions"] = {"start": staged_days[2] - timedelta(days=HISTORY_DAYS), "end": "open"}
@@ -108,26 +121,24 @@ def daemon_and_webserver(
             str(port),
         ],
     }
-    processes = []
+    processes: dict[str, subprocess.Popen] = {}
     try:
         for name, command in commands.items():
             with (logs / f"{name}.log").open("w") as log:
-                processes.append(
-                    subprocess.Popen(
-                        command,
-                        env=env,
-                        cwd=tmp_path,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
+                processes[name] = subprocess.Popen(
+                    command,
+                    env=env,
+                    cwd=tmp_path,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
-        yield f"http://127.0.0.1:{port}"
+        yield Services(f"http://127.0.0.1:{port}", processes)
     finally:
-        for process in processes:
+        for process in processes.values():
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
+        for process in processes.values():
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -138,7 +149,7 @@ def daemon_and_webserver(
 
 
 def test_drift_triggers_retraining_through_the_daemon(
-    platform_home: Path, landing: Path, staged_days: tuple, daemon_and_webserver: str
+    platform_home: Path, landing: Path, staged_days: tuple, daemon_and_webserver: Services
 ) -> None:
     history, shifted, shift = staged_days
     instance = dg.DagsterInstance.get()
@@ -146,6 +157,7 @@ def test_drift_triggers_retraining_through_the_daemon(
     started = time.monotonic()
 
     def no_failed_runs() -> None:
+        daemon_and_webserver.assert_running()
         failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
         if failed:
             errors = [
@@ -169,7 +181,7 @@ def test_drift_triggers_retraining_through_the_daemon(
         shutil.copy2(path, landing / path.name)
     wait_for("the bootstrap run", lambda: successful_runs(f"{NAME}__all"), 150, no_failed_runs)
     assert int(mlflow.get_model_version_by_alias(NAME, "champion").version) == 1
-    with urllib.request.urlopen(f"{daemon_and_webserver}/server_info", timeout=10) as response:
+    with urllib.request.urlopen(f"{daemon_and_webserver.url}/server_info", timeout=10) as response:
         assert response.status == 200
     print(f"bootstrap done after {time.monotonic() - started:.0f} s")
 
