@@ -4,6 +4,12 @@ A row's features use only data at or before its own time; features of the target
 or before (row time - lag or gap), because the label of the row itself is unknown when it is scored.
 Lags are exact look-ups (the same entity at exactly `time - lag`); rolling windows aggregate the
 half-open range (time - gap - window, time - gap].
+
+Rows that share an entity and a time (ties) must give the same features whatever order the
+database meets them in, or two builds from the same files differ in the last bits and train
+different models. So a lag takes the smallest of tied values, and rolling windows run over one row
+per (entity, time) holding partial aggregates of its ties (summed in value order), joined back to
+the rows: a window over rows would add ties in the order DuckDB happens to sort them.
 """
 
 from __future__ import annotations
@@ -68,36 +74,90 @@ def features_sql(
     select += [f"{CALENDAR_SQL[p].format(t='b.' + t)} AS cal_{p}" for p in calendar_parts(spec, time_type)]
     select += [f"b.{quote_ident(c)}" for c in spec.feature_columns]
 
+    keys = f"{t}, {entity}" if entity else t
     joins = []
     for i, lag in enumerate(spec.features.lags):
         alias = f"lag{i}"
         on = f"{alias}.{t} = b.{t} - {_interval(parse_duration(lag.lag))}"
         if entity:
             on += f" AND {alias}.{entity} = b.{entity}"
-        # One value per (entity, time): a duplicated time must not multiply rows.
-        keys = f"{t}, {entity}" if entity else t
+        # One value per (entity, time), the same every run: a duplicated time must not multiply rows.
         joins.append(
-            f"LEFT JOIN (SELECT {keys}, any_value({quote_ident(lag.column)}) AS v FROM base GROUP BY ALL) {alias} ON {on}"
+            f"LEFT JOIN (SELECT {keys}, min({quote_ident(lag.column)}) AS v FROM base GROUP BY ALL) {alias} ON {on}"
         )
         select.append(f"{alias}.v AS {quote_ident(lag_name(lag.column, lag.lag))}")
 
-    partition = f"PARTITION BY b.{entity} " if entity else ""
-    for r in spec.features.rolling:
-        gap, window = parse_duration(r.gap), parse_duration(r.window)
-        # RANGE frames are inclusive; one microsecond less gives the half-open (t-gap-window, t-gap].
-        frame = (
-            f"RANGE BETWEEN {_interval(gap + window - timedelta(microseconds=1))} PRECEDING "
-            f"AND {_interval(gap)} PRECEDING"
-        )
-        agg = {"mean": "avg", "std": "stddev_samp"}.get(r.agg, r.agg)
-        select.append(
-            f"{agg}(b.{quote_ident(r.column)}) OVER ({partition}ORDER BY b.{t} {frame}) "
-            f"AS {quote_ident(rolling_name(r.column, r.agg, r.window, r.gap))}"
-        )
+    ctes = [f"base AS ({base})"]
+    if spec.features.rolling:
+        ctes += _rolling_ctes(spec, t, entity, keys)
+        on = f"r.{t} IS NOT DISTINCT FROM b.{t}"
+        if entity:
+            on += f" AND r.{entity} IS NOT DISTINCT FROM b.{entity}"
+        joins.append(f"JOIN rolled r ON {on}")
+        select += [
+            f"r.{quote_ident(rolling_name(r.column, r.agg, r.window, r.gap))}" for r in spec.features.rolling
+        ]
     select.append(f"b.{quote_ident(spec.target.column)}")
 
     return (
-        f"WITH base AS ({base}) "
+        f"WITH {', '.join(ctes)} "
         f"SELECT * FROM (SELECT {', '.join(select)} FROM base b {' '.join(joins)}) "
         f"WHERE {t} >= {quote_literal(start.isoformat(sep=' '))}::TIMESTAMP"
     )
+
+
+def _rolling_ctes(spec: DatasetSpec, t: str, entity: str | None, keys: str) -> list[str]:
+    """`partials`: one row per (entity, time) with its ties' count, sum, min, max (and shifted sums
+    of squares for std); `rolled`: every rolling feature, a window over those rows."""
+    partials: dict[str, str] = {}
+
+    def partial(kind: str, column: str, expression: str) -> str:
+        name = quote_ident(f"_{kind}_{column}")
+        partials.setdefault(name, expression)
+        return name
+
+    partition = f"PARTITION BY {entity} " if entity else ""
+    shifted: list[str] = []
+    features = []
+    for r in spec.features.rolling:
+        value = quote_ident(r.column)
+        gap, window = parse_duration(r.gap), parse_duration(r.window)
+        # RANGE frames are inclusive; one microsecond less gives the half-open (t-gap-window, t-gap].
+        over = (
+            f"OVER ({partition}ORDER BY {t} RANGE BETWEEN {_interval(gap + window - timedelta(microseconds=1))} "
+            f"PRECEDING AND {_interval(gap)} PRECEDING)"
+        )
+        n = f"sum({partial('n', r.column, f'count({value})')}) {over}"
+        if r.agg == "count":
+            expression = f"CAST(coalesce({n}, 0) AS BIGINT)"  # an empty frame (gap > 0) counts 0
+        elif r.agg in ("min", "max"):
+            expression = f"{r.agg}({partial(r.agg, r.column, f'{r.agg}({value})')}) {over}"
+        elif r.agg == "std":
+            # Sums of values shifted by the entity's median: the textbook formula without its
+            # cancellation when values are large against their spread.
+            if r.column not in shifted:
+                shifted.append(r.column)
+            x = f"({value} - {quote_ident(f'_shift_{r.column}')})"
+            s1 = f"sum({partial('s1', r.column, f'sum({x} ORDER BY {x})')}) {over}"
+            s2 = f"sum({partial('s2', r.column, f'sum({x} * {x} ORDER BY {x})')}) {over}"
+            expression = (
+                f"CASE WHEN {n} > 1 THEN sqrt(greatest(({s2} - {s1} * {s1} / {n}) / ({n} - 1), 0)) END"
+            )
+        else:
+            total = f"sum({partial('s', r.column, f'sum({value} ORDER BY {value})')}) {over}"
+            expression = total if r.agg == "sum" else f"{total} / nullif({n}, 0)"
+        features.append(f"{expression} AS {quote_ident(rolling_name(r.column, r.agg, r.window, r.gap))}")
+
+    source = "base"
+    if shifted:
+        medians = ", ".join(f"median({quote_ident(c)}) AS {quote_ident(f'_shift_{c}')}" for c in shifted)
+        if entity:
+            per_entity = f"SELECT {entity} AS _shift_entity, {medians} FROM base GROUP BY ALL"
+            source = f"base LEFT JOIN ({per_entity}) ON _shift_entity IS NOT DISTINCT FROM {entity}"
+        else:
+            source = f"base, (SELECT {medians} FROM base)"
+    columns = ", ".join(f"{expression} AS {name}" for name, expression in partials.items())
+    return [
+        f"partials AS (SELECT {keys}, {columns} FROM {source} GROUP BY ALL)",
+        f"rolled AS (SELECT {keys}, {', '.join(features)} FROM partials)",
+    ]
