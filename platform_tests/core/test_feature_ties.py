@@ -13,32 +13,17 @@ import pytest
 
 from mlplatform.core.features import features_sql, rolling_name
 from mlplatform.specs.model import DatasetSpec
+from platform_tests.core.toy_spec import customer_spec
 
 AGGREGATES = ("mean", "sum", "std", "count", "min", "max")
 T0 = datetime(2024, 1, 3, 10)
 
 
 def _spec(gap: str = "0h") -> DatasetSpec:
-    return DatasetSpec.model_validate(
+    return customer_spec(
         {
-            "name": "toy",
-            "source": {"path": "unused.parquet"},
-            "time_column": "ts",
-            "entity_key": "customer",
-            "columns": {
-                "ts": {"type": "timestamp"},
-                "customer": {"type": "string"},
-                "amount": {"type": "float"},
-                "label": {"type": "int"},
-            },
-            "target": {"column": "label", "task": "binary"},
-            "features": {
-                "calendar": [],
-                "lags": [{"column": "amount", "lag": "1d"}],
-                "rolling": [
-                    {"column": "amount", "window": "2d", "gap": gap, "agg": agg} for agg in AGGREGATES
-                ],
-            },
+            "lags": [{"column": "amount", "lag": "1d"}],
+            "rolling": [{"column": "amount", "window": "2d", "gap": gap, "agg": agg} for agg in AGGREGATES],
         }
     )
 

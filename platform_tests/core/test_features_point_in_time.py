@@ -14,6 +14,7 @@ from mlplatform.core.source import source_files, stage_source
 from mlplatform.core.warehouse import replace_window
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR, parse_spec
 from mlplatform.specs.model import DatasetSpec
+from platform_tests.core.toy_spec import customer_spec
 
 START, END = datetime(2011, 1, 1), datetime(2013, 1, 1)
 
@@ -80,22 +81,7 @@ def test_no_feature_uses_target_data_after_row_time_minus_horizon(
 
 
 def test_entity_rolling_stays_within_the_entity() -> None:
-    spec = DatasetSpec.model_validate(
-        {
-            "name": "toy",
-            "source": {"path": "unused.parquet"},
-            "time_column": "ts",
-            "entity_key": "customer",
-            "columns": {
-                "ts": {"type": "timestamp"},
-                "customer": {"type": "string"},
-                "amount": {"type": "float"},
-                "label": {"type": "int"},
-            },
-            "target": {"column": "label", "task": "binary"},
-            "features": {"calendar": [], "rolling": [{"column": "amount", "window": "2d", "agg": "sum"}]},
-        }
-    )
+    spec = customer_spec({"rolling": [{"column": "amount", "window": "2d", "agg": "sum"}]})
     conn = duckdb.connect()
     conn.execute(
         "CREATE TABLE clean AS SELECT * FROM (VALUES "

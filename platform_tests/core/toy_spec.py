@@ -1,4 +1,5 @@
-"""The small CSV-backed spec the source, validation and cleaning tests share."""
+"""Small specs the core tests share: a CSV-backed one (source, validation, cleaning) and a per-customer
+one (feature SQL)."""
 
 from __future__ import annotations
 
@@ -27,5 +28,25 @@ def toy_spec(
             },
             "target": {"column": "value", "task": "regression"},
             **extra,
+        }
+    )
+
+
+def customer_spec(features: dict[str, Any]) -> DatasetSpec:
+    """Payments per customer (the entity): ts, customer, amount (float), label (binary target)."""
+    return DatasetSpec.model_validate(
+        {
+            "name": "toy",
+            "source": {"path": "unused.parquet"},
+            "time_column": "ts",
+            "entity_key": "customer",
+            "columns": {
+                "ts": {"type": "timestamp"},
+                "customer": {"type": "string"},
+                "amount": {"type": "float"},
+                "label": {"type": "int"},
+            },
+            "target": {"column": "label", "task": "binary"},
+            "features": {"calendar": [], **features},
         }
     )
