@@ -134,8 +134,7 @@ def run_bare(spec_path: Path, db_path: Path) -> dict[str, Any]:
             conn.execute(f"CREATE TABLE features AS {features_sql(spec, 'clean', start, end)}")
         with timer.stage("training_set"):
             # Ordered like the platform's training set: LightGBM's result depends on the row order.
-            leading = [spec.time_column, *([spec.entity_key] if spec.entity_key else [])]
-            order = total_order_sql(leading, list(column_types(conn, "features")))
+            order = total_order_sql(spec.row_keys, list(column_types(conn, "features")))
             frame = conn.sql(
                 f"SELECT * FROM features WHERE {quote_ident(target)} IS NOT NULL ORDER BY {order}"
             ).df()
@@ -150,7 +149,7 @@ def run_bare(spec_path: Path, db_path: Path) -> dict[str, Any]:
             metrics = compute_metrics(spec.target.task, parts["test"][target], test_scores)
         with timer.stage("predictions"):
             everything = conn.sql("SELECT * FROM features").df()
-            keys = [spec.time_column, *([spec.entity_key] if spec.entity_key else [])]
+            keys = spec.row_keys
             scored = everything[keys].copy()
             scored["probability"] = score(booster, everything, inputs, categorical)
             scored["prediction"] = (scored["probability"] >= 0.5).astype(np.int64)

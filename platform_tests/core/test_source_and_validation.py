@@ -91,7 +91,7 @@ def test_duplicate_key_in_another_partition_is_quarantined(tmp_path: Path) -> No
     assert reason == "id: duplicate key 1 (already clean in another partition)"
 
 
-def test_schema_follows_thetoy_spec(tmp_path: Path) -> None:
+def test_schema_follows_the_spec(tmp_path: Path) -> None:
     schema = build_schema(toy_spec(tmp_path / "t.csv"))
     assert set(schema.columns) == {"id", "day", "kind", "value", "ts"}
     assert schema.columns["id"].unique and not schema.columns["id"].nullable

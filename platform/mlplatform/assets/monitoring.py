@@ -177,7 +177,7 @@ def window_rows(
     where = window_predicate(spec.time_column, start, end)
     if not table_exists(conn, spec.name, "predictions"):
         return read_frame(conn, f"SELECT * FROM {features} WHERE {where}")
-    keys = [spec.time_column, *([spec.entity_key] if spec.entity_key else [])]
+    keys = spec.row_keys
     on = " AND ".join(f"f.{quote_ident(k)} = p.{quote_ident(k)}" for k in keys)
     predictions = table_name(spec.name, "predictions")
     output_columns = [

@@ -28,7 +28,7 @@ def probability_columns(model: TrainedModel) -> list[str]:
 
 def score_frame(spec: DatasetSpec, model: TrainedModel, features: pd.DataFrame, version: int) -> pd.DataFrame:
     """The predictions table rows of `features`: time, entity key, prediction, probabilities, version."""
-    keys = [spec.time_column, *([spec.entity_key] if spec.entity_key else [])]
+    keys = spec.row_keys
     out = features[keys].reset_index(drop=True)
     if features.empty:
         width = len(model.classes or []) if model.task == "multiclass" else 0

@@ -40,8 +40,7 @@ def read_training_set(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> pd.
         )
     table = table_name(spec.name, TRAINING_SET)
     # LightGBM's result depends on the row order: a total order makes the same rows the same model.
-    leading = [spec.time_column, *([spec.entity_key] if spec.entity_key else [])]
-    by = total_order_sql(leading, list(column_types(conn, table)))
+    by = total_order_sql(spec.row_keys, list(column_types(conn, table)))
     return read_frame(conn, f"SELECT * FROM {table} ORDER BY {by}")
 
 

@@ -264,6 +264,11 @@ class DatasetSpec(_Strict):
         return str(path.resolve())
 
     @property
+    def row_keys(self) -> list[str]:
+        """The time column, then the entity key if there is one: how rows are identified and ordered."""
+        return [self.time_column, *([self.entity_key] if self.entity_key else [])]
+
+    @property
     def source_columns(self) -> list[str]:
         """Spec columns read from the files (the rest of `columns` are derived)."""
         return [c for c in self.columns if c not in self.derived]
