@@ -52,13 +52,13 @@ def _spec(path: Path) -> DatasetSpec:
     )
 
 
-def _clean(spec: DatasetSpec, prescreen: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _clean(spec: DatasetSpec, prescreen: bool, rows: int = len(ROWS)) -> tuple[pd.DataFrame, pd.DataFrame]:
     conn = duckdb.connect()
     staged = stage_source(conn, spec, source_files(spec), datetime(2024, 1, 1))
     window = (datetime(2000, 1, 1), datetime(2100, 1, 1))
     replace_window(conn, spec.name, "raw", f"SELECT * FROM {staged}", "_partition_ts", *window)
     result = clean_window(conn, spec, *window, prescreen=prescreen)
-    assert result.raw_rows == result.clean_rows + result.quarantined_rows == len(ROWS)
+    assert result.raw_rows == result.clean_rows + result.quarantined_rows == rows
     clean = conn.sql("SELECT * EXCLUDE (_loaded_at) FROM toy.clean ORDER BY _source_row").df()
     quarantine = conn.sql("SELECT * EXCLUDE (_loaded_at) FROM toy.quarantine ORDER BY _source_row").df()
     return clean, quarantine
@@ -80,11 +80,15 @@ def test_prescreened_cleaning_equals_validating_every_row(tmp_path: Path) -> Non
     assert 14 not in reasons  # the first of a duplicated key stays clean
 
 
-@pytest.mark.parametrize("prescreen", [True, False])
-def test_a_time_pandas_cannot_hold_fails_both_paths_alike(tmp_path: Path, prescreen: bool) -> None:
+def test_a_time_pandas_cannot_hold_is_quarantined_alike_by_both_paths(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_text(HEADER + "\n" + "\n".join([*ROWS, BEYOND_PANDAS_TIMES]) + "\n")
-    with pytest.raises(ValueError, match="'seen' fails coerce_dtype"):
-        _clean(_spec(tmp_path / "t.csv"), prescreen)
+    spec = _spec(tmp_path / "t.csv")
+    screened_clean, screened_quarantine = _clean(spec, prescreen=True, rows=len(ROWS) + 1)
+    full_clean, full_quarantine = _clean(spec, prescreen=False, rows=len(ROWS) + 1)
+    pd.testing.assert_frame_equal(screened_clean, full_clean)
+    pd.testing.assert_frame_equal(screened_quarantine, full_quarantine)
+    reason = full_quarantine.set_index("_source_row")["_quarantine_reason"][len(ROWS) + 1]
+    assert reason == "seen: time 2300-01-01 00:00:00 is outside what pandas can hold (1677..2262)"
 
 
 @pytest.mark.parametrize("prescreen", [True, False])
@@ -122,3 +126,66 @@ def _has(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
         [table],
     ).fetchall()
     return bool(rows[0][0])
+
+
+# Non-finite numbers, zones and a daylight-saving gap (the spec reads naive times in New York), text
+# that is no bool: each row holds one hostile value; the last two are fine.
+HOSTILE_HEADER = "id,day,kind,value,ratio,spread,flag,seen"
+HOSTILE_ROWS = [
+    "1,2024-01-01,a,inf,1,1,true,2024-01-01 10:00",  # inf in a float column: a parse reason
+    "2,2024-01-01,a,1,-Infinity,1,true,2024-01-01 10:00",  # also without min/max
+    "3,2024-01-01,a,1,1e309,1,true,2024-01-01 10:00",  # overflows to inf
+    "4,2024-01-01,a,1,NaN,1,true,2024-01-01 10:00",  # NaN is null, and ratio is nullable: clean
+    "5,2024-01-01,a,1,1,inf,true,2024-01-01 10:00",  # allowed infinite, but above spread's max
+    "6,2024-01-01,a,1,1,-inf,true,2024-01-01 10:00",  # allowed infinite, no min: clean
+    "7,2024-01-01,a,1,1,nan,true,2024-01-01 10:00",  # NaN in a non-nullable column
+    "8,2024-01-01,a,1,1,1,maybe,2024-01-01 10:00",  # no bool
+    "9,2024-01-01,a,1,1,1,true,2024-03-10 02:30",  # in the spring-forward gap
+    "10,2024-01-01,a,1,1,1,true,2024-01-01 10:00 Mars/Olympus",  # no such zone
+    "11,2024-01-01,a,1,1,1,true,2024-01-01 10:00+05:00",
+    "12,2024-01-01,a,1,1,1,no,2024-01-01 10:00",
+]
+
+
+@pytest.mark.parametrize("prescreen", [True, False])
+def test_hostile_values_get_the_same_outcome_with_and_without_the_prescreen(
+    tmp_path: Path, prescreen: bool
+) -> None:
+    (tmp_path / "t.csv").write_text(HOSTILE_HEADER + "\n" + "\n".join(HOSTILE_ROWS) + "\n")
+    spec = toy_spec(
+        tmp_path / "t.csv",
+        {
+            "ratio": {"type": "float"},
+            "spread": {"type": "float", "nullable": False, "allow_infinite": True, "max": 5},
+            "flag": {"type": "bool"},
+            "seen": {"type": "timestamp"},
+        },
+        timezone="America/New_York",
+    )
+    conn = duckdb.connect()
+    staged = stage_source(conn, spec, source_files(spec), datetime(2024, 1, 1))
+    window = (datetime(2000, 1, 1), datetime(2100, 1, 1))
+    replace_window(conn, spec.name, "raw", f"SELECT * FROM {staged}", "_partition_ts", *window)
+    result = clean_window(conn, spec, *window, prescreen=prescreen)
+    assert result.raw_rows == result.clean_rows + result.quarantined_rows == len(HOSTILE_ROWS)
+    counts = result.reason_counts
+    assert (counts["ratio: not_finite"], counts["seen: dst_gap"], counts["flag: parse"]) == (2, 1, 1)
+    clean = conn.sql("SELECT id, ratio, spread, seen FROM toy.clean ORDER BY id").fetchall()
+    assert clean == [
+        (4, None, 1.0, datetime(2024, 1, 1, 15)),
+        (6, 1.0, float("-inf"), datetime(2024, 1, 1, 15)),
+        (11, 1.0, 1.0, datetime(2024, 1, 1, 5)),
+        (12, 1.0, 1.0, datetime(2024, 1, 1, 15)),
+    ]
+    reasons = dict(conn.execute("SELECT _source_row, _quarantine_reason FROM toy.quarantine").fetchall())
+    finite = " is not a finite number (allow_infinite: true keeps it)"
+    assert reasons == {
+        1: "value: 'inf'" + finite,
+        2: "ratio: '-Infinity'" + finite,
+        3: "ratio: '1e309'" + finite,
+        5: "spread: less_than_or_equal_to(5.0) failed for inf",
+        7: "spread: null in a non-nullable column",
+        8: "flag: cannot parse 'maybe' as bool",
+        9: "seen: '2024-03-10 02:30' does not exist in America/New_York (a daylight saving gap)",
+        10: "seen: cannot parse '2024-01-01 10:00 Mars/Olympus' as timestamp",
+    }

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 import pandas as pd
 import pandera.pandas as pa
 
-from mlplatform.core.sql import quote_ident, quote_literal, typed_expression
+from mlplatform.core.sql import (
+    DST_GAP,
+    NOT_FINITE,
+    parse_error_expression,
+    quote_ident,
+    quote_literal,
+    typed_column,
+)
 from mlplatform.specs.model import ColumnSpec, DatasetSpec
 
 PANDAS_DTYPES = {
@@ -67,24 +74,21 @@ class ValidationOutcome:
 
 
 def typed_select_sql(spec: DatasetSpec, raw_relation: str, raw_types: dict[str, str]) -> str:
-    """Raw rows with spec columns cast to their types and a parse-error list per row."""
+    """Raw rows with spec columns cast to their types and a parse-error list per row.
+
+    A derived time column that is not among `columns` is typed too (as a timestamp), by the same
+    rule that placed the row in its partition.
+    """
     casts, errors = [], []
-    for name, col in spec.columns.items():
+    for name in spec.columns:
         source_type = raw_types.get(name, "VARCHAR")
-        ident = quote_ident(name)
-        casts.append(f"{typed_expression(ident, col.type, source_type)} AS {ident}")
-        if name in spec.derived:
-            continue
-        errors.append(
-            f"CASE WHEN {ident} IS NOT NULL AND {typed_expression(ident, col.type, source_type)} IS NULL "
-            f"THEN {quote_literal(name + ': cannot parse ')} || {quote_literal(chr(39))} || CAST({ident} AS VARCHAR)"
-            f" || {quote_literal(chr(39) + ' as ' + col.type)} END"
-        )
-    casts += [quote_ident(name) for name in spec.derived if name not in spec.columns]
-    if spec.time_column not in spec.columns and spec.time_column not in spec.derived:
-        casts.append(
-            f"TRY_CAST({quote_ident(spec.time_column)} AS TIMESTAMP) AS {quote_ident(spec.time_column)}"
-        )
+        casts.append(f"{typed_column(spec, name, source_type)} AS {quote_ident(name)}")
+        errors.append(parse_error_expression(spec, name, source_type))  # derived values too: 3.5 as int
+    for name in spec.derived:
+        if name == spec.time_column and name not in spec.columns:
+            casts.append(f"{typed_column(spec, name, raw_types.get(name, 'VARCHAR'))} AS {quote_ident(name)}")
+        elif name not in spec.columns:
+            casts.append(quote_ident(name))
     parse_errors = (
         f"list_filter([_parse_error, {', '.join(errors)}], lambda x: x IS NOT NULL)" if errors else "[]"
     )
@@ -115,8 +119,8 @@ def suspect_rows_predicate(spec: DatasetSpec, typed_relation: str) -> str:
     It may hold for more rows (it is a screen, not the verdict): rows it leaves out pass every check
     of `build_schema` by construction (typed, non-null where required, in range, allowed, unique in
     the window), so only the rest need the pandas round trip and Pandera. On the usual mostly-clean
-    partition that is a few rows instead of millions. Floats: NaN is null to Pandera and sorts
-    above every number in DuckDB, so the null and max rules catch it.
+    partition that is a few rows instead of millions. Floats: typing turns NaN into NULL and
+    infinities (unless allowed) into a parse reason; the NaN rules stay as a guard.
     """
     rules = ["len(_parse_errors) > 0", f"{quote_ident(spec.time_column)} IS NULL"]
     if spec.time_column not in spec.columns:
@@ -164,6 +168,28 @@ def _describe_failure(check: str, value: object) -> str:
     return f"{check} failed for {_plain(value)!r}"
 
 
+def _unrepresentable_times(frame: pd.DataFrame) -> list[tuple[int, str, object]]:
+    """(row id, column, value) of times beyond datetime64[ns], set to NaT in `frame` (mlplatform.core.placement
+    keeps a year-9999 row, quarantined, in the last partition)."""
+    found = []
+    for name in [c for c in frame.columns if pd.api.types.is_datetime64_any_dtype(frame[c])]:
+        outside = frame[name].notna() & ((frame[name] < pd.Timestamp.min) | (frame[name] > pd.Timestamp.max))
+        if outside.any():
+            found += [
+                (int(i), str(name), v)
+                for i, v in zip(frame.loc[outside, ROW_ID], frame.loc[outside, name], strict=True)
+            ]
+            frame.loc[outside, name] = pd.NaT
+    return found
+
+
+def _parse_check(error: str) -> str:
+    """The check a parse reason counts under in the reason counts."""
+    if error.endswith(NOT_FINITE):
+        return "not_finite"
+    return "dst_gap" if error.endswith(DST_GAP) else "parse"
+
+
 def validate_partition(
     spec: DatasetSpec, typed: pd.DataFrame, known_duplicates: pd.DataFrame | None = None
 ) -> ValidationOutcome:
@@ -187,12 +213,19 @@ def validate_partition(
         for error in errors:
             column = error.split(":", 1)[0] if not error.startswith("line ") else "_line"
             reasons[row_id].append(error)
-            checks[row_id].append("parse" if column != "_line" else "line_shape")
+            checks[row_id].append(_parse_check(error) if column != "_line" else "line_shape")
             failure_columns[row_id].append(column)
             failed_columns[row_id].add(column)
             parse_failed[row_id].add(column)
 
     frame = typed.drop(columns=["_parse_errors"])
+    for row_id, column, value in _unrepresentable_times(frame):  # else coercion fails the whole partition
+        if column not in parse_failed[row_id]:
+            reasons[row_id].append(f"{column}: time {value} is outside what pandas can hold (1677..2262)")
+            checks[row_id].append("parse")
+            failure_columns[row_id].append(column)
+            failed_columns[row_id].add(column)
+            parse_failed[row_id].add(column)
     try:
         build_schema(spec).validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import re
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mlplatform.specs.expressions import check_expression
 
 ColumnType = Literal["int", "float", "bool", "string", "category", "date", "timestamp"]
 Task = Literal["regression", "binary", "multiclass"]
@@ -22,6 +25,9 @@ _OWNER_RE = re.compile(r"^(team:[A-Za-z0-9_.-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")  # what Dagster accepts as a tag key or value
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*(m|h|d|w)\s*$")
 _DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# LightGBM refuses feature names holding JSON syntax (its CheckAllowedJSON), and a line break splits
+# the feature_names line of its model file, so the saved model no longer loads.
+_LIGHTGBM_REFUSED = '",:[]{}\n\r'
 
 
 def parse_duration(text: str) -> timedelta:
@@ -44,9 +50,13 @@ class ColumnSpec(_Strict):
     allowed: list[Any] | None = None
     unique: bool = False
     description: str | None = None
+    # Float columns only: keep inf and -inf instead of quarantining them.
+    allow_infinite: bool = False
 
     @model_validator(mode="after")
     def _range_fits_type(self) -> ColumnSpec:
+        if self.allow_infinite and self.type != "float":
+            raise ValueError(f"allow_infinite applies to float columns, not {self.type}")
         if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
             raise ValueError(f"min/max apply to int and float columns, not {self.type}")
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -75,6 +85,12 @@ class PartitionsSpec(_Strict):
 
     start: date | None = None
     end: date | Literal["open"] | None = None
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> PartitionsSpec:
+        if isinstance(self.start, date) and isinstance(self.end, date) and self.start >= self.end:
+            raise ValueError(f"start ({self.start}) must be before end ({self.end})")
+        return self
 
 
 class LagSpec(_Strict):
@@ -168,8 +184,11 @@ class DatasetSpec(_Strict):
     owners: list[str] = Field(default_factory=list)
     tags: dict[str, str] = Field(default_factory=dict)
     source: SourceSpec
-    derived: dict[str, str] = Field(default_factory=dict)
+    # Parsed, never run, at validation: one scalar SQL expression of the row each (specs/expressions.py).
+    derived: dict[str, Annotated[str, AfterValidator(check_expression)]] = Field(default_factory=dict)
     time_column: str
+    # The zone of naive times in the source; every time is stored as naive UTC.
+    timezone: str = "UTC"
     partition_grain: Grain = "day"
     partitions: PartitionsSpec = Field(default_factory=PartitionsSpec)
     entity_key: str | None = None
@@ -199,6 +218,17 @@ class DatasetSpec(_Strict):
         bad = [f"{k}: {v}" for k, v in value.items() if not (_TAG_RE.match(k) and _TAG_RE.match(str(v)))]
         if bad:
             raise ValueError(f"{bad}: tag keys and values are 1-63 letters, digits, '_', '.' or '-'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not a time zone name (use an IANA name such as 'UTC' or 'Europe/Berlin')"
+            ) from None
         return value
 
     @field_validator("name")
@@ -244,6 +274,26 @@ class DatasetSpec(_Strict):
             "timestamp",
         ):
             problems.append(f"columns.{self.time_column}.type: the time column must be date or timestamp")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _feature_names_lightgbm_accepts(self) -> DatasetSpec:
+        """Refused when the spec loads, not at the model step: names of columns the model reads."""
+        used = {*self.feature_columns, *(lag.column for lag in self.features.lags)}
+        used |= {rolling.column for rolling in self.features.rolling}
+        problems = []
+        for name in sorted(used):
+            bad = next((ch for ch in name if ch in _LIGHTGBM_REFUSED), None)
+            if bad is not None:
+                section = "columns" if name in self.columns else "derived"
+                shown = "a line break" if bad in "\r\n" else repr(bad)
+                problems.append(
+                    f"key '{section}.{name}': the name holds {shown}, which LightGBM refuses in a "
+                    f"feature name (none of {_LIGHTGBM_REFUSED[:7]} or a line break): give it a safe name "
+                    "with `derived` (e.g. safe_name: '\"<the name>\"') and add the original to `drop`"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self
