@@ -29,7 +29,13 @@ def test_bike_spine_reconciles_and_reruns_are_idempotent(platform_home: Path) ->
     assert _counts("bike_sharing") == (BIKE_ROWS, BIKE_ROWS, 0, BIKE_ROWS)
 
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"row_accounting": True, "validity_rate": True, "unique_keys": True, "not_empty": True}
+    assert checks == {
+        "row_accounting": True,
+        "source_accounting": True,
+        "validity_rate": True,
+        "unique_keys": True,
+        "not_empty": True,
+    }
 
     materialization = result.asset_materializations_for_node("bike_sharing__clean")[0]
     assert "dagster/column_schema" in materialization.metadata

@@ -12,6 +12,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from mlplatform.core.placement import PLAUSIBLE_START, PartitionBounds, plausible_end
 from mlplatform.core.source import SourceProbe
 from mlplatform.core.sql import column_types
 from mlplatform.core.warehouse import table_exists, table_name
@@ -54,15 +55,19 @@ def partitions_def(spec: DatasetSpec, probe: SourceProbe) -> dg.TimeWindowPartit
     """Partitions from the first timestamp in the data (or partitions.start) to just past the last.
 
     With `partitions.end: open` the partitions run up to today, for sources that keep receiving files.
+    Only plausible times (1900-01-01 .. tomorrow, see mlplatform.core.placement) bound the
+    partitions: the probe ignores the others, and this clamps again so a year 1 or 9999 can never
+    build thousands of partitions or overflow a date.
     """
-    start = spec.partitions.start or _grain_floor(probe.time_min, spec.partition_grain)  # type: ignore[arg-type]
+    time_min, time_max = (_plausible(t) for t in (probe.time_min, probe.time_max))
+    start = spec.partitions.start or _grain_floor(time_min or PLAUSIBLE_START, spec.partition_grain)
     end: date | None
     if spec.partitions.end == "open":
         end = None
     elif spec.partitions.end is not None:
         end = spec.partitions.end
-    elif probe.time_max is not None:
-        end = _next_grain(_grain_floor(probe.time_max, spec.partition_grain), spec.partition_grain)
+    elif time_max is not None:
+        end = _next_grain(_grain_floor(time_max, spec.partition_grain), spec.partition_grain)
     else:
         end = None
     cls = {
@@ -71,6 +76,24 @@ def partitions_def(spec: DatasetSpec, probe: SourceProbe) -> dg.TimeWindowPartit
         "month": dg.MonthlyPartitionsDefinition,
     }[spec.partition_grain]
     return cls(start_date=start.isoformat(), end_date=end.isoformat() if end else None)
+
+
+def _plausible(moment: datetime | None) -> datetime | None:
+    return moment if moment is not None and PLAUSIBLE_START <= moment < plausible_end() else None
+
+
+def partition_bounds(partitions: dg.PartitionsDefinition) -> PartitionBounds | None:
+    """The partitions that exist now (naive UTC), where rows outside them are placed with a reason."""
+    if not isinstance(partitions, dg.TimeWindowPartitionsDefinition):
+        return None
+    first, last = partitions.get_first_partition_window(), partitions.get_last_partition_window()
+    if first is None or last is None:
+        return None
+    return PartitionBounds(
+        first_start=first.start.replace(tzinfo=None),
+        last_start=last.start.replace(tzinfo=None),
+        end=last.end.replace(tzinfo=None),
+    )
 
 
 def lookback_partitions(spec: DatasetSpec) -> int:

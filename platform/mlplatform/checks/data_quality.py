@@ -4,10 +4,13 @@ They read whole tables with one aggregate query each (cheap in DuckDB), so they 
 the UI at any time, not only right after a materialization.
 """
 
+from pathlib import Path
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from mlplatform.assets.common import asset_key
+from mlplatform.core.accounting import describe_account, read_accounts
 from mlplatform.core.sql import quote_ident
 from mlplatform.core.validation import FAILED_CHECKS
 from mlplatform.core.warehouse import count_rows, table_exists, table_name
@@ -88,6 +91,54 @@ def build_quality_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
             },
         )
 
+    @dg.asset_check(
+        asset=clean_key,
+        name="source_accounting",
+        blocking=True,
+        description=(
+            "Reconciliation from the source: each source file's records, counted without DuckDB (Python's "
+            "csv module, malformed lines included; the Parquet footer), were all read and placed in a "
+            "partition, and the rows the last raw run placed in its window are all in clean + quarantine."
+        ),
+    )
+    def source_accounting(warehouse: DuckDBResource) -> dg.AssetCheckResult:
+        with warehouse.get_connection() as conn:
+            accounts = read_accounts(conn, spec.name, spec.time_column)
+        if not accounts:
+            return dg.AssetCheckResult(
+                passed=False,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=f"{spec.name}.raw has recorded no source accounting yet: materialize raw first",
+            )
+        failing = [a for a in accounts if not a.reconciles]
+        table = "\n".join(
+            [
+                "| file | source records | read | placed in window | clean + quarantine |",
+                "|---|---|---|---|---|",
+                *(
+                    f"| {Path(a.source_file).name} | {a.source_rows} | {a.read_rows} | {a.window_rows} "
+                    f"| {a.landed_rows} |"
+                    for a in failing[:50]
+                ),
+            ]
+        )
+        return dg.AssetCheckResult(
+            passed=not failing,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="; ".join(describe_account(a) for a in failing[:3]) or None,
+            metadata={
+                "files": len(accounts),
+                "files_not_reconciled": len(failing),
+                "source_rows": sum(a.source_rows for a in accounts),
+                "rows_read": sum(a.read_rows for a in accounts),
+                "rows_in_window": sum(a.window_rows for a in accounts),
+                "rows_landed": sum(a.landed_rows for a in accounts),
+                "files_not_reconciled_table": dg.MetadataValue.md(
+                    table if failing else "_every file reconciles_"
+                ),
+            },
+        )
+
     unique_columns = [name for name, col in spec.columns.items() if col.unique]
 
     @dg.asset_check(
@@ -113,7 +164,13 @@ def build_quality_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
             metadata={"duplicated_keys": dg.MetadataValue.json(duplicates)},
         )
 
-    return [row_accounting, validity_rate, unique_keys, *not_empty_checks(spec, ("raw", "clean", "features"))]
+    return [
+        row_accounting,
+        source_accounting,
+        validity_rate,
+        unique_keys,
+        *not_empty_checks(spec, ("raw", "clean", "features")),
+    ]
 
 
 def not_empty_checks(spec: DatasetSpec, stages: tuple[str, ...]) -> list[dg.AssetChecksDefinition]:

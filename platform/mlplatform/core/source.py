@@ -9,17 +9,25 @@ wrong (too few or too many fields) are caught by DuckDB's reject tables and kept
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import duckdb
-import pandas as pd
 
-from mlplatform.core.sql import column_types, fetch_row, quote_ident, quote_literal, typed_expression
+from mlplatform.core.accounting import detect_encoding
+from mlplatform.core.placement import PartitionBounds, place_rows, plausible_sql
+from mlplatform.core.source_checks import (
+    csv_header,
+    file_problems_sql,
+    parquet_headers,
+    rejected_lines,
+    stage_nothing,
+    stage_with_python,
+)
+from mlplatform.core.sql import column_types, quote_ident, quote_literal, typed_column
 from mlplatform.specs.model import DatasetSpec
 
 LINEAGE_COLUMNS = ("_source_file", "_source_row", "_loaded_at", "_parse_error", "_partition_ts")
@@ -42,11 +50,18 @@ def source_files(spec: DatasetSpec) -> list[str]:
     return sorted(glob.glob(pattern)) if spec.source.is_glob else [pattern] if Path(pattern).exists() else []
 
 
+# DuckDB's default (2 MB) fails a whole file on one long field; a 3 MB text field is data.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
 def _csv_dialect(spec: DatasetSpec) -> str:
-    return f"header=true, delim={quote_literal(spec.source.delimiter)}, quote='\"', escape='\"'"
+    return (
+        f"header=true, delim={quote_literal(spec.source.delimiter)}, quote='\"', escape='\"', "
+        f"max_line_size={MAX_LINE_BYTES}"
+    )
 
 
-def _reader_sql(spec: DatasetSpec, files: list[str], rejects: bool) -> str:
+def _reader_sql(spec: DatasetSpec, files: list[str], rejects: bool, encoding: str = "utf-8") -> str:
     file_list = "[" + ", ".join(quote_literal(f) for f in files) + "]"
     if spec.source_format == "parquet":
         return (
@@ -54,6 +69,7 @@ def _reader_sql(spec: DatasetSpec, files: list[str], rejects: bool) -> str:
             f"FROM read_parquet({file_list}, filename='_source_file', file_row_number=true, union_by_name=true)"
         )
     options = f"{_csv_dialect(spec)}, all_varchar=true, filename='_source_file'"
+    options += ", encoding='utf-16'" if encoding == "utf-16" else ""  # UTF-8 with a BOM needs nothing
     # DuckDB keeps rejected lines only for scans with one schema; multi-file CSVs are read one by one.
     # Without rejects (probing the schema and time range) malformed lines are skipped.
     options += (
@@ -73,11 +89,18 @@ def sniff_types(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, files: list[
     Only numbers and booleans are taken: a guessed date format (is 01-02 January or February?) is
     left as text for the spec to parse explicitly.
     """
-    if spec.source_format != "csv" or not files:
+    if spec.source_format != "csv":
         return {}
-    guessed = column_types(
-        conn, f"SELECT * FROM read_csv({quote_literal(files[0])}, {_csv_dialect(spec)}, ignore_errors=true)"
-    )
+    guessed: dict[str, str] = {}
+    for path in _non_empty(files):  # the first file DuckDB can read
+        try:
+            guessed = column_types(
+                conn,
+                f"SELECT * FROM read_csv({quote_literal(path)}, {_csv_dialect(spec)}, ignore_errors=true)",
+            )
+            break
+        except duckdb.Error:
+            continue
     return {
         name: sql_type
         for name, sql_type in guessed.items()
@@ -88,8 +111,8 @@ def sniff_types(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, files: list[
 def _typed_view_sql(spec: DatasetSpec, relation: str, types: dict[str, str], sniffed: dict[str, str]) -> str:
     """Source columns cast to their spec types (NULL where they do not parse), then `derived`."""
     casts = [
-        f"{typed_expression(quote_ident(name), col.type, types.get(name, 'VARCHAR'))} AS {quote_ident(name)}"
-        for name, col in spec.columns.items()
+        f"{typed_column(spec, name, types.get(name, 'VARCHAR'))} AS {quote_ident(name)}"
+        for name in spec.columns
         if name not in spec.derived
     ]
     casts += [
@@ -114,93 +137,172 @@ def _derived_and_time_sql(
 
 
 def _time_expression(spec: DatasetSpec) -> str:
-    return f"TRY_CAST({quote_ident(spec.time_column)} AS TIMESTAMP)"
+    """The row time (naive UTC) over `_typed_view_sql` rows, where source columns are typed already.
+
+    A derived time can be of any type: its text (which carries its zone, if any) gets the same rule
+    as the cleaning stage's, so a row's partition and its clean time always agree.
+    """
+    time = quote_ident(spec.time_column)
+    if spec.time_column in spec.derived:
+        time = typed_column(spec, spec.time_column, "VARCHAR", f"CAST({time} AS VARCHAR)")
+    return f"TRY_CAST({time} AS TIMESTAMP)"
+
+
+def _non_empty(files: list[str]) -> list[str]:
+    """Files that hold at least one byte: DuckDB reads an empty file as one column named column0."""
+    return [f for f in files if os.path.getsize(f) > 0]
+
+
+def _readable_files(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, files: list[str], encoding: str
+) -> list[str]:
+    """`files`, less those DuckDB cannot read at all (tried one by one only when the whole set fails):
+    a broken file is read by the fallback reader at load, it must not fail the spec."""
+    try:
+        conn.sql(f"SELECT count(*) FROM ({_reader_sql(spec, files, False, encoding)})").fetchall()
+        return files
+    except duckdb.Error:
+        readable = []
+        for path in files:
+            try:
+                conn.sql(f"SELECT count(*) FROM ({_reader_sql(spec, [path], False, encoding)})").fetchall()
+                readable.append(path)
+            except duckdb.Error:
+                continue
+        return readable
+
+
+def _by_encoding(files: list[str]) -> dict[str, list[str]]:
+    """Files grouped by encoding (one DuckDB scan reads one encoding), UTF-8 first."""
+    groups: dict[str, list[str]] = {}
+    for path in files:
+        groups.setdefault("utf-16" if detect_encoding(path) == "utf-16" else "utf-8", []).append(path)
+    return dict(sorted(groups.items(), key=lambda item: item[0] != "utf-8"))
 
 
 def probe_source(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> SourceProbe:
-    """Column names and time range of the source; raises SourceError naming the key at fault."""
-    files = source_files(spec)
-    if not files:
-        return SourceProbe(files=(), columns=(), time_min=None, time_max=None)
-    try:
-        columns = [
-            row[0] for row in conn.sql(f"DESCRIBE {_reader_sql(spec, files, rejects=False)}").fetchall()
-        ]
-    except duckdb.Error as exc:
-        raise SourceError(f"source.path: cannot read {spec.source_pattern}: {exc}") from exc
-    missing = [c for c in spec.source_columns if c not in columns]
-    if missing:
-        raise SourceError(
-            f"columns: {', '.join(repr(m) for m in missing)} not found in the source files "
-            f"(they have: {', '.join(c for c in columns if not c.startswith('_'))})"
-        )
-    reader = f"({_reader_sql(spec, files, rejects=False)})"
-    types = column_types(conn, reader)
-    sniffed = sniff_types(conn, spec, files)
-    for name, expr in spec.derived.items():
+    """Column names and plausible time range of the source; raises SourceError naming the key at fault.
+
+    The range counts only plausible times (mlplatform.core.placement): other rows are quarantined at
+    load, in the first or last partition, instead of stretching the partitions.
+    """
+    all_files = source_files(spec)
+    columns: list[str] = []
+    times: list[datetime] = []
+    rows = 0
+    for encoding, group in _by_encoding(_non_empty(all_files)).items():
+        files = _readable_files(conn, spec, group, encoding) or group  # none readable: report the error
+        reader = f"({_reader_sql(spec, files, rejects=False, encoding=encoding)})"
         try:
-            conn.sql(
-                f"SELECT {expr} AS x FROM ({_typed_view_sql(spec, reader, types, sniffed)}) LIMIT 0"
-            ).fetchall()
+            types = column_types(conn, reader)
         except duckdb.Error as exc:
-            raise SourceError(f"derived.{name}: the expression {expr!r} does not work: {exc}") from exc
-    try:
-        time_min, time_max = conn.execute(
-            f"SELECT min(t), max(t) FROM (SELECT {_time_expression(spec)} AS t "
-            f"FROM ({_typed_view_sql(spec, reader, types, sniffed)}))"
-        ).fetchall()[0]
-    except duckdb.Error as exc:
-        raise SourceError(f"time_column: cannot read {spec.time_column!r} as a timestamp: {exc}") from exc
-    return SourceProbe(files=tuple(files), columns=tuple(columns), time_min=time_min, time_max=time_max)
-
-
-def _rejected_lines(conn: duckdb.DuckDBPyConnection, header: list[str]) -> pd.DataFrame:
-    """Lines DuckDB could not split into the right number of fields, parsed as far as they go."""
-    rows = conn.sql(
-        "SELECT s.file_path, e.line, e.csv_line, e.error_type, e.error_message "
-        "FROM _rejects e JOIN _reject_scans s USING (scan_id, file_id) "
-        "QUALIFY row_number() OVER (PARTITION BY s.file_path, e.line ORDER BY e.column_idx) = 1"
-    ).fetchall()
-    records = []
-    for file_path, line, csv_line, error_type, message in rows:
-        fields = next(csv.reader(io.StringIO(csv_line)), [])
-        record: dict[str, object] = dict(zip(header, [f if f != "" else None for f in fields], strict=False))
-        record.update(
-            _source_file=file_path,
-            _source_line=int(line),
-            _parse_error=f"line {line}: {error_type.lower()} ({message})",
+            raise SourceError(f"source.path: cannot read {spec.source_pattern}: {exc}") from exc
+        columns += [c for c in types if c not in columns]
+        missing = [c for c in spec.source_columns if c not in types]
+        if missing:
+            raise SourceError(
+                f"columns: {', '.join(repr(m) for m in missing)} not found in the source files "
+                f"(they have: {', '.join(c for c in types if not c.startswith('_'))})"
+            )
+        typed_sql = _typed_view_sql(spec, reader, types, sniff_types(conn, spec, files))
+        _check_derived(conn, spec, typed_sql)
+        first, last, group_rows = _time_range(conn, spec, typed_sql)
+        times += [t for t in (first, last) if t is not None]
+        rows += group_rows
+        for path in set(group) - set(files):  # read by Python at load: their times count too
+            first, last, group_rows = _python_read_time_range(conn, spec, path)
+            times += [t for t in (first, last) if t is not None]
+            rows += group_rows
+    if not times and rows and spec.partitions.start is None:
+        raise SourceError(
+            f"time_column: none of the {rows} rows of {spec.source_pattern} has a {spec.time_column!r} "
+            f"that parses as a timestamp between {PLAUSIBLE_WINDOW}; fix the files or "
+            "set partitions.start (such rows are then quarantined, with the reason)"
         )
-        records.append(record)
-    return pd.DataFrame.from_records(
-        records, columns=[*header, "_source_file", "_source_line", "_parse_error"]
+    return SourceProbe(
+        files=tuple(all_files),
+        columns=tuple(columns),
+        time_min=min(times, default=None),
+        time_max=max(times, default=None),
     )
 
 
+def _python_read_time_range(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, path: str
+) -> tuple[datetime | None, datetime | None, int]:
+    """A file only Python's csv module reads: its time range (nothing if it lacks a column)."""
+    stage_with_python(conn, spec, path, "_probe_python")
+    types = column_types(conn, "_probe_python")
+    try:
+        if all(c in types for c in spec.source_columns):
+            return _time_range(conn, spec, _typed_view_sql(spec, "_probe_python", types, {}))
+        return None, None, 0
+    finally:
+        conn.execute("DROP TABLE _probe_python")
+
+
+def _check_derived(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, typed_sql: str) -> None:
+    for name, expr in spec.derived.items():
+        try:
+            conn.sql(f"SELECT {expr} AS x FROM ({typed_sql}) LIMIT 0").fetchall()
+        except duckdb.Error as exc:
+            raise SourceError(f"derived.{name}: the expression {expr!r} does not work: {exc}") from exc
+
+
+PLAUSIBLE_WINDOW = "1900-01-01 and tomorrow"
+
+
+def _time_range(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, typed_sql: str
+) -> tuple[datetime | None, datetime | None, int]:
+    """First and last plausible row time, and the number of rows read."""
+    try:
+        return conn.execute(
+            f"SELECT min(t) FILTER (WHERE {plausible_sql('t')}), max(t) FILTER (WHERE {plausible_sql('t')}), "
+            f"count(*) FROM (SELECT {_time_expression(spec)} AS t FROM ({typed_sql}))"
+        ).fetchall()[0]
+    except duckdb.Error as exc:
+        raise SourceError(f"time_column: cannot read {spec.time_column!r} as a timestamp: {exc}") from exc
+
+
 def stage_source(
-    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, files: list[str], loaded_at: datetime
+    conn: duckdb.DuckDBPyConnection,
+    spec: DatasetSpec,
+    files: list[str],
+    loaded_at: datetime,
+    bounds: PartitionBounds | None = None,
+    file_notes: dict[str, str] | None = None,
 ) -> str:
     """Read every source row into a temp table `_staged` with lineage columns; returns its name.
 
     Each row gets `_source_row` (1-based data row in its file, rejected lines included, so the
-    number matches what a user sees in the file), `_parse_error` and `_partition_ts`: the row's time,
-    or where the time does not parse, the time of the row before it in the same file (files land in
-    time order), so every row belongs to exactly one partition and none is lost.
+    number matches what a user sees in the file), `_parse_error` and `_partition_ts`: a partition
+    inside `bounds` for every row, by the rule of mlplatform.core.placement, so none is lost.
+    A file DuckDB cannot read is read by Python's csv module; what happened to a file is written
+    to `file_notes` (path -> note) when given.
     """
     if not files:
         raise SourceError(f"source.path: no files match {spec.source_pattern}")
+    notes = file_notes if file_notes is not None else {}
     conn.execute("DROP TABLE IF EXISTS _staged_read")
-    if spec.source_format == "parquet":
+    readable = _non_empty(files)
+    notes.update({f: "empty file" for f in files if f not in readable})
+    if not readable:
+        stage_nothing(conn, spec)
+        read = "_staged_read"
+    elif spec.source_format == "parquet":
         # A view: Parquet is typed and cheap to scan, so the rows are copied once, into `_staged`.
+        problems = file_problems_sql(spec, parquet_headers(readable), notes)
         conn.execute(
-            f"CREATE OR REPLACE TEMP VIEW _staged_parquet AS SELECT *, NULL::VARCHAR AS _parse_error "
-            f"FROM ({_reader_sql(spec, files, rejects=False)})"
+            f"CREATE OR REPLACE TEMP VIEW _staged_parquet AS SELECT *, {problems} AS _parse_error "
+            f"FROM ({_reader_sql(spec, readable, rejects=False)})"
         )
         read = "_staged_parquet"
         if spec.derived:  # the positional join below needs a table: two scans may not line up
             conn.execute("CREATE TEMP TABLE _staged_read AS SELECT * FROM _staged_parquet")
             read = "_staged_read"
     else:
-        _stage_csv(conn, spec, files)
+        _stage_csv(conn, spec, readable, notes)
         read = "_staged_read"
     types = column_types(conn, read)
     sniffed = sniff_types(conn, spec, files)
@@ -210,46 +312,27 @@ def stage_source(
         joined = f"SELECT r.*, d.* FROM {read} r POSITIONAL JOIN ({derived_sql}) d"
     else:
         # Nothing derived: the row time is one cast of a source column, no join needed.
-        time_type = spec.columns[spec.time_column].type if spec.time_column in spec.columns else "timestamp"
-        typed_time = typed_expression(
-            quote_ident(spec.time_column), time_type, types.get(spec.time_column, "VARCHAR")
-        )
+        typed_time = typed_column(spec, spec.time_column, types.get(spec.time_column, "VARCHAR"))
         joined = f"SELECT *, TRY_CAST({typed_time} AS TIMESTAMP) AS _row_ts FROM {read}"
     loaded = f"{quote_literal(loaded_at.isoformat(sep=' '))}::TIMESTAMP AS _loaded_at"
     conn.execute("DROP TABLE IF EXISTS _staged")
     conn.execute(
         f"CREATE TEMP TABLE _staged AS SELECT * EXCLUDE (_row_ts), {loaded}, _row_ts AS _partition_ts FROM ({joined})"
     )
-    if fetch_row(conn, "SELECT count(*) FROM _staged WHERE _partition_ts IS NULL")[0]:
-        _fill_partition_times(conn)
+    place_rows(conn, "_staged", spec.time_column, bounds)
     conn.execute("DROP TABLE IF EXISTS _staged_read")
     conn.execute("DROP VIEW IF EXISTS _staged_parquet")
     return "_staged"
 
 
-def _fill_partition_times(conn: duckdb.DuckDBPyConnection) -> None:
-    """Rows whose time does not parse take the time of the row before them in their file (or after,
-    at the top of a file). Only run when such rows exist: the window sorts every row."""
-    conn.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE _staged AS
-        SELECT * REPLACE (
-            coalesce(_partition_ts,
-                     last_value(_partition_ts IGNORE NULLS) OVER (PARTITION BY _source_file ORDER BY _source_row
-                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
-                     first_value(_partition_ts IGNORE NULLS) OVER (PARTITION BY _source_file ORDER BY _source_row
-                         ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)) AS _partition_ts)
-        FROM _staged
-        """
-    )
-
-
-def _stage_csv(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, files: list[str]) -> None:
+def _stage_csv(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, files: list[str], notes: dict[str, str]
+) -> None:
     """Read CSV files one by one (DuckDB keeps rejects only for single-schema scans), then union by name."""
     parts = []
     for index, path in enumerate(files):
         part = f"_staged_csv_{index}"
-        _stage_one_csv(conn, spec, path, part)
+        _stage_one_csv(conn, spec, path, part, notes)
         parts.append(part)
     conn.execute(
         "CREATE OR REPLACE TEMP TABLE _staged_read AS "
@@ -257,21 +340,33 @@ def _stage_csv(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, files: list[s
     )
     for part in parts:
         conn.execute(f"DROP TABLE {part}")
+    headers = {path: csv_header(path, spec.source.delimiter) for path in files}
+    problems = file_problems_sql(spec, headers, notes)
+    if problems != "NULL::VARCHAR":
+        conn.execute(
+            f"UPDATE _staged_read SET _parse_error = CASE WHEN _parse_error IS NULL THEN {problems} "
+            f"ELSE _parse_error || '; ' || {problems} END WHERE {problems} IS NOT NULL"
+        )
 
 
-def _stage_one_csv(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, path: str, table: str) -> None:
+def _stage_one_csv(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, path: str, table: str, notes: dict[str, str]
+) -> None:
     # Reject tables keep growing across scans of one connection: start each file with empty ones.
     conn.execute("DROP TABLE IF EXISTS _rejects")
     conn.execute("DROP TABLE IF EXISTS _reject_scans")
     try:
         conn.execute(
             f"CREATE OR REPLACE TEMP TABLE _read_ok AS SELECT *, row_number() OVER () AS _ok_index "
-            f"FROM ({_reader_sql(spec, [path], rejects=True)})"
+            f"FROM ({_reader_sql(spec, [path], rejects=True, encoding=detect_encoding(path))})"
         )
     except duckdb.Error as exc:
-        raise SourceError(f"source.path: cannot read {path}: {exc}") from exc
+        # Only this file: Python's csv module reads it (line by line if its quoting is broken).
+        notes[path] = f"read by Python's csv module, DuckDB could not: {str(exc).splitlines()[0]}"
+        stage_with_python(conn, spec, path, table)
+        return
     header = [c for c in column_types(conn, "_read_ok") if c not in ("_source_file", "_ok_index")]
-    rejected = _rejected_lines(conn, header)
+    rejected = rejected_lines(conn, header)
     conn.register("_rejected_df", rejected)
     # Good rows are numbered in read order; each rejected line before a good row shifts it by one.
     # The ASOF join finds, for each good row, how many rejected lines come before it.

@@ -1,0 +1,124 @@
+"""Source files DuckDB's fast path cannot take as they are: header checks and the Python reader.
+
+Pure logic over a DuckDB connection, used by mlplatform.core.source.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+
+from mlplatform.core.accounting import (
+    FileCount,
+    count_source,
+    detect_encoding,
+    duplicate_header_names,
+    read_csv_records,
+)
+from mlplatform.core.sql import quote_ident, quote_literal
+from mlplatform.specs.model import DatasetSpec
+
+
+def parquet_headers(files: list[str]) -> dict[str, tuple[str, ...]]:
+    return {path: tuple(pq.ParquetFile(path).schema_arrow.names) for path in files}
+
+
+def csv_header(path: str, delimiter: str) -> tuple[str, ...]:
+    """The first record of a CSV file, as Python's csv module reads it (names as written)."""
+    with open(path, encoding=detect_encoding(path), errors="replace", newline="") as handle:
+        return tuple(next(csv.reader(handle, delimiter=delimiter), []))
+
+
+def file_problem(spec: DatasetSpec, path: str, header: tuple[str, ...]) -> str | None:
+    """Why every row of a file is quarantined, from its header alone: a column named twice (DuckDB
+    would silently rename the copy x_1) or a required column missing."""
+    name = Path(path).name
+    for column, positions in duplicate_header_names(header).items():
+        where = ", ".join(str(p) for p in positions)
+        return (
+            f"{column}: the header of {name} names this column {len(positions)} times (columns {where}); "
+            "its rows are quarantined until the file names each column once"
+        )
+    required = [c for c in spec.source_columns if not spec.columns[c].nullable or c == spec.time_column]
+    missing = [c for c in required if c not in header]
+    if header and missing:
+        shown = ", ".join(repr(h) for h in header[:10]) + (", ..." if len(header) > 10 else "")
+        return (
+            f"{missing[0]}: {name} has no column {', '.join(repr(m) for m in missing)} (its header: {shown}; "
+            f"delimiter {spec.source.delimiter!r}); its rows are quarantined"
+        )
+    return None
+
+
+def file_problems_sql(
+    spec: DatasetSpec, headers: Mapping[str, tuple[str, ...]], notes: dict[str, str]
+) -> str:
+    """A SQL expression over `_source_file`: the file's problem (see `file_problem`), else NULL."""
+    problems = {path: file_problem(spec, path, header) for path, header in headers.items()}
+    cases = "".join(
+        f" WHEN {quote_literal(path)} THEN {quote_literal(problem)}"
+        for path, problem in problems.items()
+        if problem
+    )
+    notes.update({path: problem for path, problem in problems.items() if problem})
+    return f"CASE _source_file{cases} END" if cases else "NULL::VARCHAR"
+
+
+def stage_with_python(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, path: str, table: str) -> None:
+    """One file through Python's csv module (a per-row pass, only for files DuckDB cannot read)."""
+    count: FileCount = count_source(path, "csv", spec.source.delimiter)
+    header = list(dict.fromkeys(count.header))  # a name twice: `file_problem` quarantines the file
+    records = []
+    for number, fields, error in read_csv_records(count, spec.source.delimiter):
+        if error is None and len(fields) != len(count.header):
+            shape = "missing columns" if len(fields) < len(count.header) else "too many columns"
+            error = f"line {number + 1}: {shape} (expected {len(count.header)} fields, found {len(fields)})"
+        record: dict[str, object] = dict(zip(header, [f if f != "" else None for f in fields], strict=False))
+        record.update(_source_row=number, _parse_error=error)
+        records.append(record)
+    frame = pd.DataFrame.from_records(records, columns=[*header, "_source_row", "_parse_error"])
+    conn.register("_python_read", frame)
+    columns = ", ".join(f"CAST({quote_ident(c)} AS VARCHAR) AS {quote_ident(c)}" for c in header)
+    conn.execute(
+        f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {columns}{', ' if columns else ''}"
+        f"{quote_literal(path)} AS _source_file, CAST(_source_row AS BIGINT) AS _source_row, "
+        f"CAST(_parse_error AS VARCHAR) AS _parse_error FROM _python_read"
+    )
+    conn.unregister("_python_read")
+
+
+def rejected_lines(conn: duckdb.DuckDBPyConnection, header: list[str]) -> pd.DataFrame:
+    """Lines DuckDB could not split into the right number of fields, parsed as far as they go."""
+    rows = conn.sql(
+        "SELECT s.file_path, e.line, e.csv_line, e.error_type, e.error_message "
+        "FROM _rejects e JOIN _reject_scans s USING (scan_id, file_id) "
+        "QUALIFY row_number() OVER (PARTITION BY s.file_path, e.line ORDER BY e.column_idx) = 1"
+    ).fetchall()
+    records = []
+    for file_path, line, csv_line, error_type, message in rows:
+        fields = next(csv.reader(io.StringIO(csv_line)), [])
+        record: dict[str, object] = dict(zip(header, [f if f != "" else None for f in fields], strict=False))
+        record.update(
+            _source_file=file_path,
+            _source_line=int(line),
+            _parse_error=f"line {line}: {error_type.lower()} ({message})",
+        )
+        records.append(record)
+    return pd.DataFrame.from_records(
+        records, columns=[*header, "_source_file", "_source_line", "_parse_error"]
+    )
+
+
+def stage_nothing(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> None:
+    """Every file is empty: no rows, with the columns a read would have given."""
+    columns = ", ".join(f"NULL::VARCHAR AS {quote_ident(c)}" for c in spec.source_columns)
+    conn.execute(
+        f"CREATE TEMP TABLE _staged_read AS SELECT {columns}, NULL::VARCHAR AS _source_file, "
+        "NULL::BIGINT AS _source_row, NULL::VARCHAR AS _parse_error LIMIT 0"
+    )
