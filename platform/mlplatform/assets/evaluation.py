@@ -13,15 +13,26 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
 from mlplatform.assets.common import asset_key, spec_code_version
-from mlplatform.assets.training import SPLIT_COLUMN, TRAINING_SET, read_training_set, table_data_version
+from mlplatform.assets.training import (
+    RUN_ID_TAG,
+    SPLIT_COLUMN,
+    TRAINING_SET,
+    MaterializedVersion,
+    read_training_set,
+    table_data_version,
+    version_materialized,
+)
 from mlplatform.core.metrics import PRIMARY_METRIC, baseline_predictions, best_baseline, compute_metrics
 from mlplatform.core.promotion import PromotionDecision, decide_promotion
 from mlplatform.core.report import render_markdown_report, write_evaluation_plots
 from mlplatform.core.training import TrainedModel, feature_importance, predict
+from mlplatform.core.warehouse import verify_tables
 from mlplatform.resources.mlflow import MlflowResource
-from mlplatform.resources.registry import CHALLENGER, CHAMPION, load_version, promote, tag_value
+from mlplatform.resources.registry import CHAMPION, load_version, promote, tag_value
 from mlplatform.specs.loader import SpecError
 from mlplatform.specs.model import DatasetSpec
 
@@ -65,16 +76,13 @@ def _score(model: TrainedModel, test: pd.DataFrame, target: str) -> tuple[np.nda
 
 
 def evaluate(
-    spec: DatasetSpec, frame: pd.DataFrame, resource: MlflowResource
+    spec: DatasetSpec, frame: pd.DataFrame, resource: MlflowResource, version: int
 ) -> tuple[Evaluation, TrainedModel, np.ndarray]:
-    """Score challenger, champion and baseline on the test split and decide (without acting on it)."""
+    """Score model `version` (the challenger), the champion and the baseline on the test split and
+    decide (without acting on it)."""
     name, target, task = spec.name, spec.target.column, spec.target.task
     metric = promotion_metric(spec)
-    challenger_version = resource.get_alias_version(name, CHALLENGER)
-    if challenger_version is None:
-        raise dg.Failure(
-            f"model {name} has no `{CHALLENGER}` version in MLflow: materialize {name}/model first"
-        )
+    challenger_version = registered_version(resource, name, version)
     # Only the training labels, not a copy of every training row (8M rows of 10M at scale).
     test, train_target = (
         frame[frame[SPLIT_COLUMN] == "test"],
@@ -189,10 +197,13 @@ def build_evaluation_asset(spec: DatasetSpec, reports_dir: Path) -> dg.AssetsDef
     def evaluation(
         context: dg.AssetExecutionContext, warehouse: DuckDBResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
+        trained = _version_to_evaluate(context, spec, mlflow)
         with warehouse.get_connection() as conn:
+            if not trained.same_run:  # the model step of this run verified the warehouse already
+                verify_tables(conn, spec.name)
             frame = read_training_set(conn, spec)
             data_version = table_data_version(conn, spec.name, TRAINING_SET)
-        result, challenger, scores = evaluate(spec, frame, mlflow)
+        result, challenger, scores = evaluate(spec, frame, mlflow, trained.version)
         test = frame[frame[SPLIT_COLUMN] == "test"]
         times = pd.to_datetime(test[spec.time_column])
         recheck = result.champion_version == result.challenger_version
@@ -200,7 +211,7 @@ def build_evaluation_asset(spec: DatasetSpec, reports_dir: Path) -> dg.AssetsDef
         # Re-evaluating the champion (no new model since) must not overwrite its promotion record.
         folder = folder / "recheck" if recheck else folder
         details = {
-            "Challenger": f"version {result.challenger_version} (MLflow run {result.challenger_run_id})",
+            "Challenger": f"{trained.source} (MLflow run {result.challenger_run_id})",
             "Champion before": f"version {result.champion_version}" if result.champion_version else "none",
             "Test window": f"{times.min()} .. {times.max()} ({len(test):,} rows)",
             "Training set data version": data_version,
@@ -208,7 +219,10 @@ def build_evaluation_asset(spec: DatasetSpec, reports_dir: Path) -> dg.AssetsDef
         }
         report_path, for_ui = _write_report(spec, result, challenger, test, scores, folder, details)
 
-        change = promote(mlflow, spec.name, result.challenger_version) if result.decision.promote else None
+        change = None
+        if result.decision.promote:
+            # Against the champion it was compared with: a concurrent promotion makes this one fail.
+            change = promote(mlflow, spec.name, result.challenger_version, result.champion_version)
         verdict = "promoted" if change else "already champion" if recheck else "not promoted"
         context.log.info(
             f"{spec.name}: version {result.challenger_version} {verdict}: {result.decision.reason}"
@@ -222,6 +236,7 @@ def build_evaluation_asset(spec: DatasetSpec, reports_dir: Path) -> dg.AssetsDef
                 "decision": verdict,
                 "reason": result.decision.reason,
                 "challenger_version": result.challenger_version,
+                "challenger_source": trained.source,
                 "champion_version": champion_now if champion_now is not None else "none",
                 "previous_champion_version": result.champion_version or "none",
                 "metric": metric,
@@ -245,6 +260,39 @@ def build_evaluation_asset(spec: DatasetSpec, reports_dir: Path) -> dg.AssetsDef
         )
 
     return evaluation
+
+
+def registered_version(resource: MlflowResource, model_name: str, version: int) -> ModelVersion:
+    try:
+        return resource.client().get_model_version(model_name, str(version))
+    except MlflowException as error:
+        raise dg.Failure(
+            f"version {version} of model {model_name} is not in the MLflow registry at "
+            f"{resource.effective_registry_uri} ({error.message}); materialize {model_name}/model again"
+        ) from error
+
+
+def _version_to_evaluate(
+    context: dg.AssetExecutionContext, spec: DatasetSpec, resource: MlflowResource
+) -> MaterializedVersion:
+    """The version this run's model step registered, else the latest model materialization's; it must
+    be the version that materialization's run registered (not one of a replaced MLflow store)."""
+    model_key = asset_key(spec, "model")
+    found = version_materialized(context.instance, model_key, context.run.run_id)
+    if found is None:
+        raise dg.Failure(
+            f"no materialization of {model_key.to_user_string()} records a model version: "
+            f"materialize {spec.name}/model first"
+        )
+    registered_by = registered_version(resource, spec.name, found.version).tags.get(RUN_ID_TAG)
+    if registered_by != found.dagster_run_id:
+        raise dg.Failure(
+            f"version {found.version} of model {spec.name} in {resource.effective_registry_uri} was "
+            f"registered by Dagster run {registered_by}, not by run {found.dagster_run_id} that "
+            f"materialized {model_key.to_user_string()} (was the MLflow store replaced?); materialize "
+            f"{spec.name}/model again"
+        )
+    return found
 
 
 def _experiment_id(resource: MlflowResource, result: Evaluation) -> str:

@@ -2,6 +2,7 @@
 
 import hashlib
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from mlplatform.core.metrics import PRIMARY_METRIC, compute_metrics
 from mlplatform.core.splits import SPLIT_NAMES, assign_split, time_split
 from mlplatform.core.sql import column_types, quote_ident, total_order_sql
 from mlplatform.core.training import TrainedModel, available_cpus, lightgbm_params, predict, train_lightgbm
-from mlplatform.core.warehouse import count_rows, read_frame, table_exists, table_name
+from mlplatform.core.warehouse import count_rows, read_frame, table_exists, table_name, verify_tables
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.resources.registry import MODEL_ARTIFACT_KEY, log_lightgbm_model, register_version
 from mlplatform.specs.model import DatasetSpec
@@ -25,6 +26,49 @@ from mlplatform.specs.model import DatasetSpec
 SPLIT_COLUMN = "split"
 TRAINING_SET = "training_set"
 TRAIN_METRICS_MAX_ROWS = 1_000_000
+MODEL_VERSION_KEY = "model_version"  # metadata of the model materialization: the version it registered
+RUN_ID_TAG = "dagster_run_id"  # tag of a registered model version: the Dagster run that trained it
+
+
+@dataclass(frozen=True)
+class MaterializedVersion:
+    """A model version as recorded by a materialization, and which materialization that was."""
+
+    version: int
+    dagster_run_id: str
+    same_run: bool  # materialized by the run asking, rather than the latest of another run
+
+    @property
+    def source(self) -> str:
+        which = "this run" if self.same_run else f"the latest materialization (run {self.dagster_run_id})"
+        return f"version {self.version}, from {which}"
+
+
+def version_materialized(
+    instance: dg.DagsterInstance, key: dg.AssetKey, run_id: str, metadata_key: str = MODEL_VERSION_KEY
+) -> MaterializedVersion | None:
+    """The `metadata_key` version of `key`'s materialization in run `run_id`, else of its latest one.
+
+    Two concurrent runs each register a version; reading "the newest version" or an alias would let
+    one run evaluate (and promote) the other's model, so a run uses the version it materialized itself.
+    """
+    record = instance.get_run_record_by_id(run_id)
+    started = record.start_time if record is not None else None
+    if started is not None:
+        found = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, after_timestamp=started - 1), limit=1000
+        ).records
+        for own in found:
+            if own.run_id == run_id and own.asset_materialization is not None:
+                value = own.asset_materialization.metadata.get(metadata_key)
+                if value is not None:
+                    return MaterializedVersion(int(value.value), run_id, same_run=True)
+    latest = instance.get_latest_materialization_event(key)
+    materialization = latest.asset_materialization if latest is not None else None
+    value = materialization.metadata.get(metadata_key) if materialization is not None else None
+    if latest is None or value is None:
+        return None
+    return MaterializedVersion(int(value.value), latest.run_id, same_run=latest.run_id == run_id)
 
 
 def model_feature_names(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> list[str]:
@@ -180,6 +224,8 @@ def build_model_asset(
         context: dg.AssetExecutionContext, warehouse: DuckDBResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
         with warehouse.get_connection() as conn:
+            # A damaged block anywhere in the dataset must fail the run now, not after a promotion.
+            verified = verify_tables(conn, spec.name)
             frame = read_training_set(conn, spec)
             features = model_feature_names(conn, spec)
             data_version = table_data_version(conn, spec.name, TRAINING_SET)
@@ -213,7 +259,7 @@ def build_model_asset(
             **{f"window_{name}": f"{w['first']} .. {w['last']}" for name, w in windows.items()},
         }
         version_tags = {
-            "dagster_run_id": run_id,
+            RUN_ID_TAG: run_id,
             "training_set_data_version": data_version,
             "code_version": code_version,
         }
@@ -244,7 +290,7 @@ def build_model_asset(
             metadata={
                 "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run.info.experiment_id, run.info.run_id)),
                 "mlflow_run_id": run.info.run_id,
-                "model_version": int(version),
+                MODEL_VERSION_KEY: int(version),
                 "model_version_link": dg.MetadataValue.url(mlflow.model_version_url(spec.name, version)),
                 "model_uri": f"models:/{spec.name}/{version}",
                 "best_iteration": trained.best_iteration,
@@ -255,6 +301,7 @@ def build_model_asset(
                 primary: metrics[primary],
                 "metrics": dg.MetadataValue.json({k: round(v, 6) for k, v in metrics.items()}),
                 "windows": dg.MetadataValue.json(windows),
+                "warehouse_tables_verified": len(verified),
             }
         )
 

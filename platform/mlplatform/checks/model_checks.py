@@ -12,12 +12,12 @@ from dagster_duckdb import DuckDBResource
 from mlplatform.assets.common import asset_key
 from mlplatform.assets.evaluation import promotion_metric
 from mlplatform.assets.scoring import PREDICTIONS
+from mlplatform.assets.training import version_materialized
 from mlplatform.checks.data_quality import not_empty_checks
 from mlplatform.core.metrics import higher_is_better
 from mlplatform.core.sql import column_types, quote_ident
 from mlplatform.core.warehouse import count_rows, table_exists, table_name
 from mlplatform.resources.mlflow import MlflowResource
-from mlplatform.resources.registry import CHALLENGER
 from mlplatform.specs.model import DatasetSpec
 
 
@@ -38,21 +38,26 @@ def _beats_baseline_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
         # Not blocking: predictions use the champion, which a weak challenger does not replace.
         blocking=False,
         description=(
-            f"The latest model (`{CHALLENGER}`) is better than the best naive baseline on the test window "
-            f"by {metric}. Reads the metrics the training and the evaluation logged to its MLflow run."
+            "The model version the evaluation scored (in the same run, else the latest evaluation) is "
+            f"better than the best naive baseline on the test window by {metric}. Reads the metrics the "
+            "training and the evaluation logged to its MLflow run."
         ),
     )
-    def model_beats_baseline(mlflow: MlflowResource) -> dg.AssetCheckResult:
-        version = mlflow.get_alias_version(spec.name, CHALLENGER)
-        if version is None or not version.run_id:
-            return dg.AssetCheckResult(
-                passed=False, description=f"no `{CHALLENGER}` version of {spec.name} yet"
-            )
+    def model_beats_baseline(
+        context: dg.AssetCheckExecutionContext, mlflow: MlflowResource
+    ) -> dg.AssetCheckResult:
+        evaluated = version_materialized(
+            context.instance, asset_key(spec, "evaluation"), context.run.run_id, "challenger_version"
+        )
+        if evaluated is None:
+            return dg.AssetCheckResult(passed=False, description=f"no evaluated version of {spec.name} yet")
+        version = mlflow.client().get_model_version(spec.name, str(evaluated.version))
         logged = mlflow.client().get_run(version.run_id).data.metrics
         model_value = logged.get(f"test_{metric}", math.nan)
         baseline_value = logged.get(f"baseline_test_{metric}")
         metadata = {
             "model_version": int(version.version),
+            "model_version_source": evaluated.source,
             "metric": metric,
             f"model_test_{metric}": model_value,
         }

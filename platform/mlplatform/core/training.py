@@ -114,6 +114,27 @@ class TrainedModel:
     training_seconds: float = 0.0
 
 
+def check_finite(prepared: pd.DataFrame, label: np.ndarray, rows: str) -> None:
+    """Fail naming the column: LightGBM only says "Input contains infinity" (missing features are fine,
+    infinite ones are not; a label must be a finite number)."""
+    for column in prepared.columns:
+        values = prepared[column]
+        if values.dtype == np.float64:
+            infinite = int(np.isinf(values.to_numpy()).sum())
+            if infinite:
+                raise ValueError(
+                    f"feature column {column!r} holds {infinite:,} infinite value(s) in the {rows} rows; "
+                    "LightGBM cannot train on them: clean them in the source or the spec"
+                )
+    if label.dtype == np.float64:
+        bad = int((~np.isfinite(label)).sum())
+        if bad:
+            raise ValueError(
+                f"the target holds {bad:,} missing or infinite value(s) in the {rows} rows; "
+                "LightGBM cannot train on them: clean them in the source or the spec"
+            )
+
+
 def _encode_target(task: str, y: pd.Series | np.ndarray, classes: list[Any] | None) -> np.ndarray:
     if task == "regression":
         return np.asarray(y, dtype=np.float64)
@@ -168,22 +189,27 @@ def train_lightgbm(
     if task == "multiclass":
         assert classes is not None
         train_params["num_class"] = len(classes)
-    train_set = lgb.Dataset(
+    train_features, train_label = (
         prepare_features(X_train, feature_names, levels),
-        label=_encode_target(task, y_train, classes),
+        _encode_target(task, y_train, classes),
+    )
+    check_finite(train_features, train_label, "training")
+    train_set = lgb.Dataset(
+        train_features,
+        label=train_label,
         categorical_feature=list(categorical_features),
         free_raw_data=True,  # LightGBM bins the rows; the float copy can go once it has
     )
+    del train_features
     valid_sets: list[lgb.Dataset] = []
     callbacks: list[Any] = []
     if X_valid is not None and y_valid is not None and len(X_valid) > 0:
-        valid_sets.append(
-            lgb.Dataset(
-                prepare_features(X_valid, feature_names, levels),
-                label=_encode_target(task, y_valid, classes),
-                reference=train_set,
-            )
+        valid_features, valid_label = (
+            prepare_features(X_valid, feature_names, levels),
+            _encode_target(task, y_valid, classes),
         )
+        check_finite(valid_features, valid_label, "validation")
+        valid_sets.append(lgb.Dataset(valid_features, label=valid_label, reference=train_set))
         callbacks.append(lgb.early_stopping(early_stopping_rounds, verbose=False))
 
     started = time.perf_counter()

@@ -1,14 +1,23 @@
-"""Writing stage tables in DuckDB: each partitioned table is replaced one time window at a time."""
+"""Writing stage tables in DuckDB: each partitioned table is replaced one time window at a time.
+
+Also what DuckDB's low-level errors mean for a user (file held, damaged, disk full) and a full read that
+finds damaged blocks before anything depends on them.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import re
+import shutil
 from datetime import datetime
+from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
 
 from mlplatform.core.sql import column_types, quote_ident, quote_literal
+from mlplatform.settings import WAREHOUSE_ENV
 
 # Nullable integer and boolean columns: DuckDB's .df() gives pandas' masked dtypes, Arrow floats/objects.
 _MASKED_DTYPES = {
@@ -110,7 +119,9 @@ def replace_window(
         written = conn.execute(f"INSERT INTO {target} BY NAME SELECT * FROM ({select_sql})").fetchall()[0]
         conn.execute("COMMIT")
     except Exception:
-        conn.execute("ROLLBACK")
+        # A failed COMMIT (e.g. disk full) has ended the transaction: its error is the one to show.
+        with contextlib.suppress(duckdb.Error):
+            conn.execute("ROLLBACK")
         raise
     return int(written[0]) if written else 0
 
@@ -121,3 +132,118 @@ def count_rows(conn: duckdb.DuckDBPyConnection, schema: str, table: str, where: 
     clause = f" WHERE {where}" if where else ""
     row = conn.execute(f"SELECT count(*) FROM {table_name(schema, table)}{clause}").fetchall()[0]
     return int(row[0]) if row else 0
+
+
+_LOCK_HELD = "Could not set lock on file"
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+# Block checksums and reads past the end of a truncated file.
+_DAMAGED = ("Corrupt database file", "does not match stored checksum", "Could not read enough bytes")
+_NOT_DUCKDB = "not a valid DuckDB database file"  # a wrecked header, or another program's file
+_DISK_FULL = ("No space left on device", "Disk quota exceeded", "disk I/O error")
+
+
+def is_lock_conflict(error: BaseException) -> bool:
+    return _LOCK_HELD in str(error)
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n_bytes < 1024:
+            return f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.1f} GiB"
+
+
+def _lock_message(database: str, detail: str) -> str:
+    holder = _LOCK_HOLDER.search(detail)
+    if holder is None:
+        who, stop = "another process", f"close it (`fuser -v {database}` shows which)"
+    else:
+        who, stop = (
+            f"{holder['program']} (PID {holder['pid']})",
+            f"close it (`kill {holder['pid']}` if stuck)",
+        )
+    return (
+        f"warehouse {database} is held by {who}: {stop} and re-run; to look at the tables while the "
+        "platform runs, open them read-only (`duckdb -readonly`). DuckDB lets one process at a time "
+        "write a file; the holder may be a `duckdb` shell, a notebook, or another `mlplatform run` or "
+        "`dagster dev` of the same home."
+    )
+
+
+def _damaged_message(database: str, detail: str) -> str:
+    if _NOT_DUCKDB in detail:
+        return (
+            f"warehouse {database} is not a DuckDB database file: if it is the platform's warehouse it is "
+            f"damaged, so delete it (and {database}.wal if present) and re-run `mlplatform run`, which "
+            f"rebuilds it from the sources; if it is another program's file, point ${WAREHOUSE_ENV} "
+            f"elsewhere. DuckDB: {detail}"
+        )
+    return (
+        f"warehouse {database} is damaged: delete it (and {database}.wal if present) and re-run "
+        "`mlplatform run`, which rebuilds it from the sources; models and the champion live in MLflow and "
+        f"are kept. DuckDB: {detail}"
+    )
+
+
+def _disk_full_message(database: str, detail: str) -> str:
+    folder = Path(database).resolve().parent
+    try:
+        usage = shutil.disk_usage(folder)
+        # Measured after the failed write, which DuckDB has undone: the write needed more than this.
+        space = f"{_size(usage.free)} free of {_size(usage.total)} after the failed write"
+    except OSError:
+        space = "free space unknown"
+    return (
+        f"disk full: no space left to write the warehouse {database} ({folder}: {space}). Free space "
+        f"there or point ${WAREHOUSE_ENV} at a larger disk, then re-run. DuckDB: {detail}"
+    )
+
+
+def explain_warehouse_error(error: BaseException, database: str) -> str | None:
+    """A message saying what happened to the warehouse file and how to fix it, or None if `error` is not
+    about the file itself (e.g. a SQL error)."""
+    # The errors it arose from too (e.g. a failed ROLLBACK after a full disk), and every line: a FATAL
+    # error gives the original cause on a later line.
+    lines: list[str] = []
+    current: BaseException | None = error
+    while current is not None and len(lines) < 20:
+        lines += [line.strip() for line in str(current).splitlines() if line.strip()]
+        current = current.__cause__ or current.__context__
+    detail = " ".join(lines) or type(error).__name__
+    notes = getattr(error, "__notes__", None)
+    if notes:
+        detail = f"{detail}; {'; '.join(notes)}"
+    if _LOCK_HELD in detail:
+        return _lock_message(database, detail)
+    if _NOT_DUCKDB in detail or any(marker in detail for marker in _DAMAGED):
+        return _damaged_message(database, detail)
+    if any(marker in detail for marker in _DISK_FULL):
+        return _disk_full_message(database, detail)
+    return None
+
+
+def verify_tables(conn: duckdb.DuckDBPyConnection, schema: str) -> list[str]:
+    """Read every block of every table of `schema` (DuckDB checks each block's checksum on read).
+
+    A damaged block otherwise surfaces only when a later step happens to read it, e.g. after a new model
+    was promoted. Hashing whole rows reads every column; on the bike data this takes about 20 ms.
+    Raises DuckDB's error, with a note naming the table. Returns the tables read.
+    """
+    names = [
+        row[0]
+        for row in conn.execute(
+            "SELECT table_name FROM duckdb_tables() "
+            "WHERE schema_name = ? AND database_name = current_database() ORDER BY table_name",
+            [schema],
+        ).fetchall()
+    ]
+    for name in names:
+        try:
+            conn.execute(
+                f"SELECT count(*), sum(hash(t)::HUGEINT) FROM {table_name(schema, name)} t"
+            ).fetchall()
+        except duckdb.Error as error:
+            error.add_note(f"while reading table {schema}.{name}")
+            raise
+    return names

@@ -11,7 +11,7 @@ one before. So rollback undoes promotions one at a time, like an undo stack.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,18 +134,116 @@ def _alias_version(resource: MlflowResource, model_name: str, alias: str) -> int
     return None if found is None else int(found.version)
 
 
-def promote(resource: MlflowResource, model_name: str, version: str | int) -> ChampionChange:
-    """Move `champion` to `version` and record it in the champion history."""
+class PromotionError(RegistryError):
+    """A promotion failed part-way; the champion alias and history were put back as they were."""
+
+
+_UNCHECKED = object()  # promote() without a champion the decision was made against
+
+
+def _registry_undo(resource: MlflowResource, model_name: str, version: str) -> list[Callable[[], None]]:
+    """Callables that put back, in order, the champion alias, the history tag and the two version tags
+    promote() writes, to their values before the promotion (deleting what did not exist)."""
+    client = resource.client()
+    model_tags = client.get_registered_model(model_name).tags
+    version_tags = client.get_model_version(model_name, version).tags
     previous = _alias_version(resource, model_name, CHAMPION)
+
+    def alias() -> None:
+        if previous is None:
+            client.delete_registered_model_alias(model_name, CHAMPION)
+        else:
+            client.set_registered_model_alias(model_name, CHAMPION, str(previous))
+
+    def history() -> None:
+        if HISTORY_TAG in model_tags:
+            client.set_registered_model_tag(model_name, HISTORY_TAG, model_tags[HISTORY_TAG])
+        else:
+            client.delete_registered_model_tag(model_name, HISTORY_TAG)
+
+    def version_tag(key: str) -> Callable[[], None]:
+        def undo() -> None:
+            if key in version_tags:
+                client.set_model_version_tag(model_name, version, key, version_tags[key])
+            else:
+                client.delete_model_version_tag(model_name, version, key)
+
+        return undo
+
+    return [alias, history, version_tag("previous_champion"), version_tag("promoted_at")]
+
+
+def promote(
+    resource: MlflowResource, model_name: str, version: str | int, expected_champion: Any = _UNCHECKED
+) -> ChampionChange:
+    """Move `champion` to `version` and record it in the champion history.
+
+    `expected_champion` is the champion (a version or None) the promotion decision compared against; if
+    another run moved the alias since, nothing changes and PromotionError says so. If any registry call
+    fails, the alias and tags are put back as they were and PromotionError names the failed step.
+    """
+    previous = _alias_version(resource, model_name, CHAMPION)
+    if expected_champion is not _UNCHECKED and previous != expected_champion:
+        raise PromotionError(
+            f"{model_name}: champion moved from version {expected_champion} to {previous} while version "
+            f"{version} was evaluated against {expected_champion}; nothing changed. Re-run the evaluation "
+            f"(mlplatform run --dataset {model_name} --stage evaluation) to compare with version {previous}."
+        )
     history = champion_history(resource, model_name)
     if previous is not None and not history:
         history = [previous]  # alias set by hand before any history: keep it reachable for rollback
-    resource.set_alias(model_name, CHAMPION, version)
-    _save_history(resource, model_name, [*history, int(version)])
-    client = resource.client()
-    client.set_model_version_tag(model_name, str(version), "previous_champion", str(previous or "none"))
-    client.set_model_version_tag(model_name, str(version), "promoted_at", datetime.now(UTC).isoformat())
+    client, version = resource.client(), str(version)
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("set the champion alias", lambda: resource.set_alias(model_name, CHAMPION, version)),
+        ("save the champion history", lambda: _save_history(resource, model_name, [*history, int(version)])),
+        (
+            "tag previous_champion",
+            lambda: client.set_model_version_tag(
+                model_name, version, "previous_champion", str(previous or "none")
+            ),
+        ),
+        (
+            "tag promoted_at",
+            lambda: client.set_model_version_tag(
+                model_name, version, "promoted_at", datetime.now(UTC).isoformat()
+            ),
+        ),
+    ]
+    undo = _registry_undo(resource, model_name, version)
+    for done, (step, action) in enumerate(steps):
+        try:
+            action()
+        except Exception as error:
+            # The failed call may have been applied before the error reached us: undo it too.
+            raise _rolled_back(model_name, version, previous, step, error, undo[: done + 1]) from error
     return ChampionChange(model_name, previous, int(version))
+
+
+def _rolled_back(
+    model_name: str,
+    version: str,
+    previous: int | None,
+    step: str,
+    error: Exception,
+    undo: list[Callable[[], None]],
+) -> PromotionError:
+    failed_undo = []
+    for revert in reversed(undo):
+        try:
+            revert()
+        except Exception as undo_error:
+            failed_undo.append(str(undo_error))
+    before = f"version {previous}" if previous is not None else "no champion"
+    if not failed_undo:
+        outcome = f"champion restored ({before})"
+    else:
+        fix = f"`mlplatform rollback --dataset {model_name} --to {previous}`" if previous else "the MLflow UI"
+        outcome = (
+            f"restoring the champion ({before}) also failed ({'; '.join(failed_undo)}): fix it with {fix}"
+        )
+    return PromotionError(
+        f"promotion of {model_name} version {version} failed at step '{step}': {error}; {outcome}"
+    )
 
 
 def rollback(resource: MlflowResource, model_name: str, to: int | None = None) -> ChampionChange:
