@@ -46,7 +46,9 @@ def test_bad_spec_is_one_clear_line(tmp_path: Path, write_spec: Callable[..., Pa
     spec["name"] = "broken"
     spec["columns"]["temp"]["type"] = "decimal"
     path = write_spec(spec, "broken.yaml")
-    for command in (["specs"], ["run"]):
+    # A broken spec no longer stops the others: `run` alone would run the bundled datasets, so the
+    # one-line error is what running the broken dataset itself gives (issue 10).
+    for command in (["specs"], ["run", "--dataset", "broken"]):
         result = _mlplatform(*command, home=tmp_path / "home", MLPLATFORM_SPECS=str(path.parent))
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
@@ -59,7 +61,9 @@ def test_missing_source_file_is_one_clear_line(tmp_path: Path, write_spec: Calla
     spec["name"] = "moved"
     spec["source"]["path"] = str(tmp_path / "gone.csv")
     path = write_spec(spec, "moved.yaml")
-    result = _mlplatform("run", home=tmp_path / "home", MLPLATFORM_SPECS=str(path.parent))
+    result = _mlplatform(
+        "run", "--dataset", "moved", home=tmp_path / "home", MLPLATFORM_SPECS=str(path.parent)
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (
         f"mlplatform: error: spec file {path}: key 'source.path': file {tmp_path / 'gone.csv'} does not exist"

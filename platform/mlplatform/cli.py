@@ -3,21 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mlplatform.settings import HOME_ENV, load_settings
+import yaml
 
-DAGSTER_YAML = """# Written by mlplatform on first use. The Dagster instance of this platform home.
+from mlplatform.settings import HOME_ENV, apply_mlflow_http_defaults, load_settings
+
+RUN_MONITORING_YAML = """# Added by mlplatform: the daemon fails runs stuck starting or canceling (their worker is gone), so a
+# dead run never holds the run slot. Runs of killed processes: see mlplatform.recovery.
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  poll_interval_seconds: 30
+"""
+DAGSTER_YAML = (
+    """# Written by mlplatform on first use. The Dagster instance of this platform home.
 telemetry:
   enabled: false
 # One DuckDB file has one writer: runs the daemon launches (sensors, schedules) queue, one at a time.
 run_queue:
   max_concurrent_runs: 1
 """
+    + RUN_MONITORING_YAML
+)
+# Stages whose assets use MLflow: `mlplatform run` checks the tracking server before running them, and
+# the ones that write to it (a read-only store fails before any data stage).
+MLFLOW_STAGES = ("model", "evaluation", "predictions")
+MLFLOW_WRITE_STAGES = ("model", "evaluation")
 
 
 class UserError(Exception):
@@ -34,10 +52,53 @@ def prepare_home(home: str | None) -> None:
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
     dagster_home = Path(os.environ["DAGSTER_HOME"])
     dagster_home.mkdir(parents=True, exist_ok=True)
-    config = dagster_home / "dagster.yaml"
+    apply_mlflow_http_defaults()
+    write_instance_config(dagster_home / "dagster.yaml")
+    create_instance_storage()
+    _fail_dead_runs()
+
+
+def write_instance_config(config: Path) -> None:
+    """Write dagster.yaml on first use; a home made by an older version gets run monitoring appended."""
     if not config.exists():
         config.write_text(DAGSTER_YAML)
-    create_instance_storage()
+        return
+    text = config.read_text()
+    if "run_monitoring" not in (yaml.safe_load(text) or {}):
+        config.write_text(text.rstrip("\n") + "\n" + RUN_MONITORING_YAML)
+
+
+def _fail_dead_runs() -> None:
+    """Runs left STARTED by a killed process are marked failed before this command starts its own."""
+    from dagster import DagsterInstance
+
+    from mlplatform.recovery import fail_dead_runs
+
+    with DagsterInstance.get() as instance:
+        for line in fail_dead_runs(instance, "the `mlplatform` command"):
+            print(f"mlplatform: marked {line} as failed: its process is gone", file=sys.stderr)
+
+
+def _check_mlflow(write_probe_experiment: str | None) -> None:
+    from mlplatform.factory import mlflow_resource
+    from mlplatform.resources.mlflow import MlflowUnavailable
+
+    try:
+        mlflow_resource(load_settings()).check_reachable(write_probe_experiment)
+    except MlflowUnavailable as exc:
+        raise UserError(f"{exc}; nothing was run") from None
+
+
+def _end_dead_mlflow_runs() -> None:
+    """MLflow runs a killed process left RUNNING are ended as KILLED (the store answered just before)."""
+    from mlplatform.factory import mlflow_resource
+    from mlplatform.recovery import kill_dead_mlflow_runs, local_store_missing
+
+    resource = mlflow_resource(load_settings())
+    if local_store_missing(resource.tracking_uri):
+        return
+    for line in kill_dead_mlflow_runs(resource.client(), "the `mlplatform` command"):
+        print(f"mlplatform: ended {line} as KILLED: its process is gone", file=sys.stderr)
 
 
 def create_instance_storage() -> None:
@@ -65,10 +126,22 @@ def _load_definitions():  # type: ignore[no-untyped-def]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mlplatform.runner import print_summary, run_datasets
+    from mlplatform.runner import dataset_names, print_summary, run_datasets
 
     prepare_home(args.home)
+    for noisy in ("mlflow.store.db.utils", "alembic"):  # schema set-up chatter on a new MLflow store
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    stages = args.stage or list(MLFLOW_STAGES)
+    checked = any(stage in MLFLOW_STAGES for stage in stages)
+    if checked:
+        _check_mlflow(None)  # before loading definitions: an unreachable server fails in seconds
     defs = _load_definitions()
+    if any(stage in MLFLOW_WRITE_STAGES for stage in stages):
+        known = dataset_names(defs)  # unknown names are refused by run_datasets, unprobed
+        for name in [name for name in args.dataset or known if name in known]:
+            _check_mlflow(name)
+    if checked:
+        _end_dead_mlflow_runs()
     results = run_datasets(defs, args.dataset or None, progress=print, stages=args.stage or None)
     print_summary(defs, results)
     return 0 if all(r.success for r in results) else 1
@@ -96,19 +169,29 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_specs(args: argparse.Namespace) -> int:
-    from mlplatform.specs.loader import SpecError, check_source, load_specs
+    """Each dataset's line, or its error on stderr: a broken spec hides no other (exit 2 if any is broken).
+
+    Builds each dataset as the code location does (probe, partitions, assets), so what this accepts loads.
+    """
+    from mlplatform.factory import build_datasets
+    from mlplatform.specs.loader import SpecError, read_specs
 
     settings = load_settings()
     try:
-        for spec in load_specs(settings.extra_spec_dirs):
-            probe = check_source(spec)
-            print(
-                f"{spec.name}: {spec.spec_path} | {len(probe.files)} file(s) | "
-                f"{probe.time_min} .. {probe.time_max} | {spec.target.task} on {spec.target.column}"
-            )
-    except SpecError as exc:
+        specs, broken = read_specs(settings.extra_spec_dirs)
+    except SpecError as exc:  # a folder named in $MLPLATFORM_SPECS does not exist
         raise UserError(str(exc)) from None
-    return 0
+    datasets, failed = build_datasets(specs, settings)
+    for dataset in datasets:
+        spec, probe = dataset.spec, dataset.probe
+        print(
+            f"{spec.name}: {spec.spec_path} | {len(probe.files)} file(s) | "
+            f"{probe.time_min} .. {probe.time_max} | {spec.target.task} on {spec.target.column}"
+        )
+    for failure in [*broken, *failed]:
+        print(f"{failure.name}: {failure.path} | NOT LOADED (error below)")
+        print(f"mlplatform: error: {failure.error}", file=sys.stderr)
+    return 2 if broken or failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,8 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from mlflow.exceptions import MlflowException
 
 from mlplatform.core.warehouse import count_rows
-from mlplatform.factory import mlflow_resource
+from mlplatform.factory import broken_specs, mlflow_resource
+from mlplatform.recovery import run_owner_tags
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.resources.registry import CHALLENGER, CHAMPION
 from mlplatform.settings import load_settings
@@ -54,6 +55,9 @@ def run_datasets(
 
     known = dataset_names(defs)
     unknown = [n for n in names or [] if n not in known]
+    broken = {spec.name: spec.error for spec in broken_specs(defs)}
+    if unknown and all(name in broken for name in unknown):  # asked for a dataset whose spec is broken
+        raise UserError("; ".join(broken[name] for name in unknown))
     if unknown:
         raise UserError(f"unknown dataset {', '.join(unknown)} (known: {', '.join(known)})")
     wrong = [s for s in stages or [] if s not in RUNNABLE_STAGES]
@@ -74,6 +78,7 @@ def run_datasets(
         what = f"{', '.join(stages)} of" if stages else "every asset of"
         progress(f"[{name}] materializing {what} {len(keys)} partitions ({keys[0]} .. {keys[-1]}) as one run")
         tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+        tags |= run_owner_tags()  # the run executes in this process: a kill is detected by its absence
         result = job.execute_in_process(
             instance=instance,
             tags=tags,
@@ -87,10 +92,29 @@ def run_datasets(
         status = (
             f"succeeded ({len(done)}/{len(keys)} partitions materialized)"
             if result.success
-            else f"FAILED in {', '.join(failed) or 'a check'}"
+            else f"FAILED in {', '.join(failed) or 'a check'}: {failure_reason(result)}"
         )
         progress(f"[{name}] run {result.run_id} {status}")
     return outcomes
+
+
+def failure_reason(result: dg.ExecuteInProcessResult, limit: int = 300) -> str:
+    """One line: the error of the first failed step, else of the run (e.g. a resource that failed)."""
+    steps = [e for e in result.all_events if e.is_step_failure]
+    others = [e for e in result.all_events if e.is_resource_init_failure or e.is_run_failure]
+    for event in steps + others:
+        error = getattr(event.event_specific_data, "error", None)
+        # Dagster wraps the user's exception (e.g. DagsterResourceFunctionError): show the user's.
+        while error is not None and error.cls_name.startswith("Dagster") and error.cause is not None:
+            error = error.cause
+        if error is not None:
+            return _first_line(error.message, limit)
+    return _first_line(others[0].message or "", limit) if others else "see the run's log"
+
+
+def _first_line(text: str, limit: int) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return (lines[0] if lines else "no message")[:limit]
 
 
 def stage_counts(dataset: str) -> dict[str, int]:
@@ -147,12 +171,15 @@ def print_summary(defs: dg.Definitions, outcomes: list[RunOutcome]) -> None:
     resource = mlflow_resource(settings)
     dagster_home = os.environ.get("DAGSTER_HOME", str(settings.dagster_home))
     print("\n== mlplatform summary ==")
+    mlflow_answers = True
     for outcome in outcomes:
         counts = stage_counts(outcome.dataset)
         print(f"{outcome.dataset}: {'OK' if outcome.success else 'FAILED'} (run {outcome.run_id})")
         print("  rows: " + ", ".join(f"{stage} {counts[stage]:,}" for stage in STAGES))
         print(f"  quarantined: {counts['quarantine']:,} of {counts['raw']:,} raw rows")
-        for line in model_summary(resource, outcome.dataset):
+        lines = model_summary(resource, outcome.dataset) if mlflow_answers else ["  models: MLflow not read"]
+        mlflow_answers = mlflow_answers and "cannot read MLflow" not in lines[0]  # ask an absent server once
+        for line in lines:
             print(line)
     print(f"\nwarehouse (DuckDB): {settings.warehouse_path}")
     print(f"Dagster instance:   {dagster_home}")

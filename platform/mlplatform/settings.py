@@ -18,6 +18,14 @@ MLFLOW_REGISTRY_ENV = "MLFLOW_REGISTRY_URI"
 MLFLOW_ARTIFACTS_ENV = "MLPLATFORM_MLFLOW_ARTIFACTS"
 REPORTS_ENV = "MLPLATFORM_REPORTS"
 
+# MLflow's own defaults (120 s per request, 7 retries with backoff) hang a run for minutes on an
+# unreachable tracking server; these end a call in about 35 s at most. The user's MLFLOW_HTTP_* win.
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -46,3 +54,14 @@ def load_settings(environ: os._Environ[str] | dict[str, str] | None = None) -> S
         reports_dir=Path(env.get(REPORTS_ENV) or home / "reports").expanduser().resolve(),
         extra_spec_dirs=extra,
     )
+
+
+def apply_mlflow_http_defaults(environ: os._Environ[str] | dict[str, str] | None = None) -> None:
+    """Set MLFLOW_HTTP_DEFAULTS where the user has not set them.
+
+    MLflow reads these only from the environment, at each request (no client argument), so they go
+    there; setdefault never overrides the user's own values.
+    """
+    env = os.environ if environ is None else environ
+    for name, value in MLFLOW_HTTP_DEFAULTS.items():
+        env.setdefault(name, value)

@@ -7,12 +7,13 @@ of our assets opens its own short run and must always close it, marked FAILED if
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import mlflow
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
@@ -23,9 +24,24 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.tracking import MlflowClient
 
+from mlplatform.core.recovery import owner_from_tags
+from mlplatform.recovery import RUN_OWNER_PREFIX, mlflow_owner_tags, run_owner_tags
+from mlplatform.settings import MLFLOW_HTTP_DEFAULTS, apply_mlflow_http_defaults
+
 _ALREADY_EXISTS = ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
 _DOES_NOT_EXIST = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
 _INVALID_PARAMETER = ErrorCode.Name(INVALID_PARAMETER_VALUE)
+
+
+class MlflowUnavailable(Exception):
+    """The tracking (or registry) store did not answer, or refused a request: names the URI."""
+
+
+def _short_error(error: Exception) -> str:
+    """MLflow's HTTP errors repeat the URL three times; keep the root cause (e.g. "Connection refused")."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    cause = re.search(r'Caused by (\w+)\(.*: (.+?)"?\)+$', text)
+    return f"{cause.group(1)}: {cause.group(2)}" if cause else text[:300]
 
 
 class MlflowResource(ConfigurableResource):
@@ -42,10 +58,45 @@ class MlflowResource(ConfigurableResource):
         return self.registry_uri or self.tracking_uri
 
     def client(self) -> MlflowClient:
+        apply_mlflow_http_defaults()
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.effective_registry_uri)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """At the start of every run that uses MLflow: name this process the run's owner (so a kill is
+        detected, see mlplatform.recovery) and fail at once, before any step, if MLflow does not answer."""
+        run, instance = context.run, context.instance
+        if instance is not None and run is not None and owner_from_tags(run.tags, RUN_OWNER_PREFIX) is None:
+            instance.add_run_tags(run.run_id, run_owner_tags())
+        self.check_reachable()
+
+    def check_reachable(self, write_probe_experiment: str | None = None) -> None:
+        """One read of the tracking (and registry) store; with `write_probe_experiment`, also one write
+        (a tag on that experiment, created if missing), so a read-only store fails before any data stage.
+
+        Bounded by MLflow's HTTP timeout and retries (MLFLOW_HTTP_DEFAULTS unless the user set them).
+        """
+        doing, uri = "reach", self.tracking_uri
+        try:
+            client = self.client()
+            client.search_experiments(max_results=1)
+            if self.effective_registry_uri != self.tracking_uri:
+                uri = self.effective_registry_uri
+                client.search_registered_models(max_results=1)
+            if write_probe_experiment:
+                doing, uri = "write to", self.tracking_uri
+                experiment = self.experiment_id(write_probe_experiment)
+                client.set_experiment_tag(experiment, "mlplatform.write_check", "ok")
+        except Exception as error:  # any failure of the store: connection, HTTP status, SQL, permissions
+            detail = _short_error(error)
+            limits = ", ".join(
+                f"{name}={os.environ.get(name, v)}" for name, v in MLFLOW_HTTP_DEFAULTS.items()
+            )
+            limits = f" ({limits})" if uri.startswith(("http://", "https://")) else ""
+            raise MlflowUnavailable(f"cannot {doing} MLflow at {uri}: {detail}{limits}") from error
 
     def activate(self) -> None:
         """Point MLflow's fluent API (mlflow.log_metric, mlflow.artifacts, ...) at this store."""
+        apply_mlflow_http_defaults()
         # The fluent API reads process-wide URIs; set them explicitly so a stray MLFLOW_* environment
         # variable cannot send runs somewhere else.
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -97,7 +148,8 @@ class MlflowResource(ConfigurableResource):
         run = mlflow.start_run(
             experiment_id=self.experiment_id(experiment_name),
             run_name=run_name,
-            tags={key: str(value) for key, value in (tags or {}).items()},
+            # The owner tags let a later command end this run as KILLED if this process is killed.
+            tags={**mlflow_owner_tags(), **{key: str(value) for key, value in (tags or {}).items()}},
         )
         run_id = run.info.run_id
         status = "FAILED"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,15 @@ BUNDLED_SPECS_DIR = Path(__file__).parent
 
 class SpecError(ValueError):
     """A spec file is wrong; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class BrokenSpec:
+    """A spec file that does not load (or whose dataset cannot be built), and why: it affects only itself."""
+
+    name: str  # the dataset's name if the file gives a usable one, else one made from the file name
+    path: Path
+    error: str
 
 
 def _describe_error(error: Any) -> str:
@@ -86,16 +97,52 @@ def spec_files(directories: Iterable[Path]) -> list[Path]:
     return files
 
 
-def load_specs(extra_dirs: Iterable[Path] = ()) -> list[DatasetSpec]:
-    """The bundled specs plus those in `extra_dirs`; names must be unique."""
+def one_line(text: str, limit: int = 2000) -> str:
+    """An error on one line, cut at `limit` characters (a DuckDB error may quote a 3 MB field)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def broken_spec_name(path: Path) -> str:
+    """The dataset name a broken spec file declares, if it is a valid one, else one from the file name."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        raw = None
+    declared = raw.get("name") if isinstance(raw, dict) else None
+    if isinstance(declared, str) and re.fullmatch(r"[a-z][a-z0-9_]*", declared):
+        return declared
+    stem = re.sub(r"[^a-z0-9_]", "_", Path(path).stem.lower())
+    return stem if re.match(r"[a-z]", stem) else f"spec_{stem}"
+
+
+def read_specs(extra_dirs: Iterable[Path] = ()) -> tuple[list[DatasetSpec], list[BrokenSpec]]:
+    """Every spec that loads, and every one that does not with its error: one broken file breaks only itself.
+
+    The first file to use a name keeps it (the bundled specs come first); a later one is broken.
+    """
     specs: list[DatasetSpec] = []
+    broken: list[BrokenSpec] = []
     seen: dict[str, Path] = {}
     for path in spec_files([BUNDLED_SPECS_DIR, *extra_dirs]):
-        spec = parse_spec(path)
+        try:
+            spec = parse_spec(path)
+        except SpecError as exc:
+            broken.append(BrokenSpec(broken_spec_name(path), Path(path).resolve(), one_line(str(exc))))
+            continue
         if spec.name in seen:
-            raise SpecError(
-                f"spec file {path}: key 'name': {spec.name!r} is already defined in {seen[spec.name]}"
-            )
-        seen[spec.name] = path
+            error = f"spec file {spec.spec_path}: key 'name': {spec.name!r} is already defined in "
+            error += str(seen[spec.name])
+            broken.append(BrokenSpec(spec.name, Path(path).resolve(), error))
+            continue
+        seen[spec.name] = Path(path).resolve()
         specs.append(spec)
+    return specs, broken
+
+
+def load_specs(extra_dirs: Iterable[Path] = ()) -> list[DatasetSpec]:
+    """The bundled specs plus those in `extra_dirs`; raises the first broken one's SpecError."""
+    specs, broken = read_specs(extra_dirs)
+    if broken:
+        raise SpecError(broken[0].error)
     return specs
