@@ -126,6 +126,7 @@ def _load_definitions():  # type: ignore[no-untyped-def]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from mlplatform.factory import broken_specs
     from mlplatform.runner import dataset_names, print_summary, run_datasets
 
     prepare_home(args.home)
@@ -142,9 +143,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             _check_mlflow(name)
     if checked:
         _end_dead_mlflow_runs()
-    results = run_datasets(defs, args.dataset or None, progress=print, stages=args.stage or None)
+    results = run_datasets(
+        defs, args.dataset or None, progress=print, stages=args.stage or None, allow_shrink=args.allow_shrink
+    )
     print_summary(defs, results)
-    return 0 if all(r.success for r in results) else 1
+    # A broken spec fails the command that was asked to run everything, after the good datasets ran.
+    broken = [] if args.dataset else broken_specs(defs)
+    for spec in broken:
+        print(f"mlplatform: error: dataset {spec.name} was not run: {spec.error}", file=sys.stderr)
+    return 0 if all(r.success for r in results) and not broken else 1
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -221,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "only this stage (repeatable): raw, clean, features, training_set, model, evaluation, "
             "predictions; e.g. --stage predictions re-scores with the current champion"
+        ),
+    )
+    run.add_argument(
+        "--allow-shrink",
+        action="store_true",
+        help=(
+            "let the raw stage remove rows whose source files are gone or no longer hold them "
+            "(without it such a run fails and changes nothing)"
         ),
     )
     run.add_argument("--home", help=f"platform home (default: ${HOME_ENV} or ./.mlplatform)")

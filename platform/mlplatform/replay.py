@@ -105,9 +105,10 @@ def run_policy(config: ReplayConfig, policy: str) -> list[dict[str, Any]]:
     from mlplatform.jobs.monitoring import ingest_job_name, retrain_job_name
     from mlplatform.sensors.drift import build_drift_sensor
     from mlplatform.settings import load_settings
-    from mlplatform.specs.loader import check_source, load_specs
+    from mlplatform.specs.loader import check_source, read_specs
 
-    spec = next(s for s in load_specs(load_settings().extra_spec_dirs) if s.name == config.dataset)
+    specs, _ = read_specs(load_settings().extra_spec_dirs)  # another dataset's broken spec does not matter
+    spec = next(s for s in specs if s.name == config.dataset)
     defs = build_definitions(specs=[spec])
     # In-memory instance: the replay's runs and events are thrown away with its home anyway, and SQLite
     # event storage would spend most of the replay syncing events to disk.
@@ -267,9 +268,12 @@ def cmd_replay(args: Any) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     from mlplatform.settings import load_settings
-    from mlplatform.specs.loader import load_specs
+    from mlplatform.specs.loader import read_specs
 
-    known = [s.name for s in load_specs(load_settings().extra_spec_dirs)]
+    specs, broken = read_specs(load_settings().extra_spec_dirs)
+    known = [s.name for s in specs]
+    if config.dataset in {b.name for b in broken}:
+        raise UserError(next(b.error for b in broken if b.name == config.dataset))
     if config.dataset not in known:
         raise UserError(f"unknown dataset {config.dataset} (known: {', '.join(known)})")
     replay(config)

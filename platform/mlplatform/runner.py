@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -34,6 +35,7 @@ class RunOutcome:
     success: bool
     partitions: int
     failed_steps: list[str] = field(default_factory=list)
+    source_accounting: str | None = None  # what the run's source_accounting check said, one line
 
 
 def dataset_names(defs: dg.Definitions) -> list[str]:
@@ -45,11 +47,12 @@ def run_datasets(
     names: list[str] | None,
     progress: Callable[[str], None] = lambda _: None,
     stages: list[str] | None = None,
+    allow_shrink: bool = False,
 ) -> list[RunOutcome]:
     """One run per dataset over all its partitions (a single-run backfill), in the current instance.
 
     `stages` limits each run to those stages (and their checks), e.g. ["predictions"] to re-score with
-    a rolled-back champion without retraining.
+    a rolled-back champion without retraining. `allow_shrink` lets raw remove rows whose source is gone.
     """
     from mlplatform.cli import UserError
 
@@ -63,6 +66,8 @@ def run_datasets(
     wrong = [s for s in stages or [] if s not in RUNNABLE_STAGES]
     if wrong:
         raise UserError(f"unknown stage {', '.join(wrong)} (stages: {', '.join(RUNNABLE_STAGES)})")
+    if allow_shrink and stages and "raw" not in stages:
+        raise UserError("--allow-shrink applies to the raw stage: add --stage raw")
     for noisy in ("mlflow.store.db.utils", "alembic"):  # schema set-up chatter on a new MLflow store
         logging.getLogger(noisy).setLevel(logging.WARNING)
     instance = dg.DagsterInstance.get()
@@ -84,10 +89,11 @@ def run_datasets(
             tags=tags,
             raise_on_error=False,
             asset_selection=selection,
-            run_config=QUIET_CONSOLE,
+            run_config={**QUIET_CONSOLE, **shrink_config(name, allow_shrink)},
         )
         failed = [e.step_key for e in result.all_events if e.is_step_failure and e.step_key]
-        outcomes.append(RunOutcome(name, result.run_id, result.success, len(keys), failed))
+        accounting = source_accounting_line(result)
+        outcomes.append(RunOutcome(name, result.run_id, result.success, len(keys), failed, accounting))
         done = {e.partition for e in result.get_asset_materialization_events() if e.partition}
         status = (
             f"succeeded ({len(done)}/{len(keys)} partitions materialized)"
@@ -98,7 +104,27 @@ def run_datasets(
     return outcomes
 
 
-def failure_reason(result: dg.ExecuteInProcessResult, limit: int = 300) -> str:
+def shrink_config(dataset: str, allow_shrink: bool) -> dict[str, Any]:
+    """Run config of the raw asset's `allow_shrink` (see mlplatform.assets.ingestion.RawConfig)."""
+    return {"ops": {f"{dataset}__raw": {"config": {"allow_shrink": True}}}} if allow_shrink else {}
+
+
+def source_accounting_line(result: dg.ExecuteInProcessResult) -> str | None:
+    """The run's `source_accounting` check in one line: the source's records against what landed."""
+    for evaluation in result.get_asset_check_evaluations():
+        if evaluation.check_name != "source_accounting":
+            continue
+        meta = {key: value.value for key, value in evaluation.metadata.items()}
+        if evaluation.passed:
+            return (
+                f"{meta.get('source_rows', 0):,} records in {meta.get('files', 0)} file(s), "
+                "each one in clean or quarantine"
+            )
+        return f"NOT RECONCILED: {evaluation.description or 'see the source_accounting check'}"
+    return None
+
+
+def failure_reason(result: dg.ExecuteInProcessResult, limit: int = 600) -> str:
     """One line: the error of the first failed step, else of the run (e.g. a resource that failed)."""
     steps = [e for e in result.all_events if e.is_step_failure]
     others = [e for e in result.all_events if e.is_resource_init_failure or e.is_run_failure]
@@ -177,10 +203,14 @@ def print_summary(defs: dg.Definitions, outcomes: list[RunOutcome]) -> None:
         print(f"{outcome.dataset}: {'OK' if outcome.success else 'FAILED'} (run {outcome.run_id})")
         print("  rows: " + ", ".join(f"{stage} {counts[stage]:,}" for stage in STAGES))
         print(f"  quarantined: {counts['quarantine']:,} of {counts['raw']:,} raw rows")
+        if outcome.source_accounting:
+            print(f"  source: {outcome.source_accounting}")
         lines = model_summary(resource, outcome.dataset) if mlflow_answers else ["  models: MLflow not read"]
         mlflow_answers = mlflow_answers and "cannot read MLflow" not in lines[0]  # ask an absent server once
         for line in lines:
             print(line)
+    for broken in broken_specs(defs):
+        print(f"{broken.name}: NOT LOADED ({broken.path}): {broken.error}")
     print(f"\nwarehouse (DuckDB): {settings.warehouse_path}")
     print(f"Dagster instance:   {dagster_home}")
     print(f"MLflow tracking:    {resource.tracking_uri}")

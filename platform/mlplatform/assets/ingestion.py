@@ -47,9 +47,9 @@ def _shrink_refusal(
     return dg.Failure(
         description=(
             f"{spec.name}.raw for {keys}: {problem}. Nothing was changed. If the source rows were removed "
-            f"on purpose, re-run with the asset config allow_shrink: true (run config "
-            f"`ops: {{{op}: {{config: {{allow_shrink: true}}}}}}`, in the launchpad or `dagster asset "
-            f"materialize --config`); otherwise restore the files."
+            f"on purpose, re-run with `mlplatform run --dataset {spec.name} --allow-shrink` (in the "
+            f"launchpad: run config `ops: {{{op}: {{config: {{allow_shrink: true}}}}}}`); otherwise "
+            "restore the files."
         ),
         metadata={"rows_before": sum(before.values()), "rows_after": sum(after.values())},
     )

@@ -1,0 +1,72 @@
+"""Removing source rows on purpose: the refusal printed by `mlplatform run` names a command, and that
+command, run exactly as printed, removes them."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from platform_tests.conftest import subprocess_env
+from platform_tests.hostile.test_isolation import toy_spec_dict, write_hourly_csv
+
+pytestmark = pytest.mark.e2e
+
+NAME = "shrinky"
+
+
+def _run(command: list[str], home: Path, specs: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command,
+        cwd=home.parent,
+        env=subprocess_env(home, MLPLATFORM_SPECS=str(specs)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _raw_rows_per_file(home: Path) -> dict[str, int]:
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
+        rows = conn.execute(f"SELECT _source_file, count(*) FROM {NAME}.raw GROUP BY 1").fetchall()
+    return {Path(f).name: int(n) for f, n in rows}
+
+
+def test_the_printed_allow_shrink_command_removes_the_rows_of_a_deleted_file(
+    tmp_path: Path, write_spec: Callable[..., Path]
+) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    write_hourly_csv(landing / "a.csv", days=4)
+    write_hourly_csv(landing / "b.csv", days=2, start=datetime(2024, 1, 5))
+    spec = toy_spec_dict(NAME, landing / "*.csv")
+    # Fixed partitions: with partitions from the data, the deleted file's days would leave the range.
+    spec["partitions"] = {"start": "2024-01-01", "end": "2024-01-07"}
+    spec_file = write_spec(spec, "shrinky.yaml")
+    home = tmp_path / "home"
+    first = _run(
+        ["mlplatform", "run", "--dataset", NAME, "--stage", "raw", "--stage", "clean"], home, spec_file.parent
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert _raw_rows_per_file(home) == {"a.csv": 96, "b.csv": 48}
+
+    (landing / "b.csv").unlink()
+    refused = _run(["mlplatform", "run", "--dataset", NAME, "--stage", "raw"], home, spec_file.parent)
+    assert refused.returncode == 1
+    assert "every row of b.csv would be erased (48 rows" in refused.stdout
+    assert _raw_rows_per_file(home) == {"a.csv": 96, "b.csv": 48}  # nothing was changed
+
+    printed = re.search(r"re-run with `([^`]+)`", refused.stdout)
+    assert printed, refused.stdout
+    assert printed.group(1) == f"mlplatform run --dataset {NAME} --allow-shrink"
+    allowed = _run(shlex.split(printed.group(1)), home, spec_file.parent)
+    assert "every row of b.csv would be erased" not in allowed.stdout
+    assert f"[{NAME}] run" in allowed.stdout
+    assert _raw_rows_per_file(home) == {"a.csv": 96}
+    assert "96 records in 1 file(s), each one in clean or quarantine" in allowed.stdout
