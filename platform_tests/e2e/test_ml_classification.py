@@ -4,7 +4,7 @@ written by the tests (Parquet in tmp_path, a few weeks of hourly rows for three 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -21,21 +21,10 @@ from mlplatform.runner import RUNNABLE_STAGES, run_datasets
 from mlplatform.settings import load_settings
 from mlplatform.specs.loader import parse_spec
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("restore_mlflow_env")]
 
 DAYS = 42
 STORES = ("s1", "s2", "s3")
-
-
-@pytest.fixture(autouse=True)
-def _restore_mlflow_env() -> Iterator[None]:
-    """MLflow exports the URIs it is pointed at; keep them from leaking into later tests."""
-    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    yield
-    for name, value in saved.items():
-        os.environ.pop(name, None)
-        if value is not None:
-            os.environ[name] = value
 
 
 def generated_frame(task: str, seed: int = 7) -> pd.DataFrame:

@@ -3,14 +3,12 @@ the champion where it was. Real MLflow stores (SQLite in a temp dir) and real Da
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -33,22 +31,11 @@ from mlplatform.resources.registry import (
 from mlplatform.runner import RUNNABLE_STAGES, run_datasets
 from platform_tests.e2e.test_ml_classification import generated_frame, spec_for
 
+pytestmark = pytest.mark.usefixtures("restore_mlflow_env")
+
 MODEL = "toy"
 TOO_LONG = "9," * 60_000  # over MLflow's 100,000-character limit for a registry tag value
 FAILURES_LEFT: dict[str, int] = {}  # tag key -> how many more calls setting it fail
-
-
-@pytest.fixture(autouse=True)
-def _restore_mlflow_env() -> Iterator[None]:
-    """MLflow exports the URIs it is pointed at; keep them from leaking into later tests."""
-    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    yield
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
-    for name, value in saved.items():
-        os.environ.pop(name, None)
-        if value is not None:
-            os.environ[name] = value
 
 
 class _OneCallTooLong:

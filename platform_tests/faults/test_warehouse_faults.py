@@ -20,7 +20,7 @@ import duckdb
 import pytest
 from mlflow import MlflowClient
 
-from mlplatform.core.warehouse import replace_window
+from mlplatform.core.warehouse import explain_warehouse_error, replace_window
 from mlplatform.factory import build_definitions
 from mlplatform.resources.warehouse import WarehouseError, WarehouseResource
 from mlplatform.runner import RUNNABLE_STAGES, run_datasets
@@ -193,18 +193,8 @@ def _registry_state() -> tuple[list[int], int, int]:
     return versions, champion, len(runs)
 
 
-@pytest.fixture
-def _restore_mlflow_env() -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    yield
-    for name, value in saved.items():
-        os.environ.pop(name, None)
-        if value is not None:
-            os.environ[name] = value
-
-
 @pytest.mark.e2e
-@pytest.mark.usefixtures("platform_home", "_restore_mlflow_env")
+@pytest.mark.usefixtures("platform_home", "restore_mlflow_env")
 def test_a_damaged_warehouse_fails_before_training_and_promotes_nothing(
     tmp_path: Path, write_spec: Callable[..., Path], use_extra_specs: Callable[[Path], None]
 ) -> None:
@@ -239,3 +229,10 @@ def test_a_damaged_warehouse_fails_before_training_and_promotes_nothing(
     database.unlink()
     assert _run([])[0]
     assert _registry_state()[0] == [1, 2]
+
+
+def test_only_a_full_disk_is_called_disk_full() -> None:
+    full = duckdb.IOException('IO Error: Could not write file "/w/x.duckdb": No space left on device')
+    other = duckdb.IOException('IO Error: Could not write file "/w/x.duckdb": Read-only file system')
+    assert (explain_warehouse_error(full, "/w/x.duckdb") or "").startswith("disk full:")
+    assert explain_warehouse_error(other, "/w/x.duckdb") is None  # DuckDB's own words, not "disk full"

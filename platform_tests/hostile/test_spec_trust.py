@@ -56,6 +56,11 @@ HOSTILE = {
     "clock": ("now()", "calls now(), which is not a function of the row alone"),
     "session": ("current_setting('threads')", "not a function of the row alone"),
     "side effect": ("setseed(0.5)", "not a function of the row alone"),
+    "macro over the clock": ("ago(INTERVAL 1 DAY)", "calls ago(), which is not a function of the row alone"),
+    "macro over the catalog": (
+        "format_type(1, 1)",
+        "calls format_type(), which is not a function of the row",
+    ),
     "qualified function": ("main.lower(dateday)", "calls main.lower"),
     "extension type": ("dateday::GEOGRAPHY", "casts to GEOGRAPHY, which is not a built-in DuckDB type"),
     "extension function": ("st_area(dateday)", "is not a built-in DuckDB scalar function"),
@@ -111,6 +116,8 @@ LEGITIMATE = [
     "CAST(hour AS DECIMAL(4, 1))",
     "greatest(temp, atemp) -- the warmer of the two\n",
     '"we""ird;name" + 1',
+    "nullif(hour, 0) + if(temp > 0.5, 1, 0)",  # macros over allowed functions stay allowed
+    "split_part(dateday, '-', 1)",
 ]
 
 

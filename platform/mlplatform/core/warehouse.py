@@ -139,7 +139,9 @@ _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (
 # Block checksums and reads past the end of a truncated file.
 _DAMAGED = ("Corrupt database file", "does not match stored checksum", "Could not read enough bytes")
 _NOT_DUCKDB = "not a valid DuckDB database file"  # a wrecked header, or another program's file
-_DISK_FULL = ("No space left on device", "Disk quota exceeded", "disk I/O error")
+# Only ENOSPC and EDQUOT: other I/O errors (a read-only mount, EIO, NFS) are not "disk full" and keep
+# DuckDB's own message. (SQLite's "disk I/O error" is Dagster's storage, not the warehouse.)
+_DISK_FULL = ("No space left on device", "Disk quota exceeded")
 
 
 def is_lock_conflict(error: BaseException) -> bool:

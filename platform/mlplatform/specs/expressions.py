@@ -14,6 +14,7 @@ unknown name can make DuckDB install and load an extension from the network when
 from __future__ import annotations
 
 import json
+import re
 import threading
 from functools import cache
 from typing import Any
@@ -102,7 +103,8 @@ def _catalog() -> tuple[frozenset[str], dict[str, str], frozenset[str]]:
             .execute(
                 "SELECT lower(function_name), function_type, "
                 "bool_or(stability = 'CONSISTENT' OR function_type = 'macro'), "
-                "bool_or(stability = 'VOLATILE' OR has_side_effects) "
+                "bool_or(stability = 'VOLATILE' OR has_side_effects), "
+                "string_agg(lower(coalesce(macro_definition, '')), ' ') "
                 "FROM duckdb_functions() GROUP BY ALL"
             )
             .fetchall()
@@ -112,15 +114,41 @@ def _catalog() -> tuple[frozenset[str], dict[str, str], frozenset[str]]:
         }
     allowed: set[str] = set()
     refused: dict[str, str] = {}
-    for name, kind, deterministic, volatile in rows:
-        scalar = kind in ("scalar", "macro")
+    for name, kind, deterministic, volatile, _ in rows:
+        scalar = kind == "scalar"
         denied = name in _DENIED_NAMES or name.startswith(_DENIED_PREFIXES)
         if scalar and deterministic and not volatile and not denied:
             allowed.add(name)
-        else:
+        elif kind != "macro":
             refused.setdefault(name, _KIND_REASONS.get(kind, _ROW_ONLY))
+    _admit_macros([r for r in rows if r[1] == "macro"], allowed, refused)
     # A name can be both a scalar and a table function (e.g. range): the scalar use is allowed.
     return frozenset(allowed), {k: v for k, v in refused.items() if k not in allowed}, frozenset(types)
+
+
+# Words that precede "(" in a macro body without being a function call.
+_SQL_WORDS = {"case", "when", "then", "else", "end", "and", "or", "not", "in", "is", "cast", "coalesce"}
+
+
+def _admit_macros(macros: list[tuple[Any, ...]], allowed: set[str], refused: dict[str, str]) -> None:
+    """Macros whose body calls only allowed functions, with no query in it (e.g. `ago` reads the clock
+    through current_timestamp, `format_type` queries the catalog: both refused)."""
+    bodies = {name: body for name, _, _, _, body in macros}
+    pending = {n for n in bodies if not (n in _DENIED_NAMES or n.startswith(_DENIED_PREFIXES))}
+    for name in set(bodies) - pending:
+        refused.setdefault(name, _ROW_ONLY)
+    changed = True
+    while changed:  # a macro may call another macro: admit in rounds until nothing changes
+        changed = False
+        for name in sorted(pending):
+            calls = set(re.findall(r"([a-z_][a-z0-9_]*)\s*\(", bodies[name])) - _SQL_WORDS
+            words = set(re.findall(r"[a-z_][a-z0-9_]*", bodies[name]))
+            if not ({"select", "from", "current_timestamp", "current_date"} & words) and calls <= allowed:
+                allowed.add(name)
+                pending.discard(name)
+                changed = True
+    for name in pending:
+        refused.setdefault(name, _ROW_ONLY)
 
 
 def _parse(expression: str) -> dict[str, Any]:
