@@ -91,13 +91,12 @@ def _check_mlflow(write_probe_experiment: str | None) -> None:
 
 def _end_dead_mlflow_runs() -> None:
     """MLflow runs a killed process left RUNNING are ended as KILLED (the store answered just before)."""
-    from mlplatform.factory import mlflow_resource
-    from mlplatform.recovery import kill_dead_mlflow_runs, local_store_missing
+    from mlplatform.recovery import existing_mlflow_client, kill_dead_mlflow_runs
 
-    resource = mlflow_resource(load_settings())
-    if local_store_missing(resource.tracking_uri):
+    client = existing_mlflow_client()
+    if client is None:
         return
-    for line in kill_dead_mlflow_runs(resource.client(), "the `mlplatform` command"):
+    for line in kill_dead_mlflow_runs(client, "the `mlplatform` command"):
         print(f"mlplatform: ended {line} as KILLED: its process is gone", file=sys.stderr)
 
 

@@ -6,14 +6,14 @@ tracking server answered, in `mlplatform run`) and the `mlplatform__recovery` se
 Dagster's run monitoring (on in the dagster.yaml we write) cannot see these runs: the DefaultRunLauncher
 has no worker health check (it only times out runs stuck STARTING or CANCELING), and `mlplatform run`
 executes its runs in its own process, which no launcher knows. So each run records its owner process
-(core/recovery.py): `mlplatform run` tags the runs it starts, a run worker the daemon launched tags its
-run when the MLflow resource is set up (every platform job uses it), and every MLflow run the platform
-opens carries the same tags.
+(core/recovery.py): `mlplatform run` tags the runs it starts, the process executing a run (re)writes
+them when the MLflow resource is set up (every platform job uses it; a re-executed or retried run arrives
+with its parent's tags, which name the parent's run id and so are never judged), and every MLflow run
+the platform opens carries the same tags.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 from pathlib import Path
@@ -31,9 +31,11 @@ from mlplatform.core.recovery import (
     owner_is_gone,
     owner_tags,
 )
+from mlplatform.settings import load_settings
 
 RUN_OWNER_PREFIX = "mlplatform/"  # Dagster run tags: mlplatform/owner_host, ...
 MLFLOW_OWNER_PREFIX = "mlplatform."  # MLflow run tags: mlplatform.owner_host, ...
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 IN_PROGRESS = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
@@ -42,36 +44,29 @@ IN_PROGRESS = [
 ]
 
 
-def this_host() -> str:
-    """Hostname plus PID namespace: two containers may share a hostname, never a namespace and pids."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = ""
-    return f"{socket.gethostname()} {namespace}".strip()
+def this_host() -> str | None:
+    """Hostname, PID and time namespaces and boot id; None (unknown: nothing is judged) if not readable.
 
-
-@functools.cache
-def _boot_time() -> float | None:
+    Bare-metal machines all share the initial PID namespace and may share a hostname: the boot id tells
+    them apart. The time namespace is there because it shifts the start ticks a process reads in /proc.
+    """
     try:
-        for line in Path("/proc/stat").read_text().splitlines():
-            if line.startswith("btime "):
-                return float(line.split()[1])
+        boot_id = BOOT_ID.read_text().strip()
+        pid_namespace = os.readlink("/proc/self/ns/pid")
     except OSError:
-        pass
-    return None
+        return None
+    try:
+        time_namespace = os.readlink("/proc/self/ns/time")
+    except OSError:  # kernels before 5.6 have no time namespaces: every process reads the same ticks
+        time_namespace = ""
+    return " ".join(part for part in (socket.gethostname(), pid_namespace, time_namespace, boot_id) if part)
 
 
 def probe_process(pid: int) -> ProcessProbe:
-    """Is `pid` a live process (zombies count as dead), and since when? From /proc where there is one."""
-    if not Path("/proc/self/stat").exists():  # no procfs (e.g. macOS): liveness only
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return ProcessProbe(alive=False)
-        except PermissionError:
-            pass
-        return ProcessProbe(alive=True)
+    """Is `pid` a live process (zombies count as dead), and since which clock tick after boot (field 22
+    of /proc/<pid>/stat)? Without procfs there is no host identity either, so nothing is judged."""
+    if not Path("/proc/self/stat").exists():
+        return ProcessProbe(alive=True)  # cannot tell: assume the owner lives
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -79,35 +74,39 @@ def probe_process(pid: int) -> ProcessProbe:
     fields = stat.rsplit(")", 1)[1].split()  # after "(command)": field 3 (state) onwards
     if fields[0] in ("Z", "X"):
         return ProcessProbe(alive=False)
-    boot = _boot_time()
-    started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK") if boot is not None else None
-    return ProcessProbe(alive=True, started_at=started)
+    return ProcessProbe(alive=True, start_ticks=int(fields[19]))
 
 
-def current_owner() -> OwnerProcess:
-    pid = os.getpid()
-    return OwnerProcess(this_host(), pid, probe_process(pid).started_at)
+def current_owner() -> OwnerProcess | None:
+    """This process as an owner, or None on a host without an identity (its runs are never judged)."""
+    host, pid = this_host(), os.getpid()
+    return OwnerProcess(host, pid, probe_process(pid).start_ticks) if host is not None else None
 
 
-def run_owner_tags() -> dict[str, str]:
-    """Tags that name this process as the owner of a Dagster run."""
-    return owner_tags(current_owner(), RUN_OWNER_PREFIX)
+def run_owner_tags(run_id: str) -> dict[str, str]:
+    """Tags that name this process as the owner of Dagster run `run_id` (none on an unknown host)."""
+    owner = current_owner()
+    return owner_tags(owner, RUN_OWNER_PREFIX, run_id) if owner is not None else {}
 
 
 def mlflow_owner_tags() -> dict[str, str]:
-    return owner_tags(current_owner(), MLFLOW_OWNER_PREFIX)
+    owner = current_owner()
+    return owner_tags(owner, MLFLOW_OWNER_PREFIX) if owner is not None else {}
 
 
-def _is_gone(owner: OwnerProcess | None, host: str) -> bool:
+def _is_gone(owner: OwnerProcess | None, host: str | None) -> bool:
     return owner is not None and owner_is_gone(owner, host, probe_process(owner.pid))
 
 
 def fail_dead_runs(instance: dg.DagsterInstance, marked_by: str) -> list[str]:
     """Mark in-progress runs whose owner process is gone FAILURE (CANCELING ones CANCELED)."""
     host = this_host()
+    if host is None:
+        return []
     ended = []
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS)):
-        owner = owner_from_tags(run.tags, RUN_OWNER_PREFIX)
+        # Tags copied from a parent run (re-execution, retry) name another run: its owner is not ours.
+        owner = owner_from_tags(run.tags, RUN_OWNER_PREFIX, run.run_id)
         if owner is None or not _is_gone(owner, host):
             continue
         message = gone_message(owner, marked_by)
@@ -130,9 +129,19 @@ def local_store_missing(tracking_uri: str) -> bool:
     return False
 
 
+def existing_mlflow_client() -> MlflowClient | None:
+    """The platform's MLflow store, or None while a local store does not exist yet (nothing to end)."""
+    from mlplatform.factory import mlflow_resource  # the factory builds the recovery sensor: import late
+
+    resource = mlflow_resource(load_settings())
+    return None if local_store_missing(resource.tracking_uri) else resource.client()
+
+
 def kill_dead_mlflow_runs(client: MlflowClient, marked_by: str) -> list[str]:
     """End RUNNING MLflow runs of this host whose owner process is gone as KILLED."""
     host = this_host()
+    if host is None:
+        return []
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return []

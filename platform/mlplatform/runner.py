@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,9 +84,11 @@ def run_datasets(
         what = f"{', '.join(stages)} of" if stages else "every asset of"
         progress(f"[{name}] materializing {what} {len(keys)} partitions ({keys[0]} .. {keys[-1]}) as one run")
         tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
-        tags |= run_owner_tags()  # the run executes in this process: a kill is detected by its absence
+        run_id = str(uuid.uuid4())  # chosen here: the owner tags name the run they belong to
+        tags |= run_owner_tags(run_id)  # the run executes in this process: a kill is detected by its absence
         result = job.execute_in_process(
             instance=instance,
+            run_id=run_id,
             tags=tags,
             raise_on_error=False,
             asset_selection=selection,

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -22,18 +23,24 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from mlplatform import recovery
 from mlplatform.cli import DAGSTER_YAML, RUN_MONITORING_YAML, prepare_home
 from mlplatform.core.recovery import OwnerProcess, ProcessProbe, owner_from_tags, owner_is_gone, owner_tags
 from mlplatform.datasets.synthetic import generate_transactions, write_daily_parquet
+from mlplatform.factory import mlflow_resource
 from mlplatform.recovery import (
     RUN_OWNER_PREFIX,
     current_owner,
+    existing_mlflow_client,
     fail_dead_runs,
     kill_dead_mlflow_runs,
     probe_process,
+    run_owner_tags,
     this_host,
 )
+from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.sensors.recovery import build_recovery_sensor
+from mlplatform.settings import load_settings
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR
 from platform_tests.conftest import subprocess_env
 from platform_tests.servers import running
@@ -42,38 +49,124 @@ HOST = "box pid:[1]"
 
 
 def test_owner_is_gone_only_when_certain() -> None:
-    owner = OwnerProcess(HOST, 4242, started_at=1000.0)
+    owner = OwnerProcess(HOST, 4242, start_ticks=1000)
     assert owner_is_gone(owner, HOST, ProcessProbe(alive=False))
-    assert owner_is_gone(owner, HOST, ProcessProbe(alive=True, started_at=1500.0)), "pid reused later"
-    assert not owner_is_gone(owner, HOST, ProcessProbe(alive=True, started_at=1001.0)), "same process"
+    assert owner_is_gone(owner, HOST, ProcessProbe(alive=True, start_ticks=1001)), "pid reused: other tick"
+    assert not owner_is_gone(owner, HOST, ProcessProbe(alive=True, start_ticks=1000)), "same process"
     assert not owner_is_gone(owner, "other pid:[1]", ProcessProbe(alive=False)), "never judge other hosts"
-    assert not owner_is_gone(owner, HOST, ProcessProbe(alive=True, started_at=None)), "cannot tell"
-    logged = OwnerProcess(HOST, 4242, started_by=1000.0)  # only knows it started before an event
-    assert not owner_is_gone(logged, HOST, ProcessProbe(alive=True, started_at=900.0))
-    assert owner_is_gone(logged, HOST, ProcessProbe(alive=True, started_at=1100.0))
+    assert not owner_is_gone(owner, None, ProcessProbe(alive=False)), "never judge on an unknown host"
+    assert not owner_is_gone(owner, HOST, ProcessProbe(alive=True, start_ticks=None)), "cannot tell"
+    assert not owner_is_gone(OwnerProcess(HOST, 4242), HOST, ProcessProbe(alive=True, start_ticks=5))
 
 
-def test_owner_tags_round_trip_and_garbled_tags_are_never_judged() -> None:
-    owner = OwnerProcess(HOST, 7, started_at=123.45)
+def test_owner_tags_round_trip_and_garbled_or_foreign_tags_are_never_judged() -> None:
+    owner = OwnerProcess(HOST, 7, start_ticks=12345)
     assert owner_from_tags(owner_tags(owner, "p/"), "p/") == owner
+    assert owner_from_tags(owner_tags(owner, "p/", run_id="r1"), "p/", run_id="r1") == owner
+    assert owner_from_tags(owner_tags(owner, "p/", run_id="r1"), "p/", run_id="r2") is None, "copied tags"
+    assert owner_from_tags(owner_tags(owner, "p/"), "p/", run_id="r1") is None, "names no run"
     assert owner_from_tags({"p/owner_host": HOST, "p/owner_pid": "seven"}, "p/") is None
     assert owner_from_tags({"p/owner_pid": "7"}, "p/") is None
 
 
 def test_this_process_is_alive_and_a_reaped_child_is_gone() -> None:
     me = current_owner()
-    assert me.host == this_host() and me.pid == os.getpid()
+    assert me is not None and me.host == this_host() and me.pid == os.getpid()
     assert not owner_is_gone(me, this_host(), probe_process(me.pid))
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert owner_is_gone(
-        OwnerProcess(this_host(), child.pid, me.started_at), this_host(), probe_process(child.pid)
+        OwnerProcess(this_host(), child.pid, me.start_ticks), this_host(), probe_process(child.pid)
     )
+
+
+def test_process_identity_is_the_boot_id_and_the_kernels_start_tick() -> None:
+    # Machines with one hostname share the initial PID namespace on bare metal: only the boot id differs.
+    assert Path("/proc/sys/kernel/random/boot_id").read_text().strip() in (this_host() or "")
+    # Ticks since boot (field 22 of /proc/<pid>/stat), exact: a wall-clock step cannot shift them.
+    stat = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
+    assert probe_process(os.getpid()) == ProcessProbe(alive=True, start_ticks=int(stat[19]))
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@dg.op
+def noop() -> None:
+    pass
+
+
+@dg.job
+def owned() -> None:
+    noop()
+
+
+def _job_run(instance: dg.DagsterInstance, tags: dict[str, str], run_id: str | None = None) -> dg.DagsterRun:
+    status = dg.DagsterRunStatus.STARTING  # launched, its worker not set up yet
+    return instance.create_run_for_job(owned, run_id=run_id, tags=tags, status=status)
+
+
+def test_a_run_with_its_parents_tags_is_never_failed_for_the_dead_parent(tmp_path: Path) -> None:
+    dead = OwnerProcess(this_host(), _dead_pid())
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        parent_id = str(uuid.uuid4())
+        parent_tags = owner_tags(dead, RUN_OWNER_PREFIX, run_id=parent_id)
+        parent = _job_run(instance, parent_tags, run_id=parent_id)
+        retry = _job_run(instance, parent_tags)  # auto-retry and re-execution copy the parent's tags
+        assert fail_dead_runs(instance, "test") == [f"owned run {parent_id} ({dead.describe()})"]
+        assert instance.get_run_by_id(parent.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(retry.run_id).status == dg.DagsterRunStatus.STARTING
+
+
+def test_without_a_boot_id_the_host_is_unknown_and_nothing_is_judged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = OwnerProcess(this_host(), _dead_pid())
+    monkeypatch.setattr(recovery, "BOOT_ID", tmp_path / "no_boot_id")
+    assert this_host() is None and current_owner() is None and run_owner_tags("r") == {}
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        run_id = str(uuid.uuid4())
+        run = _job_run(instance, owner_tags(dead, RUN_OWNER_PREFIX, run_id=run_id), run_id=run_id)
+        assert fail_dead_runs(instance, "test") == []
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTING
+
+
+@dg.op
+def sweep_during_the_run(mlflow: MlflowResource) -> list[str]:
+    return fail_dead_runs(dg.DagsterInstance.get(), "test")  # as a sensor tick while the run executes
+
+
+def test_the_mlflow_resource_names_this_process_owner_over_copied_tags(platform_home: Path) -> None:
+    dead = OwnerProcess(this_host(), _dead_pid())
+    copied = owner_tags(dead, RUN_OWNER_PREFIX, run_id=str(uuid.uuid4()))  # the parent's
+
+    @dg.job(resource_defs={"mlflow": mlflow_resource(load_settings())})
+    def retried() -> None:
+        sweep_during_the_run()
+
+    instance = dg.DagsterInstance.get()
+    result = retried.execute_in_process(instance=instance, tags=copied)
+    assert result.success, "the live run was failed for its parent's dead process"
+    assert result.output_for_node("sweep_during_the_run") == []
+    tags = instance.get_run_by_id(result.run_id).tags
+    assert owner_from_tags(tags, RUN_OWNER_PREFIX, result.run_id) == current_owner()
+
+
+def test_the_sweeps_share_one_mlflow_client_that_never_creates_a_store(platform_home: Path) -> None:
+    store = platform_home / "mlflow.db"
+    assert not store.exists() and existing_mlflow_client() is None
+    assert not store.exists(), "a sweep must not create the store"
+    MlflowClient(tracking_uri=f"sqlite:///{store}").search_experiments()  # the store now exists
+    client = existing_mlflow_client()
+    assert client is not None and client.search_experiments()[0].name == "Default"
 
 
 # A job whose only op opens an MLflow run and hangs: the process is then killed with SIGKILL.
 HANGING_JOB = """
-import sys, time
+import sys, time, uuid
 import dagster as dg
 from mlplatform.factory import mlflow_resource
 from mlplatform.recovery import run_owner_tags
@@ -91,8 +184,9 @@ def stuck() -> None:
     hang()
 
 # As `mlplatform run` does (owner tags up front), or as a daemon's run worker (the resource tags it).
-tags = run_owner_tags() if sys.argv[1] == "cli" else {}
-stuck.execute_in_process(instance=dg.DagsterInstance.get(), tags=tags)
+run_id = str(uuid.uuid4())
+tags = run_owner_tags(run_id) if sys.argv[1] == "cli" else {}
+stuck.execute_in_process(instance=dg.DagsterInstance.get(), run_id=run_id, tags=tags)
 """
 
 

@@ -24,8 +24,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.tracking import MlflowClient
 
-from mlplatform.core.recovery import owner_from_tags
-from mlplatform.recovery import RUN_OWNER_PREFIX, mlflow_owner_tags, run_owner_tags
+from mlplatform.recovery import mlflow_owner_tags, run_owner_tags
 from mlplatform.settings import MLFLOW_HTTP_DEFAULTS, apply_mlflow_http_defaults
 
 _ALREADY_EXISTS = ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
@@ -63,10 +62,14 @@ class MlflowResource(ConfigurableResource):
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """At the start of every run that uses MLflow: name this process the run's owner (so a kill is
-        detected, see mlplatform.recovery) and fail at once, before any step, if MLflow does not answer."""
+        detected, see mlplatform.recovery) and fail at once, before any step, if MLflow does not answer.
+
+        Always written, over any owner tags the run has: a re-executed or retried run copies its parent's.
+        """
         run, instance = context.run, context.instance
-        if instance is not None and run is not None and owner_from_tags(run.tags, RUN_OWNER_PREFIX) is None:
-            instance.add_run_tags(run.run_id, run_owner_tags())
+        owner = run_owner_tags(run.run_id) if run is not None else {}
+        if instance is not None and run is not None and owner:
+            instance.add_run_tags(run.run_id, owner)  # an existing key gets the new value
         self.check_reachable()
 
     def check_reachable(self, write_probe_experiment: str | None = None) -> None:

@@ -10,11 +10,9 @@ whatever MLPLATFORM_AUTOMATION says: it only ever touches runs of processes that
 import time
 
 import dagster as dg
-from mlflow.tracking import MlflowClient
 
-from mlplatform.recovery import fail_dead_runs, kill_dead_mlflow_runs, local_store_missing
+from mlplatform.recovery import existing_mlflow_client, fail_dead_runs, kill_dead_mlflow_runs
 from mlplatform.sensors.common import sensor_interval
-from mlplatform.settings import load_settings
 
 RECOVERY_SENSOR = "mlplatform__recovery"
 MARKED_BY = f"the {RECOVERY_SENSOR} sensor"
@@ -23,21 +21,13 @@ MARKED_BY = f"the {RECOVERY_SENSOR} sensor"
 MLFLOW_RETRY_SECONDS = 600
 
 
-def _mlflow_client() -> MlflowClient | None:
-    """The platform's MLflow store, or None while a local store does not exist yet (nothing to end)."""
-    from mlplatform.factory import mlflow_resource  # factory builds this sensor: import when ticking
-
-    settings = load_settings()
-    return None if local_store_missing(settings.mlflow_tracking_uri) else mlflow_resource(settings).client()
-
-
 def _sweep_mlflow(cursor: str | None) -> tuple[list[str], str, str]:
     """MLflow runs ended, the next cursor (no MLflow call before that time) and a note for the tick."""
     now = time.time()
     if now < float(cursor or 0):
         return [], str(cursor), "; MLflow not checked: it was unreachable at the last check"
     try:
-        client = _mlflow_client()
+        client = existing_mlflow_client()
         return (kill_dead_mlflow_runs(client, MARKED_BY) if client is not None else []), "0", ""
     except Exception as error:  # MLflow down must not turn every tick into an error: say it, go on
         return [], str(now + MLFLOW_RETRY_SECONDS), f"; MLflow not checked: {str(error).strip()[:300]}"
