@@ -29,9 +29,10 @@ def platform_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def restore_mlflow_env() -> Iterator[None]:
-    """MLflow exports the URIs it is pointed at; keep them from leaking into later tests."""
+    """MLflow exports the URIs it is pointed at (and keeps them process-wide); keep them from leaking
+    into later tests, whose clients would otherwise read another test's registry."""
     import mlflow
 
     saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}

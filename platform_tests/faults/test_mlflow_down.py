@@ -113,7 +113,9 @@ def test_read_only_store_fails_before_any_data_stage_and_the_champion_stays(
     assert result.returncode == 2 and seconds < 60, result.stderr[-2000:]
     assert f"cannot write to MLflow at {uri}:" in result.stderr
     _assert_nothing_ran(home, monkeypatch)
-    champion = MlflowClient(tracking_uri=uri).get_model_version_by_alias("transactions", "champion")
+    champion = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(
+        "transactions", "champion"
+    )
     assert str(champion.version) == "1" and str(version.version) == "2"
 
 

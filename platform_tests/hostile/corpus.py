@@ -99,8 +99,13 @@ GOOD_FILE = rows("7,2024-01-02,a,1")  # the other file of every glob: it must al
 
 
 def assert_accounted(outcome: Outcome, written: dict[str, int]) -> None:
-    """Every record the test wrote (counted by the test) is in exactly one of clean or quarantine,
-    and the `source_accounting` check says so too."""
+    """Every record the test wrote (counted by the test) is in exactly one of clean or quarantine, over
+    all partitions (no (file, source row) twice), and the `source_accounting` check says so too."""
+    twice = outcome.query(
+        "SELECT _source_file, _source_row, count(*) FROM (SELECT _source_file, _source_row FROM toy.clean "
+        "UNION ALL SELECT _source_file, _source_row FROM toy.quarantine) GROUP BY ALL HAVING count(*) > 1"
+    )
+    assert twice == []
     landed = outcome.landed()
     assert {name: sum(landed.get(name, (0, 0))) for name in written} == written
     assert sum(c + q for c, q in landed.values()) == sum(written.values())

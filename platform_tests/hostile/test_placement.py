@@ -6,12 +6,14 @@ Each test says what happened before (`before:`).
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from mlplatform.assets.common import partitions_def
+from mlplatform.core.placement import PartitionBounds, pending_predicate, place_rows
 from mlplatform.specs.loader import SpecError, check_source
 from platform_tests.hostile.corpus import (
     HEADER,
@@ -24,6 +26,7 @@ from platform_tests.hostile.corpus import (
 )
 
 ANYTHING = {"quality": {"max_quarantine_share": 1.0}}
+FUTURE = "is more than a day in the future; kept in the first partition"
 
 
 def _clean_times_inside_partitions(outcome: Outcome) -> None:
@@ -40,7 +43,7 @@ def test_absurd_years_do_not_stretch_the_partitions(tmp_path: Path) -> None:
     assert outcome.partitions.get_partition_keys() == ["2024-01-01", "2024-01-02"]
     assert_accounted(outcome, {"x.csv": 3, "good.csv": 1})
     assert outcome.reasons("x.csv") == {
-        1: "ts: time 9999-12-31 00:00:00 is after the last partition (2024-01-02); kept in it",
+        1: f"ts: time 9999-12-31 00:00:00 {FUTURE} (2024-01-01)",
         2: "ts: time 0001-01-01 00:00:00 is before the first partition (2024-01-01); kept in it",
     }
     _clean_times_inside_partitions(outcome)
@@ -65,38 +68,89 @@ def test_rows_outside_explicit_start_and_end(tmp_path: Path) -> None:
 
 
 def test_future_row_when_partitions_stop_at_the_data(tmp_path: Path) -> None:
-    # before: a row dated next month stretched the partitions to it (and, with `end: open`, vanished)
+    # before: a row dated next month was kept in the last partition, which moves as data arrives:
+    # the next partition's run loaded it a second time
     future = (datetime.now(UTC) + timedelta(days=30)).date()
     outcome = load_with_good_file(tmp_path, "x.csv", rows(f"1,{future},a,1", "2,2024-01-01,a,1"))
     assert outcome.partitions.get_partition_keys()[-1] == "2024-01-02"
     assert_accounted(outcome, {"x.csv": 2, "good.csv": 1})
-    assert outcome.reasons("x.csv") == {
-        1: f"ts: time {future} 00:00:00 is after the last partition (2024-01-02); kept in it"
-    }
+    assert outcome.reasons("x.csv") == {1: f"ts: time {future} 00:00:00 {FUTURE} (2024-01-01)"}
 
 
-def test_future_row_with_open_partitions(tmp_path: Path) -> None:
-    # before: open partitions stop before today: a row dated tomorrow landed in none and vanished
+def test_rows_of_today_with_open_partitions_wait_for_their_partition(tmp_path: Path) -> None:
+    # before: open partitions stop at yesterday: a row of today was quarantined there ("after the last
+    # partition"), then loaded again, clean, once today's partition existed: counted twice
     today = datetime.now(UTC).date()
     start = today - timedelta(days=3)
-    data = rows(f"1,{start},a,1", f"2,{today + timedelta(days=1)},a,1")
-    (tmp_path / "x.csv").write_text(data)
-    spec = spec_for(tmp_path, partitions={"start": str(start), "end": "open"}, **ANYTHING)
-    outcome = load(spec, tmp_path / "w.duckdb")
-    last = outcome.partitions.get_partition_keys()[-1]
-    assert date.fromisoformat(last) < today + timedelta(days=1)
-    assert_accounted(outcome, {"x.csv": 2})
-    assert outcome.reasons("x.csv") == {
-        2: f"ts: time {today + timedelta(days=1)} 00:00:00 is after the last partition ({last}); kept in it"
-    }
+    (tmp_path / "x.csv").write_text(rows(f"1,{start},a,1", f"2,{today},a,1"))
+    warehouse = tmp_path / "w.duckdb"
+    outcome = load(spec_for(tmp_path, partitions={"start": str(start), "end": "open"}), warehouse)
+    assert outcome.partitions.get_partition_keys()[-1] == str(today - timedelta(days=1))
+    assert outcome.landed() == {"x.csv": (1, 0)}  # row 2 is read, and waits for its partition
+    assert outcome.raw_metadata()["rows_pending_partition"] == 1
+    assert outcome.check("source_accounting").passed
+    # a day later its partition exists: that partition's run loads it, once
+    later_spec = spec_for(tmp_path, partitions={"start": str(start), "end": str(today + timedelta(days=1))})
+    later = load(later_spec, warehouse, partition_keys=(str(today), str(today)))
+    assert_accounted(later, {"x.csv": 2})
+    assert later.landed() == {"x.csv": (2, 0)}
 
 
-def test_file_in_which_no_time_parses_goes_to_the_last_partition(tmp_path: Path) -> None:
-    # before: the fill-forward borrows only within a file: these rows got no partition and vanished
+def test_timeless_file_stays_in_the_first_partition_as_partitions_grow(tmp_path: Path) -> None:
+    # before: its rows went to the last partition: when a later file added a partition, that
+    # partition's run loaded them again (4 rows for 2)
+    (tmp_path / "a.csv").write_text(rows("5,2024-01-01,a,1"))
     outcome = load_with_good_file(tmp_path, "x.csv", rows("1,garbage,a,1", "2,xx,a,1"))
-    assert_accounted(outcome, {"x.csv": 2, "good.csv": 1})
-    reason = "ts: no time parses in this row or in any other row of its file; kept in the last partition (2024-01-02)"
+    reason = (
+        "ts: no time parses in this row or in any other row of its file; kept in the first partition "
+        "(2024-01-01)"
+    )
     assert outcome.reasons("x.csv") == {1: reason, 2: reason}
+    (tmp_path / "c.csv").write_text(rows("9,2024-01-03,a,1"))
+    spec, warehouse = spec_for(tmp_path, **ANYTHING), tmp_path / "warehouse.duckdb"
+    grown = load(spec, warehouse, partition_keys=("2024-01-03", "2024-01-03"))
+    assert grown.partitions.get_partition_keys()[-1] == "2024-01-03"
+    written = {"x.csv": 2, "a.csv": 1, "good.csv": 1, "c.csv": 1}
+    assert_accounted(grown, written)
+    assert_accounted(load(spec, warehouse, partition_keys=("2024-01-01", "2024-01-02")), written)
+
+
+def test_placement_rule_over_a_staged_table() -> None:
+    # before: every row after the last partition was clamped into it, whatever its time
+    now = datetime.now(UTC).replace(tzinfo=None)
+    first, last, end = datetime(2024, 1, 1), datetime(2024, 1, 2), datetime(2024, 1, 3)
+    times = [datetime(2023, 6, 1), datetime(2024, 1, 2, 5), datetime(2024, 1, 9), now + timedelta(days=3)]
+    conn = duckdb.connect()
+    conn.execute(
+        "CREATE TEMP TABLE staged (_source_file VARCHAR, _source_row BIGINT, _parse_error VARCHAR, "
+        "_partition_ts TIMESTAMP)"
+    )
+    conn.executemany("INSERT INTO staged VALUES ('a', ?, NULL, ?)", [[i, t] for i, t in enumerate(times, 1)])
+    conn.execute("INSERT INTO staged VALUES ('b', 1, NULL, NULL), ('b', 2, NULL, NULL)")
+    conn.execute("CREATE TABLE original AS SELECT * FROM staged")
+
+    def placed(bounds: PartitionBounds) -> dict[tuple[str, int], datetime]:
+        conn.execute("CREATE OR REPLACE TEMP TABLE staged AS SELECT * FROM original")
+        place_rows(conn, "staged", "ts", bounds)
+        found = conn.execute("SELECT _source_file, _source_row, _partition_ts FROM staged").fetchall()
+        return {(f, r): ts for f, r, ts in found}
+
+    from_data = PartitionBounds(first, last, end)
+    assert placed(from_data) == {
+        ("a", 1): first,  # before the first partition
+        ("a", 2): times[1],
+        ("a", 3): times[2],  # plausible, its partition does not exist yet: pending
+        ("a", 4): first,  # more than a day in the future: the first partition, which does not move
+        ("b", 1): first,  # a file in which no time parses
+        ("b", 2): first,
+    }
+    assert conn.execute(f"SELECT count(*) FROM staged WHERE {pending_predicate(from_data)}").fetchall() == [
+        (1,)
+    ]
+    fixed = placed(PartitionBounds(first, last, end, spec_end=end))  # past partitions.end: the last one
+    assert (fixed[("a", 3)], fixed[("a", 4)], fixed[("b", 1)]) == (last, last, first)
+    not_reached = placed(PartitionBounds(first, last, end, spec_end=now + timedelta(days=2)))
+    assert (not_reached[("a", 3)], not_reached[("a", 4)]) == (times[2], times[3])  # wait for the end
 
 
 def test_unparseable_time_borrows_its_neighbour(tmp_path: Path) -> None:

@@ -108,3 +108,47 @@ def test_shrink_rule() -> None:
 def test_raw_config_is_a_dagster_config() -> None:
     assert issubclass(ingestion.RawConfig, dg.Config)
     assert ingestion.RawConfig().allow_shrink is False
+
+
+def test_a_file_emptied_while_another_grows_needs_allow_shrink(tmp_path: Path) -> None:
+    # before: the window's total did not shrink (2 -> 2), so every row of a.csv was erased silently
+    (tmp_path / "a.csv").write_text(rows("1,2024-01-01,a,1", "2,2024-01-01,a,2"))
+    (tmp_path / "b.csv").write_text(rows("3,2024-01-02,b,3"))
+    spec, warehouse = spec_for(tmp_path, **FIXED), tmp_path / "w.duckdb"
+    load(spec, warehouse)
+    (tmp_path / "a.csv").write_text(HEADER + "\n")
+    (tmp_path / "b.csv").write_text(rows("3,2024-01-02,b,3", "5,2024-01-01,b,3", "6,2024-01-01,b,3"))
+    day = ("2024-01-01", "2024-01-01")
+    message = _raw_failure(load(spec, warehouse, partition_keys=day, raise_on_error=False))
+    assert "every row of a.csv would be erased (2 rows; the window would go from 2 to 2)" in message
+
+
+def test_source_accounting_sees_rows_twice_or_too_many_over_all_partitions(tmp_path: Path) -> None:
+    # before: the check compared only the last run's window: copies in other partitions passed
+    _two_files(tmp_path)
+    spec, warehouse = spec_for(tmp_path, **FIXED), tmp_path / "w.duckdb"
+    load(spec, warehouse)
+    with duckdb.connect(str(warehouse)) as conn:  # rows in 2024-01-02, outside the next run's window
+        day2 = "'2024-01-02 01:00'::TIMESTAMP AS ts"
+        conn.execute(f"INSERT INTO toy.clean SELECT * REPLACE ({day2}) FROM toy.clean WHERE id = 1")
+        conn.execute(
+            f"INSERT INTO toy.clean SELECT * REPLACE ({day2}, 99 AS _source_row) FROM toy.clean WHERE id = 3"
+        )
+    outcome = load(spec, warehouse, partition_keys=("2024-01-01", "2024-01-01"), raise_on_error=False)
+    check = outcome.check("source_accounting")
+    assert not check.passed
+    assert check.description == (
+        "a.csv: 1 rows are in clean + quarantine twice (the same source row in more than one place, over "
+        "all partitions); b.csv: clean + quarantine hold 3 rows of it over all partitions, but the file "
+        "holds 2 records"
+    )
+    assert check.metadata["rows_counted_twice"].value == 1
+    assert "| a.csv | 2 | 2 | 2 | 2 | 3 | 1 |" in check.metadata["files_not_reconciled_table"].value
+
+
+def test_shrink_rule_checks_vanished_files_whatever_the_totals() -> None:
+    vanished = "every row of a would be erased (100 rows; the window would go from {} to {})"
+    assert shrink_problem({"a": 100, "b": 50}, {"b": 150}) == vanished.format(150, 150)  # b is not new
+    assert shrink_problem({"a": 100}, {"b": 100}, known_files={"a", "b"}) == vanished.format(100, 100)
+    assert shrink_problem({"a": 100}, {"b": 99}) == vanished.format(100, 99)  # too small for a rename
+    assert shrink_problem({"a": 100}, {"b": 100, "c": 5}) is None  # b is a's new name

@@ -7,13 +7,24 @@ Each test says what happened before the source accounting work (`before:`).
 from __future__ import annotations
 
 import codecs
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from mlplatform.core.accounting import count_csv_records
-from platform_tests.hostile.corpus import HEADER, assert_accounted, load, load_with_good_file, rows, spec_for
+from mlplatform.specs.loader import SpecError, check_source
+from platform_tests.hostile.corpus import (
+    GOOD_FILE,
+    HEADER,
+    assert_accounted,
+    load,
+    load_with_good_file,
+    rows,
+    spec_for,
+)
 
 
 def test_latin1_byte_quarantines_only_its_line(tmp_path: Path) -> None:
@@ -166,3 +177,44 @@ def test_counting_is_streaming_and_independent_of_duckdb(tmp_path: Path) -> None
         handle.write('200000,2024-01-01,"quoted\nnewline",1\n')
     count = count_csv_records(str(path))
     assert (count.rows, count.header, count.by_lines) == (200_001, tuple(HEADER.split(",")), False)
+
+
+def test_truncated_parquet_file_is_quarantined_as_one_record(tmp_path: Path) -> None:
+    # before: "ArrowInvalid: Parquet magic bytes not found" from counting: the whole raw step failed
+    _parquet(tmp_path / "good.parquet", id=[1], day=["2024-01-01"], kind=["a"], value=[1.0])
+    whole = (tmp_path / "good.parquet").read_bytes()
+    (tmp_path / "x.parquet").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "empty.parquet").write_bytes(b"")  # empty is not broken: no record
+    spec = spec_for(tmp_path, "*.parquet", quality={"max_quarantine_share": 1.0})
+    probe = check_source(spec)
+    assert [Path(p).name for p, _ in probe.unreadable] == ["x.parquet"]
+    outcome = load(spec, tmp_path / "w.duckdb")
+    assert_accounted(outcome, {"x.parquet": 1, "good.parquet": 1, "empty.parquet": 0})  # x: one record
+    assert outcome.reasons("x.parquet") == {
+        0: "file unreadable: Parquet magic bytes not found in footer. Either the file is corrupted or this "
+        "is not a parquet file."
+    }
+    assert outcome.query("SELECT _partition_ts FROM toy.quarantine") == [(datetime(2024, 1, 1),)]
+    (tmp_path / "good.parquet").unlink()
+    with pytest.raises(SpecError, match=r"cannot read .*x\.parquet: file unreadable: Parquet magic bytes"):
+        check_source(spec)  # no file at all is readable: that is the dataset's error
+
+
+def test_csv_path_that_cannot_be_opened_is_quarantined_as_one_record(tmp_path: Path) -> None:
+    # before: IsADirectoryError from counting: the whole raw step failed
+    (tmp_path / "folder.csv").mkdir()
+    outcome = load_with_good_file(tmp_path, "x.csv", rows("1,2024-01-01,a,1"))
+    assert_accounted(outcome, {"folder.csv": 1, "x.csv": 1, "good.csv": 1})
+    assert outcome.reasons("folder.csv")[0].startswith("file unreadable: [Errno 21] Is a directory")
+
+
+def test_one_broken_utf16_file_does_not_break_definitions(tmp_path: Path) -> None:
+    # before: "source.path: cannot read ...: File is not utf-16 encoded" at definitions load: the
+    # whole dataset was broken by one file
+    (tmp_path / "good.csv").write_text(GOOD_FILE)
+    (tmp_path / "x.csv").write_bytes(rows("1,2024-01-01,a,1").encode("utf-16") + b"\x00")  # odd length
+    spec = spec_for(tmp_path, quality={"max_quarantine_share": 1.0})
+    assert check_source(spec).time_min == datetime(2024, 1, 1)  # read by Python: its times count
+    outcome = load(spec, tmp_path / "w.duckdb")
+    assert_accounted(outcome, {"x.csv": count_csv_records(str(tmp_path / "x.csv")).rows, "good.csv": 1})
+    assert outcome.landed()["x.csv"][0] == 1

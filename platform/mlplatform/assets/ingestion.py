@@ -1,10 +1,10 @@
 """Stage 1, ingestion: source files -> `<dataset>.raw`, one time window at a time."""
 
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, date, datetime, time
 
 import dagster as dg
 import duckdb
-import pandas as pd
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
@@ -15,7 +15,16 @@ from mlplatform.assets.common import (
     table_metadata,
     time_window,
 )
-from mlplatform.core.accounting import ACCOUNTING_TABLE, FileCount, count_source, shrink_problem
+from mlplatform.core.accounting import (
+    FileCount,
+    accounts_markdown,
+    count_source,
+    record_accounting,
+    recorded_files,
+    rows_per_file,
+    shrink_problem,
+)
+from mlplatform.core.placement import PartitionBounds, pending_predicate
 from mlplatform.core.source import source_files, stage_source
 from mlplatform.core.warehouse import replace_window, table_exists, table_name, window_predicate
 from mlplatform.specs.model import DatasetSpec
@@ -31,16 +40,20 @@ class RawConfig(dg.Config):
     )
 
 
-def _per_file(conn: duckdb.DuckDBPyConnection, relation: str, where: str | None = None) -> dict[str, int]:
-    clause = f" WHERE {where}" if where else ""
-    rows = conn.execute(f"SELECT _source_file, count(*) FROM {relation}{clause} GROUP BY 1").fetchall()
-    return {str(f): int(n) for f, n in rows}
+def _bounds(spec: DatasetSpec, partitions: dg.PartitionsDefinition) -> PartitionBounds | None:
+    """The partitions that exist now, and `partitions.end` when the spec sets one (rows past it are
+    kept in the last partition; other later rows wait for their own partition)."""
+    bounds = partition_bounds(partitions)
+    end = spec.partitions.end
+    if bounds is None or not isinstance(end, date):
+        return bounds
+    return replace(bounds, spec_end=datetime.combine(end, time()))
 
 
 def _shrink_refusal(
-    spec: DatasetSpec, before: dict[str, int], after: dict[str, int], keys: str
+    spec: DatasetSpec, before: dict[str, int], after: dict[str, int], known: set[str], keys: str
 ) -> dg.Failure | None:
-    problem = shrink_problem(before, after)
+    problem = shrink_problem(before, after, known)
     if problem is None:
         return None
     op = f"{spec.name}__raw"
@@ -55,53 +68,19 @@ def _shrink_refusal(
     )
 
 
-def _record_accounting(
-    conn: duckdb.DuckDBPyConnection,
-    spec: DatasetSpec,
-    counts: dict[str, FileCount],
-    read: dict[str, int],
-    in_window: dict[str, int],
-    window: tuple[datetime, datetime],
-    notes: dict[str, str],
-) -> pd.DataFrame:
-    """One row per source file of this run, kept in `<ds>._source_accounting` for the checks."""
-    files = sorted(set(counts) | set(read))
-    frame = pd.DataFrame(
-        {
-            "source_file": files,
-            "source_rows": [counts[f].rows if f in counts else 0 for f in files],
-            "read_rows": [read.get(f, 0) for f in files],
-            "window_rows": [in_window.get(f, 0) for f in files],
-            "window_start": [window[0]] * len(files),
-            "window_end": [window[1]] * len(files),
-            "note": [notes.get(f) or (counts[f].problem if f in counts else None) for f in files],
-        }
-    ).astype({"source_rows": "int64", "read_rows": "int64", "window_rows": "int64", "note": "object"})
-    conn.register("_accounting_df", frame)
-    conn.execute(
-        f"CREATE OR REPLACE TABLE {table_name(spec.name, ACCOUNTING_TABLE)} AS "
-        "SELECT source_file::VARCHAR AS source_file, source_rows, read_rows, window_rows, "
-        "window_start::TIMESTAMP AS window_start, window_end::TIMESTAMP AS window_end, note::VARCHAR AS note "
-        "FROM _accounting_df"
-    )
-    conn.unregister("_accounting_df")
-    return frame
-
-
-def _accounting_metadata(frame: pd.DataFrame) -> dict[str, dg.MetadataValue | int]:
-    unread = frame[frame.source_rows != frame.read_rows]
-    noted = frame[frame.note.notna() & (frame.source_rows == frame.read_rows)]
-    shown = pd.concat([unread, noted, frame]).drop_duplicates("source_file").head(20)
-    shown = shown.assign(source_file=shown.source_file.map(lambda f: f.rsplit("/", 1)[-1]))
-    columns = ["source_file", "source_rows", "read_rows", "window_rows", "note"]
-    return {
-        "source_rows": int(frame.source_rows.sum()),
-        "source_rows_read": int(frame.read_rows.sum()),
-        "files_not_read_in_full": len(unread),
-        "source_accounting": dg.MetadataValue.md(
-            shown[columns].fillna("").to_markdown(index=False) if len(shown) else "_no files_"
-        ),
-    }
+def _note_pending(
+    conn: duckdb.DuckDBPyConnection, staged: str, bounds: PartitionBounds | None, notes: dict[str, str]
+) -> int:
+    """Note, per file, the rows that wait for a partition that does not exist yet; returns how many."""
+    if bounds is None:
+        return 0
+    pending = rows_per_file(conn, staged, pending_predicate(bounds))
+    for path, n in pending.items():
+        note = (
+            f"{n} rows wait for their partition (after {bounds.last_start:%Y-%m-%d}): loaded when it exists"
+        )
+        notes[path] = f"{notes[path]}; {note}" if path in notes else note
+    return sum(pending.values())
 
 
 def _write_window(
@@ -118,15 +97,17 @@ def _write_window(
     rows = replace_window(
         conn, spec.name, "raw", f"SELECT * FROM {staged} WHERE {in_window}", "_partition_ts", *window
     )
-    accounting = _record_accounting(
-        conn, spec, counts, _per_file(conn, staged), in_window_per_file, window, notes
-    )
+    read = rows_per_file(conn, staged)
+    accounts = record_accounting(conn, spec.name, counts, read, in_window_per_file, window, notes)
     parse_errors = conn.execute(
         f"SELECT count(*) FROM {staged} WHERE {in_window} AND _parse_error IS NOT NULL"
     ).fetchall()[0][0]
     return {
         **table_metadata(conn, spec.name, "raw", rows, preview_where=in_window),
-        **_accounting_metadata(accounting),
+        "source_rows": sum(a.source_rows for a in accounts),
+        "source_rows_read": sum(a.read_rows for a in accounts),
+        "files_not_read_in_full": sum(1 for a in accounts if not a.read_in_full),
+        "source_accounting": dg.MetadataValue.md(accounts_markdown(accounts, with_landed=False)),
         "malformed_lines": int(parse_errors),
     }
 
@@ -158,17 +139,20 @@ def build_raw_asset(spec: DatasetSpec, partitions: dg.PartitionsDefinition) -> d
         counts = {f: count_source(f, spec.source_format, spec.source.delimiter) for f in files}
         notes: dict[str, str] = {}
         refusal = None
+        bounds = _bounds(spec, partitions)
         with warehouse.get_connection() as conn:
             loaded_at = datetime.now(UTC).replace(tzinfo=None)
-            staged = stage_source(conn, spec, files, loaded_at, partition_bounds(partitions), notes)
+            staged = stage_source(conn, spec, files, loaded_at, bounds, notes)
             in_window = window_predicate("_partition_ts", start, end)
-            after = _per_file(conn, staged, in_window)
+            after = rows_per_file(conn, staged, in_window)
             if not config.allow_shrink and table_exists(conn, spec.name, "raw"):
-                before = _per_file(conn, table_name(spec.name, "raw"), in_window)
+                before = rows_per_file(conn, table_name(spec.name, "raw"), in_window)
                 keys = f"{context.partition_keys[0]} .. {context.partition_keys[-1]}"
-                refusal = _shrink_refusal(spec, before, after, keys)
+                refusal = _shrink_refusal(spec, before, after, recorded_files(conn, spec.name), keys)
             if refusal is None:
-                metadata = _write_window(conn, spec, staged, (start, end), counts, notes, after)
+                pending = _note_pending(conn, staged, bounds, notes)
+                metadata = {**_write_window(conn, spec, staged, (start, end), counts, notes, after)}
+                metadata["rows_pending_partition"] = pending
             conn.execute(f"DROP TABLE {staged}")
         if refusal is not None:  # raised outside the `with`: the resource closes its connection only then
             raise refusal

@@ -4,13 +4,11 @@ They read whole tables with one aggregate query each (cheap in DuckDB), so they 
 the UI at any time, not only right after a materialization.
 """
 
-from pathlib import Path
-
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from mlplatform.assets.common import asset_key
-from mlplatform.core.accounting import describe_account, read_accounts
+from mlplatform.core.accounting import accounts_markdown, describe_account, read_accounts
 from mlplatform.core.sql import quote_ident
 from mlplatform.core.validation import FAILED_CHECKS
 from mlplatform.core.warehouse import count_rows, table_exists, table_name
@@ -97,8 +95,9 @@ def build_quality_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
         blocking=True,
         description=(
             "Reconciliation from the source: each source file's records, counted without DuckDB (Python's "
-            "csv module, malformed lines included; the Parquet footer), were all read and placed in a "
-            "partition, and the rows the last raw run placed in its window are all in clean + quarantine."
+            "csv module, malformed lines included; the Parquet footer), were all read; the rows the last raw "
+            "run placed in its window are all in clean + quarantine; and over all partitions no source row "
+            "is there twice, nor does a file have more rows there than it holds."
         ),
     )
     def source_accounting(warehouse: DuckDBResource) -> dg.AssetCheckResult:
@@ -111,30 +110,23 @@ def build_quality_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
                 description=f"{spec.name}.raw has recorded no source accounting yet: materialize raw first",
             )
         failing = [a for a in accounts if not a.reconciles]
-        table = "\n".join(
-            [
-                "| file | source records | read | placed in window | clean + quarantine |",
-                "|---|---|---|---|---|",
-                *(
-                    f"| {Path(a.source_file).name} | {a.source_rows} | {a.read_rows} | {a.window_rows} "
-                    f"| {a.landed_rows} |"
-                    for a in failing[:50]
-                ),
-            ]
-        )
+        more = f"; and {len(failing) - 3} more file(s)" if len(failing) > 3 else ""
         return dg.AssetCheckResult(
             passed=not failing,
             severity=dg.AssetCheckSeverity.ERROR,
-            description="; ".join(describe_account(a) for a in failing[:3]) or None,
+            description="; ".join(describe_account(a) for a in failing[:3]) + more or None,
             metadata={
-                "files": len(accounts),
+                "files": sum(1 for a in accounts if a.recorded),
                 "files_not_reconciled": len(failing),
                 "source_rows": sum(a.source_rows for a in accounts),
                 "rows_read": sum(a.read_rows for a in accounts),
                 "rows_in_window": sum(a.window_rows for a in accounts),
                 "rows_landed": sum(a.landed_rows for a in accounts),
+                "rows_counted_twice": sum(a.duplicate_rows for a in accounts),
                 "files_not_reconciled_table": dg.MetadataValue.md(
-                    table if failing else "_every file reconciles_"
+                    accounts_markdown(failing, with_landed=True, limit=50)
+                    if failing
+                    else "_every file reconciles_"
                 ),
             },
         )

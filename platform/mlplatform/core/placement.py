@@ -1,4 +1,4 @@
-"""Placing every staged row in a partition that exists, so that no row is ever dropped.
+"""Placing every staged row in a partition that exists, so that no row is ever dropped or loaded twice.
 
 The rule (documented in the spec reference):
 
@@ -8,12 +8,21 @@ The rule (documented in the spec reference):
   9999-12-31 or 0001-01-01 cannot stretch the partitions to millions (nor overflow a date).
 - A row whose time does not parse takes the time of the row before it in its file (after it, at the
   top of the file): files land in time order. Its time column is null, so it is quarantined.
-- A row dated before the first partition is kept in the first partition; after the last one (past
-  `partitions.end`, or in the future when the partitions stop at now or at the data) in the last
-  partition; a row of a file in which no time parses at all, in the last partition (the one the
-  daily schedule and the new-data sensor run). Each such row gets a `_parse_error` naming its time
-  and the partition, so cleaning quarantines it with that reason and clean never holds a row whose
-  time is outside its partition's window.
+- A row dated before the first partition is kept in the first partition; a row past an explicit
+  `partitions.end` in the last one (which then no longer moves; until the partitions reach that end
+  the row waits, as below); a row more than a day in the future
+  (past `plausible_end()`) otherwise, and the rows of a file in which no time parses at all, in the
+  first partition: the last partition moves as time passes or data arrives (with `end: open` it is
+  yesterday's), and a row placed there would land again in each new last partition. Each such row
+  gets a `_parse_error` naming its time and the partition, so cleaning quarantines it with that
+  reason and clean never holds a row whose time is outside its partition's window.
+- A plausible row whose partition does not exist yet (after the last one: the partitions stop at
+  the data or, with `end: open`, at the last complete partition) is pending: it is read, but placed
+  in no partition that exists, so no run loads it until its own partition exists (the daily
+  schedule or the new-data sensor then runs it).
+
+So a placed row keeps its partition as time passes and partitions are added. (A row more than a day
+in the future that becomes plausible later is then loaded twice; `source_accounting` reports it.)
 """
 
 from __future__ import annotations
@@ -47,6 +56,17 @@ class PartitionBounds:
     first_start: datetime
     last_start: datetime
     end: datetime
+    spec_end: datetime | None = None  # `partitions.end` when the spec sets a date
+
+    @property
+    def last_is_final(self) -> bool:
+        """The partitions reach `partitions.end`: the last partition no longer moves as time passes."""
+        return self.spec_end is not None and self.end >= self.spec_end
+
+
+def pending_predicate(bounds: PartitionBounds) -> str:
+    """SQL over staged rows: true for rows left pending, whose partition does not exist yet."""
+    return f"_partition_ts >= {_ts(bounds.end)}"
 
 
 def _ts(moment: datetime) -> str:
@@ -61,29 +81,41 @@ def _append_error(reason_sql: str) -> str:
     return f"_parse_error = CASE WHEN _parse_error IS NULL THEN {reason_sql} ELSE _parse_error || '; ' || {reason_sql} END"
 
 
+def _keep_in(
+    conn: duckdb.DuckDBPyConnection, table: str, time_column: str, where: str, why: str, target: datetime
+) -> int:
+    """Move rows matching `where` to the partition starting at `target`, naming their time and `why`."""
+    (count,) = fetch_row(conn, f"SELECT count(*) FROM {table} WHERE {where}")
+    if count:
+        reason = (
+            f"{quote_literal(time_column + ': time ')} || strftime(_partition_ts, '%Y-%m-%d %H:%M:%S') || "
+            f"{quote_literal(' ' + why)}"
+        )
+        conn.execute(
+            f"UPDATE {table} SET {_append_error(reason)}, _partition_ts = {_ts(target)} WHERE {where}"
+        )
+    return int(count)
+
+
 def clamp_out_of_range(
     conn: duckdb.DuckDBPyConnection, table: str, time_column: str, bounds: PartitionBounds
 ) -> int:
-    """Rows timed before the first or after the last partition go to it, with the reason; returns how many."""
-    first, end = _ts(bounds.first_start), _ts(bounds.end)
-    before, after = fetch_row(
-        conn,
-        f"SELECT count(*) FILTER (WHERE _partition_ts < {first}), count(*) FILTER (WHERE _partition_ts >= {end}) "
-        f"FROM {table}",
-    )
-    prefix = quote_literal(f"{time_column}: time ")
-    if before:
-        reason = f"{prefix} || strftime(_partition_ts, '%Y-%m-%d %H:%M:%S') || {quote_literal(' is before the first partition (' + _day(bounds.first_start) + '); kept in it')}"
-        conn.execute(
-            f"UPDATE {table} SET {_append_error(reason)}, _partition_ts = {first} WHERE _partition_ts < {first}"
-        )
-    if after:
-        reason = f"{prefix} || strftime(_partition_ts, '%Y-%m-%d %H:%M:%S') || {quote_literal(' is after the last partition (' + _day(bounds.last_start) + '); kept in it')}"
-        conn.execute(
-            f"UPDATE {table} SET {_append_error(reason)}, _partition_ts = {_ts(bounds.last_start)} "
-            f"WHERE _partition_ts >= {end}"
-        )
-    return int(before) + int(after)
+    """Rows before the first partition, past `partitions.end` or implausibly far in the future go to the
+    first or last partition, with the reason (see the module's rule); returns how many. Plausible later
+    rows are left pending."""
+    first, last = bounds.first_start, bounds.last_start
+    moved = 0
+    if bounds.last_is_final:
+        why = f"is after the last partition ({_day(last)}); kept in it"
+        moved += _keep_in(conn, table, time_column, f"_partition_ts >= {_ts(bounds.end)}", why, last)
+    else:
+        future = f"_partition_ts >= {_ts(max(bounds.end, plausible_end()))}"
+        if bounds.spec_end is not None:  # past `partitions.end`: pending until the last partition exists
+            future += f" AND _partition_ts < {_ts(bounds.spec_end)}"
+        why = f"is more than a day in the future; kept in the first partition ({_day(first)})"
+        moved += _keep_in(conn, table, time_column, future, why, first)
+    why = f"is before the first partition ({_day(first)}); kept in it"
+    return moved + _keep_in(conn, table, time_column, f"_partition_ts < {_ts(first)}", why, first)
 
 
 def fill_from_neighbours(conn: duckdb.DuckDBPyConnection, table: str) -> None:
@@ -106,9 +138,8 @@ def fill_from_neighbours(conn: duckdb.DuckDBPyConnection, table: str) -> None:
 def place_rows(
     conn: duckdb.DuckDBPyConnection, table: str, time_column: str, bounds: PartitionBounds | None
 ) -> None:
-    """Give every row of `table` a `_partition_ts` inside `bounds` (see the module's rule).
-
-    Without bounds (core tests) rows are only filled from their neighbours.
+    """Give every row of `table` a `_partition_ts` inside `bounds`, or a pending one after them (see the
+    module's rule). Without bounds (core tests) rows are only filled from their neighbours.
     """
     if bounds is not None:
         clamp_out_of_range(conn, table, time_column, bounds)
@@ -118,9 +149,9 @@ def place_rows(
         return
     reason = quote_literal(
         f"{time_column}: no time parses in this row or in any other row of its file; "
-        f"kept in the last partition ({_day(bounds.last_start)})"
+        f"kept in the first partition ({_day(bounds.first_start)})"
     )
     conn.execute(
-        f"UPDATE {table} SET {_append_error(reason)}, _partition_ts = {_ts(bounds.last_start)} "
+        f"UPDATE {table} SET {_append_error(reason)}, _partition_ts = {_ts(bounds.first_start)} "
         "WHERE _partition_ts IS NULL"
     )

@@ -10,20 +10,24 @@ wrong (too few or too many fields) are caught by DuckDB's reject tables and kept
 from __future__ import annotations
 
 import glob
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import duckdb
 
-from mlplatform.core.accounting import detect_encoding
+from mlplatform.core.accounting import UNREADABLE, detect_encoding, unreadable_reason
 from mlplatform.core.placement import PartitionBounds, place_rows, plausible_sql
 from mlplatform.core.source_checks import (
+    add_unreadable_rows,
+    csv_dialect,
     csv_header,
     file_problems_sql,
+    non_empty,
     parquet_headers,
+    readable_files,
     rejected_lines,
+    sniff_types,
     stage_nothing,
     stage_with_python,
 )
@@ -43,22 +47,12 @@ class SourceProbe:
     columns: tuple[str, ...]
     time_min: datetime | None
     time_max: datetime | None
+    unreadable: tuple[tuple[str, str], ...] = ()  # (path, why): skipped, quarantined at load
 
 
 def source_files(spec: DatasetSpec) -> list[str]:
     pattern = spec.source_pattern
     return sorted(glob.glob(pattern)) if spec.source.is_glob else [pattern] if Path(pattern).exists() else []
-
-
-# DuckDB's default (2 MB) fails a whole file on one long field; a 3 MB text field is data.
-MAX_LINE_BYTES = 64 * 1024 * 1024
-
-
-def _csv_dialect(spec: DatasetSpec) -> str:
-    return (
-        f"header=true, delim={quote_literal(spec.source.delimiter)}, quote='\"', escape='\"', "
-        f"max_line_size={MAX_LINE_BYTES}"
-    )
 
 
 def _reader_sql(spec: DatasetSpec, files: list[str], rejects: bool, encoding: str = "utf-8") -> str:
@@ -68,7 +62,7 @@ def _reader_sql(spec: DatasetSpec, files: list[str], rejects: bool, encoding: st
             f"SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS _source_row "
             f"FROM read_parquet({file_list}, filename='_source_file', file_row_number=true, union_by_name=true)"
         )
-    options = f"{_csv_dialect(spec)}, all_varchar=true, filename='_source_file'"
+    options = f"{csv_dialect(spec)}, all_varchar=true, filename='_source_file'"
     options += ", encoding='utf-16'" if encoding == "utf-16" else ""  # UTF-8 with a BOM needs nothing
     # DuckDB keeps rejected lines only for scans with one schema; multi-file CSVs are read one by one.
     # Without rejects (probing the schema and time range) malformed lines are skipped.
@@ -78,34 +72,6 @@ def _reader_sql(spec: DatasetSpec, files: list[str], rejects: bool, encoding: st
         else ", union_by_name=true, ignore_errors=true"
     )
     return f"SELECT * FROM read_csv({file_list}, {options})"
-
-
-_SNIFFED_KEPT = ("BIGINT", "INTEGER", "SMALLINT", "TINYINT", "HUGEINT", "DOUBLE", "FLOAT", "BOOLEAN")
-
-
-def sniff_types(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, files: list[str]) -> dict[str, str]:
-    """Types DuckDB guesses for CSV columns the spec does not declare, so `derived` can use them.
-
-    Only numbers and booleans are taken: a guessed date format (is 01-02 January or February?) is
-    left as text for the spec to parse explicitly.
-    """
-    if spec.source_format != "csv":
-        return {}
-    guessed: dict[str, str] = {}
-    for path in _non_empty(files):  # the first file DuckDB can read
-        try:
-            guessed = column_types(
-                conn,
-                f"SELECT * FROM read_csv({quote_literal(path)}, {_csv_dialect(spec)}, ignore_errors=true)",
-            )
-            break
-        except duckdb.Error:
-            continue
-    return {
-        name: sql_type
-        for name, sql_type in guessed.items()
-        if name not in spec.columns and sql_type.upper() in _SNIFFED_KEPT
-    }
 
 
 def _typed_view_sql(spec: DatasetSpec, relation: str, types: dict[str, str], sniffed: dict[str, str]) -> str:
@@ -148,28 +114,23 @@ def _time_expression(spec: DatasetSpec) -> str:
     return f"TRY_CAST({time} AS TIMESTAMP)"
 
 
-def _non_empty(files: list[str]) -> list[str]:
-    """Files that hold at least one byte: DuckDB reads an empty file as one column named column0."""
-    return [f for f in files if os.path.getsize(f) > 0]
-
-
 def _readable_files(
     conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, files: list[str], encoding: str
-) -> list[str]:
-    """`files`, less those DuckDB cannot read at all (tried one by one only when the whole set fails):
-    a broken file is read by the fallback reader at load, it must not fail the spec."""
+) -> tuple[list[str], dict[str, str]]:
+    """`files` DuckDB reads, and why it cannot read the others (tried one by one only when the whole
+    set fails): a broken file is read by the fallback reader, or quarantined, at load."""
     try:
         conn.sql(f"SELECT count(*) FROM ({_reader_sql(spec, files, False, encoding)})").fetchall()
-        return files
+        return files, {}
     except duckdb.Error:
-        readable = []
+        readable, errors = [], {}
         for path in files:
             try:
                 conn.sql(f"SELECT count(*) FROM ({_reader_sql(spec, [path], False, encoding)})").fetchall()
                 readable.append(path)
-            except duckdb.Error:
-                continue
-        return readable
+            except duckdb.Error as exc:
+                errors[path] = f"{UNREADABLE}: {str(exc).splitlines()[0]}"
+        return readable, errors
 
 
 def _by_encoding(files: list[str]) -> dict[str, list[str]]:
@@ -180,39 +141,54 @@ def _by_encoding(files: list[str]) -> dict[str, list[str]]:
     return dict(sorted(groups.items(), key=lambda item: item[0] != "utf-8"))
 
 
+def _probe_group(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, files: list[str], encoding: str
+) -> tuple[dict[str, str], tuple[datetime | None, datetime | None, int]]:
+    """Column types and time range of files DuckDB reads in one scan (of one encoding)."""
+    reader = f"({_reader_sql(spec, files, rejects=False, encoding=encoding)})"
+    try:
+        types = column_types(conn, reader)
+    except duckdb.Error as exc:
+        raise SourceError(f"source.path: cannot read {spec.source_pattern}: {exc}") from exc
+    missing = [c for c in spec.source_columns if c not in types]
+    if missing:
+        raise SourceError(
+            f"columns: {', '.join(repr(m) for m in missing)} not found in the source files "
+            f"(they have: {', '.join(c for c in types if not c.startswith('_'))})"
+        )
+    typed_sql = _typed_view_sql(spec, reader, types, sniff_types(conn, spec, files))
+    _check_derived(conn, spec, typed_sql)
+    return types, _time_range(conn, spec, typed_sql)
+
+
 def probe_source(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> SourceProbe:
     """Column names and plausible time range of the source; raises SourceError naming the key at fault.
 
     The range counts only plausible times (mlplatform.core.placement): other rows are quarantined at
-    load, in the first or last partition, instead of stretching the partitions.
+    load instead of stretching the partitions. A file that cannot be read is skipped and noted (it is
+    quarantined at load); only a source of which no file at all is readable fails.
     """
     all_files = source_files(spec)
+    unreadable = {f: why for f in all_files if (why := unreadable_reason(f, spec.source_format))}
+    present = non_empty([f for f in all_files if f not in unreadable])
     columns: list[str] = []
-    times: list[datetime] = []
-    rows = 0
-    for encoding, group in _by_encoding(_non_empty(all_files)).items():
-        files = _readable_files(conn, spec, group, encoding) or group  # none readable: report the error
-        reader = f"({_reader_sql(spec, files, rejects=False, encoding=encoding)})"
-        try:
-            types = column_types(conn, reader)
-        except duckdb.Error as exc:
-            raise SourceError(f"source.path: cannot read {spec.source_pattern}: {exc}") from exc
-        columns += [c for c in types if c not in columns]
-        missing = [c for c in spec.source_columns if c not in types]
-        if missing:
-            raise SourceError(
-                f"columns: {', '.join(repr(m) for m in missing)} not found in the source files "
-                f"(they have: {', '.join(c for c in types if not c.startswith('_'))})"
-            )
-        typed_sql = _typed_view_sql(spec, reader, types, sniff_types(conn, spec, files))
-        _check_derived(conn, spec, typed_sql)
-        first, last, group_rows = _time_range(conn, spec, typed_sql)
-        times += [t for t in (first, last) if t is not None]
-        rows += group_rows
-        for path in set(group) - set(files):  # read by Python at load: their times count too
-            first, last, group_rows = _python_read_time_range(conn, spec, path)
-            times += [t for t in (first, last) if t is not None]
-            rows += group_rows
+    ranges: list[tuple[datetime | None, datetime | None, int]] = []
+    for encoding, group in _by_encoding(present).items():
+        files, errors = _readable_files(conn, spec, group, encoding)
+        if files:
+            types, time_range = _probe_group(conn, spec, files, encoding)
+            columns += [c for c in types if c not in columns]
+            ranges.append(time_range)
+        for path in [f for f in group if f not in files]:
+            if spec.source_format == "parquet":  # no fallback reader: quarantined at load
+                unreadable[path] = errors[path]
+            else:  # read by Python at load: its times count too
+                ranges.append(_python_read_time_range(conn, spec, path))
+    if unreadable and not ranges:  # not one file could be read
+        path, why = next(iter(unreadable.items()))
+        raise SourceError(f"source.path: cannot read {spec.source_pattern}: {Path(path).name}: {why}")
+    times = [t for first, last, _ in ranges for t in (first, last) if t is not None]
+    rows = sum(n for _, _, n in ranges)
     if not times and rows and spec.partitions.start is None:
         raise SourceError(
             f"time_column: none of the {rows} rows of {spec.source_pattern} has a {spec.time_column!r} "
@@ -224,6 +200,7 @@ def probe_source(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> SourcePr
         columns=tuple(columns),
         time_min=min(times, default=None),
         time_max=max(times, default=None),
+        unreadable=tuple(sorted(unreadable.items())),
     )
 
 
@@ -278,15 +255,15 @@ def stage_source(
     Each row gets `_source_row` (1-based data row in its file, rejected lines included, so the
     number matches what a user sees in the file), `_parse_error` and `_partition_ts`: a partition
     inside `bounds` for every row, by the rule of mlplatform.core.placement, so none is lost.
-    A file DuckDB cannot read is read by Python's csv module; what happened to a file is written
-    to `file_notes` (path -> note) when given.
+    A file DuckDB cannot read is read by Python's csv module; a file nothing can read is one
+    quarantine row (mlplatform.core.accounting); what happened to a file is written to `file_notes`
+    (path -> note) when given.
     """
     if not files:
         raise SourceError(f"source.path: no files match {spec.source_pattern}")
     notes = file_notes if file_notes is not None else {}
     conn.execute("DROP TABLE IF EXISTS _staged_read")
-    readable = _non_empty(files)
-    notes.update({f: "empty file" for f in files if f not in readable})
+    readable, unreadable = readable_files(spec, files, notes)  # an unreadable file: one quarantine row
     if not readable:
         stage_nothing(conn, spec)
         read = "_staged_read"
@@ -305,7 +282,7 @@ def stage_source(
         _stage_csv(conn, spec, readable, notes)
         read = "_staged_read"
     types = column_types(conn, read)
-    sniffed = sniff_types(conn, spec, files)
+    sniffed = sniff_types(conn, spec, readable)
     if spec.derived:
         derived_sql = _derived_and_time_sql(spec, read, types, sniffed)
         # Both sides of the positional join are plain projections of the same table, so rows line up.
@@ -320,6 +297,7 @@ def stage_source(
         f"CREATE TEMP TABLE _staged AS SELECT * EXCLUDE (_row_ts), {loaded}, _row_ts AS _partition_ts FROM ({joined})"
     )
     place_rows(conn, "_staged", spec.time_column, bounds)
+    add_unreadable_rows(conn, "_staged", unreadable, loaded_at, bounds.first_start if bounds else None)
     conn.execute("DROP TABLE IF EXISTS _staged_read")
     conn.execute("DROP VIEW IF EXISTS _staged_parquet")
     return "_staged"

@@ -1,4 +1,4 @@
-"""Source files DuckDB's fast path cannot take as they are: header checks and the Python reader.
+"""Source files DuckDB's fast path cannot take as they are: dialect, header checks, the Python reader.
 
 Pure logic over a DuckDB connection, used by mlplatform.core.source.
 """
@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -20,9 +22,53 @@ from mlplatform.core.accounting import (
     detect_encoding,
     duplicate_header_names,
     read_csv_records,
+    unreadable_reason,
 )
-from mlplatform.core.sql import quote_ident, quote_literal
+from mlplatform.core.sql import column_types, quote_ident, quote_literal
 from mlplatform.specs.model import DatasetSpec
+
+# DuckDB's default (2 MB) fails a whole file on one long field; a 3 MB text field is data.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
+def csv_dialect(spec: DatasetSpec) -> str:
+    return (
+        f"header=true, delim={quote_literal(spec.source.delimiter)}, quote='\"', escape='\"', "
+        f"max_line_size={MAX_LINE_BYTES}"
+    )
+
+
+def non_empty(files: list[str]) -> list[str]:
+    """Files that hold at least one byte: DuckDB reads an empty file as one column named column0."""
+    return [f for f in files if os.path.getsize(f) > 0]
+
+
+_SNIFFED_KEPT = ("BIGINT", "INTEGER", "SMALLINT", "TINYINT", "HUGEINT", "DOUBLE", "FLOAT", "BOOLEAN")
+
+
+def sniff_types(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, files: list[str]) -> dict[str, str]:
+    """Types DuckDB guesses for CSV columns the spec does not declare, so `derived` can use them.
+
+    Only numbers and booleans are taken: a guessed date format (is 01-02 January or February?) is
+    left as text for the spec to parse explicitly.
+    """
+    if spec.source_format != "csv":
+        return {}
+    guessed: dict[str, str] = {}
+    for path in non_empty(files):  # the first file DuckDB can read
+        try:
+            guessed = column_types(
+                conn,
+                f"SELECT * FROM read_csv({quote_literal(path)}, {csv_dialect(spec)}, ignore_errors=true)",
+            )
+            break
+        except duckdb.Error:
+            continue
+    return {
+        name: sql_type
+        for name, sql_type in guessed.items()
+        if name not in spec.columns and sql_type.upper() in _SNIFFED_KEPT
+    }
 
 
 def parquet_headers(files: list[str]) -> dict[str, tuple[str, ...]]:
@@ -113,6 +159,39 @@ def rejected_lines(conn: duckdb.DuckDBPyConnection, header: list[str]) -> pd.Dat
     return pd.DataFrame.from_records(
         records, columns=[*header, "_source_file", "_source_line", "_parse_error"]
     )
+
+
+def readable_files(
+    spec: DatasetSpec, files: list[str], notes: dict[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """The files to read (not empty), and why the others cannot be read at all; both are noted."""
+    unreadable = {f: why for f in files if (why := unreadable_reason(f, spec.source_format))}
+    readable = non_empty([f for f in files if f not in unreadable])
+    notes.update({f: unreadable.get(f, "empty file") for f in files if f not in readable})
+    return readable, unreadable
+
+
+def add_unreadable_rows(
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    unreadable: Mapping[str, str],
+    loaded_at: datetime,
+    first_start: datetime | None,
+) -> None:
+    """One row per file that cannot be read (`_source_row` 0, its reason), in the first partition: the
+    file is then quarantined and accounted for as one record, never silently missing."""
+    if not unreadable:
+        return
+    conn.register("_unreadable_df", pd.DataFrame({"f": list(unreadable), "why": list(unreadable.values())}))
+    moment = (
+        f"{quote_literal(first_start.isoformat(sep=' '))}::TIMESTAMP" if first_start else "NULL::TIMESTAMP"
+    )
+    loaded = f"{quote_literal(loaded_at.isoformat(sep=' '))}::TIMESTAMP"
+    conn.execute(
+        f"INSERT INTO {table} BY NAME SELECT f::VARCHAR AS _source_file, 0::BIGINT AS _source_row, "
+        f"why::VARCHAR AS _parse_error, {loaded} AS _loaded_at, {moment} AS _partition_ts FROM _unreadable_df"
+    )
+    conn.unregister("_unreadable_df")
 
 
 def stage_nothing(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> None:

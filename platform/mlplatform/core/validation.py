@@ -170,7 +170,7 @@ def _describe_failure(check: str, value: object) -> str:
 
 def _unrepresentable_times(frame: pd.DataFrame) -> list[tuple[int, str, object]]:
     """(row id, column, value) of times beyond datetime64[ns], set to NaT in `frame` (mlplatform.core.placement
-    keeps a year-9999 row, quarantined, in the last partition)."""
+    keeps a year-9999 row, quarantined, in the first partition)."""
     found = []
     for name in [c for c in frame.columns if pd.api.types.is_datetime64_any_dtype(frame[c])]:
         outside = frame[name].notna() & ((frame[name] < pd.Timestamp.min) | (frame[name] > pd.Timestamp.max))
@@ -211,9 +211,11 @@ def validate_partition(
             failed_columns[int(row_id)].add(str(column))
     for row_id, errors in zip(typed[ROW_ID], typed["_parse_errors"], strict=True):
         for error in errors:
-            column = error.split(":", 1)[0] if not error.startswith("line ") else "_line"
+            unreadable = error.startswith("file unreadable")  # the row stands for a whole file
+            column = error.split(":", 1)[0] if not error.startswith("line ") and not unreadable else "_line"
             reasons[row_id].append(error)
-            checks[row_id].append(_parse_check(error) if column != "_line" else "line_shape")
+            whole_row = "file_unreadable" if unreadable else "line_shape"
+            checks[row_id].append(_parse_check(error) if column != "_line" else whole_row)
             failure_columns[row_id].append(column)
             failed_columns[row_id].add(column)
             parse_failed[row_id].add(column)
