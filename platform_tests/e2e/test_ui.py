@@ -141,7 +141,8 @@ def test_mlflow_server_serves_the_registry_over_http(webserver: Webserver, tmp_p
         "1",
     ]
     with running(command, subprocess_env(webserver.home), REPO_ROOT, log) as proc:
-        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        url = f"http://127.0.0.1:{port}"
+        client = MlflowClient(tracking_uri=url, registry_uri=url)  # both over HTTP, not the store's file
         deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, log.read_text()[-3000:]
