@@ -217,3 +217,14 @@ def test_servers_the_platform_documents_bind_127_0_0_1_unless_configured() -> No
         assert host.default == "127.0.0.1", command
     for text in (REPO_ROOT / "README.md", REPO_ROOT / "platform" / "mlplatform" / "runner.py"):
         assert "0.0.0.0" not in text.read_text(), text
+
+
+def test_a_derived_column_also_declared_in_columns_is_one_feature(write_spec: Callable[..., Path]) -> None:
+    """Declaring a derived column in `columns` (to type and check it) must not make it two features:
+    before, the features table got `x2` and `x2_1` and LightGBM refused the 2-D column."""
+    spec = bike_spec_dict()
+    spec["derived"]["warmth"] = "temp * 2"
+    spec["columns"]["warmth"] = {"type": "float"}
+    features = parse_spec(write_spec(spec)).feature_columns
+    assert features.count("warmth") == 1
+    assert len(features) == len(set(features))

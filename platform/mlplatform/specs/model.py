@@ -292,7 +292,8 @@ class DatasetSpec(_Strict):
                 problems.append(
                     f"key '{section}.{name}': the name holds {shown}, which LightGBM refuses in a "
                     f"feature name (none of {_LIGHTGBM_REFUSED[:7]} or a line break): give it a safe name "
-                    "with `derived` (e.g. safe_name: '\"<the name>\"') and add the original to `drop`"
+                    "with `derived` (e.g. safe_name: '\"<the name>\"'), keep the original in `columns` and "
+                    "add it to `drop`"
                 )
         if problems:
             raise ValueError("; ".join(problems))
@@ -329,7 +330,9 @@ class DatasetSpec(_Strict):
         excluded = {*self.drop, self.target.column, self.time_column}
         if self.entity_key:
             excluded.add(self.entity_key)
-        return [c for c in [*self.columns, *self.derived] if c not in excluded and not c.startswith("_")]
+        # A derived column may also be declared in `columns` (to type and check it): one feature, not two.
+        names = dict.fromkeys([*self.columns, *self.derived])
+        return [c for c in names if c not in excluded and not c.startswith("_")]
 
     @property
     def lookback(self) -> timedelta:
