@@ -70,3 +70,19 @@ def test_the_printed_allow_shrink_command_removes_the_rows_of_a_deleted_file(
     assert f"[{NAME}] run" in allowed.stdout
     assert _raw_rows_per_file(home) == {"a.csv": 96}
     assert "96 records in 1 file(s), each one in clean or quarantine" in allowed.stdout
+
+    # The printed Dagster UI command carries what the UI needs to show this dataset (MLPLATFORM_SPECS).
+    ui_line = next(line for line in allowed.stdout.splitlines() if line.startswith("Dagster UI:"))
+    words = shlex.split(ui_line.removeprefix("Dagster UI:"))
+    settings = dict(word.split("=", 1) for word in words if "=" in word and not word.startswith("-"))
+    assert words[len(settings) :] == ["dagster", "dev", "-m", "mlplatform.definitions"]
+    env = {k: v for k, v in subprocess_env(home).items() if not k.startswith("MLPLATFORM_")} | settings
+    listed = subprocess.run(
+        ["dagster", "asset", "list", "-m", "mlplatform.definitions"],
+        cwd=home.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert f"{NAME}/raw" in listed.stdout, listed.stderr[-2000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from mlplatform.factory import broken_specs, mlflow_resource
 from mlplatform.recovery import run_owner_tags
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.resources.registry import CHALLENGER, CHAMPION
-from mlplatform.settings import load_settings
+from mlplatform.settings import SPECS_ENV, Settings, load_settings
 
 STAGES = ("raw", "clean", "quarantine", "features", "training_set", "predictions")
 # Stages a run can be limited to; `clean` also writes `quarantine` (one step).
@@ -195,6 +196,13 @@ def _mlflow_ui_command(resource: MlflowResource) -> str:
     return f"mlflow ui --backend-store-uri {resource.tracking_uri}{registry}   # then {resource.ui_url}"
 
 
+def _specs_setting(settings: Settings) -> str:
+    """` MLPLATFORM_SPECS=...` when extra spec folders are in use: without it the UI would not show them."""
+    if not settings.extra_spec_dirs:
+        return ""
+    return f" {SPECS_ENV}={shlex.quote(os.pathsep.join(str(d) for d in settings.extra_spec_dirs))}"
+
+
 def print_summary(defs: dg.Definitions, outcomes: list[RunOutcome]) -> None:
     settings = load_settings()
     resource = mlflow_resource(settings)
@@ -218,7 +226,7 @@ def print_summary(defs: dg.Definitions, outcomes: list[RunOutcome]) -> None:
     print(f"Dagster instance:   {dagster_home}")
     print(f"MLflow tracking:    {resource.tracking_uri}")
     print(
-        f"Dagster UI:         MLPLATFORM_HOME={settings.home} DAGSTER_HOME={dagster_home} "
+        f"Dagster UI:         MLPLATFORM_HOME={settings.home} DAGSTER_HOME={dagster_home}{_specs_setting(settings)} "
         "dagster dev -m mlplatform.definitions"
     )
     print(f"MLflow UI:          {_mlflow_ui_command(resource)}")
