@@ -7,7 +7,7 @@ import re
 import shlex
 import subprocess
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -86,3 +86,30 @@ def test_the_printed_allow_shrink_command_removes_the_rows_of_a_deleted_file(
         timeout=300,
     )
     assert f"{NAME}/raw" in listed.stdout, listed.stderr[-2000:]
+
+
+def test_the_summary_says_which_rows_wait_for_their_partition(
+    tmp_path: Path, write_spec: Callable[..., Path]
+) -> None:
+    """A row of today (open-ended daily partitions stop at yesterday) is read, not placed: the summary
+    must not call it clean or quarantined."""
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    write_hourly_csv(landing / "a.csv", days=2, start=today - timedelta(days=2))
+    with (landing / "a.csv").open("a") as out:
+        out.write(f"{today:%Y-%m-%d %H:%M:%S},0.5,1.5\n")
+    spec = toy_spec_dict("pending", landing / "*.csv")
+    spec["partitions"] = {"start": (today - timedelta(days=2)).date().isoformat(), "end": "open"}
+    spec_file = write_spec(spec, "pending.yaml")
+    home = tmp_path / "home"
+    done = _run(
+        ["mlplatform", "run", "--dataset", "pending", "--stage", "raw", "--stage", "clean"],
+        home,
+        spec_file.parent,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (
+        "source: 49 records in 1 file(s), 1 waiting for a partition that does not exist yet, "
+        "the others in clean or quarantine"
+    ) in done.stdout

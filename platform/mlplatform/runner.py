@@ -120,12 +120,23 @@ def source_accounting_line(result: dg.ExecuteInProcessResult) -> str | None:
             continue
         meta = {key: value.value for key, value in evaluation.metadata.items()}
         if evaluation.passed:
+            pending = _raw_metadata(result).get("rows_pending_partition", 0)
+            waiting = f", {pending:,} waiting for a partition that does not exist yet" if pending else ""
+            placed = "each one in clean or quarantine" if not pending else "the others in clean or quarantine"
             return (
-                f"{meta.get('source_rows', 0):,} records in {meta.get('files', 0)} file(s), "
-                "each one in clean or quarantine"
+                f"{meta.get('source_rows', 0):,} records in {meta.get('files', 0)} file(s){waiting}, {placed}"
             )
         return f"NOT RECONCILED: {evaluation.description or 'see the source_accounting check'}"
     return None
+
+
+def _raw_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """The metadata of the run's `raw` materialization (empty when the run did not load raw)."""
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization.asset_key is not None and materialization.asset_key.path[-1] == "raw":
+            return {key: value.value for key, value in materialization.metadata.items()}
+    return {}
 
 
 def failure_reason(result: dg.ExecuteInProcessResult, limit: int = 600) -> str:
