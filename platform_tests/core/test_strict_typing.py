@@ -25,6 +25,8 @@ TABLE: list[tuple[str, str, object]] = [
     ("'7'::VARCHAR", "int", 7),
     ("' -7 '::VARCHAR", "int", -7),
     ("'1.5'::VARCHAR", "int", None),
+    ("'2.0'::VARCHAR", "int", 2),  # how pandas writes an int column with gaps
+    ("'-3.00'::VARCHAR", "int", -3),
     ("'1e3'::VARCHAR", "int", None),
     ("'0x10'::VARCHAR", "int", None),
     ("'99999999999999999999'::VARCHAR", "int", None),
@@ -208,3 +210,15 @@ def test_a_derived_time_places_rows_where_cleaning_puts_them(
         "Europe/Berlin": [datetime(2024, 1, 1, 22, 30), datetime(2024, 6, 30, 22, 30)],
     }[timezone]
     assert rows == [(t, t) for t in expected]
+
+
+def test_nan_in_a_float_source_of_an_int_column_is_null_not_a_parse_error() -> None:
+    """pandas stores an int column with missing values as floats with NaN: NaN is a missing value."""
+    from mlplatform.core.sql import parse_error_expression
+
+    spec = _spec({"type": "int"})
+    conn = duckdb.connect()
+    errors = conn.sql(
+        f"SELECT {parse_error_expression(spec, 'v', 'DOUBLE')} FROM (SELECT unnest([2.0, 'nan'::DOUBLE, 1.5]) AS v)"
+    ).fetchall()
+    assert errors == [(None,), (None,), ("v: cannot parse '1.5' as int",)]

@@ -101,7 +101,7 @@ def _without(value: str, sql_type: str, specials: list[str]) -> str:
 def _as_int(expr: str, kind: str) -> str:
     if kind == "text":
         return (
-            f"TRY_CAST(CASE WHEN regexp_full_match({expr}, '\\s*[+-]?[0-9]+\\s*') THEN {expr} END AS BIGINT)"
+            f"TRY_CAST(CASE WHEN regexp_full_match({expr}, '\\s*[+-]?[0-9]+(\\.0*)?\\s*') THEN {expr} END AS BIGINT)"
         )
     if kind == "int":
         return f"TRY_CAST({expr} AS BIGINT)"  # NULL where it overflows
@@ -229,6 +229,8 @@ def parse_error_expression(spec: DatasetSpec, name: str, source_type: str) -> st
     typed = typed_expression(ident, spec_type, source_type, timezone, allow_infinite)
     value = f"{quote_literal(chr(39))} || CAST({ident} AS VARCHAR) || {quote_literal(chr(39))}"
     cases = [f"WHEN {ident} IS NULL OR {typed} IS NOT NULL THEN NULL"]
+    if spec_type == "int" and kind == "float":  # pandas writes an int column with gaps as floats, NaN
+        cases.append(f"WHEN isnan({ident}) THEN NULL")
     if spec_type == "float" and kind in ("text", "float"):
         number = f"TRY_CAST({ident} AS DOUBLE)" if kind == "text" else ident
         cases.append(f"WHEN isnan({number}) THEN NULL")
