@@ -3,6 +3,7 @@ what a file holds and what landed differ (a file appended to while it is read, a
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -11,6 +12,8 @@ import pytest
 
 from mlplatform.assets import ingestion
 from mlplatform.core.accounting import FileCount, describe_account, read_accounts, shrink_problem
+from mlplatform.core.cleaning import drop_rows_outside
+from mlplatform.specs.model import DatasetSpec
 from platform_tests.hostile.corpus import HEADER, Outcome, assert_accounted, load, rows, spec_for
 
 FIXED = {"partitions": {"start": "2024-01-01", "end": "2024-01-03"}}
@@ -152,3 +155,91 @@ def test_shrink_rule_checks_vanished_files_whatever_the_totals() -> None:
     assert shrink_problem({"a": 100}, {"b": 100}, known_files={"a", "b"}) == vanished.format(100, 100)
     assert shrink_problem({"a": 100}, {"b": 99}) == vanished.format(100, 99)  # too small for a rename
     assert shrink_problem({"a": 100}, {"b": 100, "c": 5}) is None  # b is a's new name
+
+
+def _days_from_the_data(folder: Path) -> tuple[DatasetSpec, Path]:
+    """a.csv: 2024-01-02 .. 01-03; b.csv reaches 01-04: partitions from the data, 01-02 .. 01-04."""
+    (folder / "a.csv").write_text(rows("1,2024-01-02,a,1", "2,2024-01-02,a,2", "3,2024-01-03,a,3"))
+    (folder / "b.csv").write_text(rows("10,2024-01-03,b,1", "11,2024-01-03,b,2", "12,2024-01-04,b,3"))
+    spec, warehouse = spec_for(folder), folder / "w.duckdb"
+    first = load(spec, warehouse)
+    assert first.partitions.get_partition_keys() == ["2024-01-02", "2024-01-03", "2024-01-04"]
+    assert_accounted(first, {"a.csv": 3, "b.csv": 3})
+    return spec, warehouse
+
+
+def test_a_deleted_file_leaves_no_row_in_partitions_that_no_longer_exist(tmp_path: Path) -> None:
+    # before: the refusal counted 2 rows of b.csv (its rows in the shrunk window, not its 3), and with
+    # allow_shrink id 12 (2024-01-04, a partition gone with b.csv) stayed in raw and clean, checks green
+    spec, warehouse = _days_from_the_data(tmp_path)
+    (tmp_path / "b.csv").unlink()
+    refused = load(spec, warehouse, raise_on_error=False)
+    assert refused.partitions.get_partition_keys() == ["2024-01-02", "2024-01-03"]
+    message = _raw_failure(refused)
+    assert "every row of b.csv would be erased (3 rows; the window would go from 5 to 3)" in message
+    assert (
+        "1 rows of b.csv (1 rows) are in partitions that no longer exist (outside 2024-01-02 .. 2024-01-03: "
+        "the source no longer holds data that far), and would be erased. Nothing was changed." in message
+    )
+    assert "`mlplatform run --dataset toy --allow-shrink`" in message
+    assert refused.query("SELECT count(*) FROM toy.raw") == [(6,)]
+
+    allowed = load(spec, warehouse, run_config=ALLOW_SHRINK)
+    assert_accounted(allowed, {"a.csv": 3})
+    assert allowed.query("SELECT _source_file, count(*) FROM toy.raw GROUP BY 1") == [
+        (str(tmp_path / "a.csv"), 3)
+    ]
+    assert allowed.query("SELECT max(ts) FROM toy.clean") == [(datetime(2024, 1, 3),)]
+    assert allowed.raw_metadata()["rows_removed_outside_partitions"] == 1
+
+
+def test_a_file_cut_short_needs_allow_shrink_for_its_rows_past_the_partitions(tmp_path: Path) -> None:
+    # before: b.csv still yields rows in the window, so nothing was refused and id 12 stayed for good
+    spec, warehouse = _days_from_the_data(tmp_path)
+    (tmp_path / "b.csv").write_text(rows("10,2024-01-03,b,1", "11,2024-01-03,b,2"))
+    message = _raw_failure(load(spec, warehouse, raise_on_error=False))
+    assert "toy.raw for 2024-01-02 .. 2024-01-03: 1 rows of b.csv (1 rows) are in partitions" in message
+    assert "would be erased (" not in message  # no window shrinks: only the rows past the partitions
+    allowed = load(spec, warehouse, run_config=ALLOW_SHRINK)
+    assert_accounted(allowed, {"a.csv": 3, "b.csv": 2})
+    assert sorted(i for (i,) in allowed.query("SELECT id FROM toy.clean")) == [1, 2, 3, 10, 11]
+
+
+def test_source_accounting_fails_while_clean_holds_rows_of_a_file_gone_from_the_source(
+    tmp_path: Path,
+) -> None:
+    # before: a file no longer in the source was not "recorded", and its rows left in clean passed
+    _two_files(tmp_path)
+    spec, warehouse = spec_for(tmp_path, **FIXED), tmp_path / "w.duckdb"
+    load(spec, warehouse)
+    (tmp_path / "b.csv").unlink()
+    day = ("2024-01-01", "2024-01-01")  # b.csv's 2024-01-02 row stays until that partition re-runs
+    partial = load(spec, warehouse, partition_keys=day, run_config=ALLOW_SHRINK, raise_on_error=False)
+    check = partial.check("source_accounting")
+    assert not check.passed
+    assert check.description == (
+        "b.csv: clean + quarantine hold 1 rows of it, but the file is no longer in the source"
+    )
+    assert_accounted(load(spec, warehouse, run_config=ALLOW_SHRINK), {"a.csv": 2})
+
+
+def test_shrink_rule_counts_a_vanished_file_over_the_whole_table() -> None:
+    assert shrink_problem({"a": 2, "b": 1}, {"b": 1}, stored={"a": 5, "b": 4}) == (
+        "every row of a would be erased (5 rows; the window would go from 3 to 1)"
+    )
+
+
+def test_cleaning_drops_rows_outside_the_partitions_only_once_raw_let_them_go() -> None:
+    inside, outside = "'2024-01-02'::TIMESTAMP", "'2024-01-05'::TIMESTAMP"
+    spec = spec_for(Path("unused"))
+    with duckdb.connect() as conn:
+        conn.execute("CREATE SCHEMA toy")
+        conn.execute(f"CREATE TABLE toy.raw AS SELECT 'b.csv' AS _source_file, {outside} AS _partition_ts")
+        conn.execute(f"CREATE TABLE toy.clean AS SELECT * FROM VALUES ({inside}), ({outside}) t(ts)")
+        conn.execute(f"CREATE TABLE toy.quarantine AS SELECT {outside} AS _partition_ts")
+        bounds = (datetime(2024, 1, 1), datetime(2024, 1, 4))
+        assert drop_rows_outside(conn, spec, *bounds) == 0  # raw still holds its row: the shrink is refused
+        conn.execute("DELETE FROM toy.raw")  # raw let it go (allow_shrink)
+        assert drop_rows_outside(conn, spec, *bounds) == 2
+        assert conn.execute("SELECT ts FROM toy.clean").fetchall() == [(datetime(2024, 1, 2),)]
+        assert conn.execute("SELECT count(*) FROM toy.quarantine").fetchall() == [(0,)]

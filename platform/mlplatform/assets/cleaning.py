@@ -5,8 +5,14 @@ from collections.abc import Iterator
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from mlplatform.assets.common import asset_key, spec_code_version, table_metadata, time_window
-from mlplatform.core.cleaning import clean_window
+from mlplatform.assets.common import (
+    asset_key,
+    partition_bounds,
+    spec_code_version,
+    table_metadata,
+    time_window,
+)
+from mlplatform.core.cleaning import clean_window, drop_rows_outside
 from mlplatform.core.warehouse import window_predicate
 from mlplatform.specs.model import DatasetSpec
 
@@ -48,7 +54,14 @@ def build_clean_assets(spec: DatasetSpec, partitions: dg.PartitionsDefinition) -
     )
     def clean(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> Iterator[dg.MaterializeResult]:
         start, end = time_window(context)
+        bounds = partition_bounds(partitions)
         with warehouse.get_connection() as conn:
+            # First: a row of a partition that no longer exists must not make a new row a duplicate.
+            removed = drop_rows_outside(conn, spec, bounds.first_start, bounds.end) if bounds else 0
+            if removed:
+                context.log.warning(
+                    f"{spec.name}: {removed} clean + quarantine rows removed: their partitions are gone"
+                )
             result = clean_window(conn, spec, start, end)
             context.log.info(
                 f"{spec.name} {start} .. {end}: {result.raw_rows} raw = {result.clean_rows} clean "
@@ -72,6 +85,7 @@ def build_clean_assets(spec: DatasetSpec, partitions: dg.PartitionsDefinition) -
             "raw_rows": result.raw_rows,
             "quarantined_rows": result.quarantined_rows,
             "quarantine_reasons": reasons,
+            "rows_removed_outside_partitions": removed,
         }
         yield dg.MaterializeResult(asset_key=clean_key, metadata={**clean_meta, **shared})
         yield dg.MaterializeResult(asset_key=quarantine_key, metadata={**quarantine_meta, **shared})

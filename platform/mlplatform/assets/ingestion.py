@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 from datetime import UTC, date, datetime, time
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -50,11 +51,66 @@ def _bounds(spec: DatasetSpec, partitions: dg.PartitionsDefinition) -> Partition
     return replace(bounds, spec_end=datetime.combine(end, time()))
 
 
+def _outside_partitions(bounds: PartitionBounds) -> str:
+    """SQL over raw: true for rows outside the partitions that exist (the range shrank: the source no
+    longer holds data that far). Rows waiting for a later partition are never in raw."""
+    return f"NOT ({window_predicate('_partition_ts', bounds.first_start, bounds.end)})"
+
+
+def _rows_outside(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, bounds: PartitionBounds | None
+) -> dict[str, int]:
+    """Per file, the raw rows in partitions that no longer exist: no run can replace them any more."""
+    if bounds is None or not table_exists(conn, spec.name, "raw"):
+        return {}
+    return rows_per_file(conn, table_name(spec.name, "raw"), _outside_partitions(bounds))
+
+
+def _remove_outside(
+    conn: duckdb.DuckDBPyConnection,
+    spec: DatasetSpec,
+    bounds: PartitionBounds | None,
+    outside: dict[str, int],
+) -> None:
+    """With `allow_shrink`: the rows of `_rows_outside` go (cleaning then drops theirs from clean and
+    quarantine). Its own statement: `replace_window` runs its own transaction right after."""
+    if bounds is not None and outside:
+        conn.execute(f"DELETE FROM {table_name(spec.name, 'raw')} WHERE {_outside_partitions(bounds)}")
+
+
+def _outside_problem(outside: dict[str, int], bounds: PartitionBounds | None) -> str | None:
+    if not outside or bounds is None:
+        return None
+    files = sorted(outside)
+    names = ", ".join(f"{Path(f).name} ({outside[f]} rows)" for f in files[:5])
+    more = f" and {len(files) - 5} more file(s)" if len(files) > 5 else ""
+    return (
+        f"{sum(outside.values())} rows of {names}{more} are in partitions that no longer exist (outside "
+        f"{bounds.first_start:%Y-%m-%d} .. {bounds.last_start:%Y-%m-%d}: the source no longer holds data "
+        "that far), and would be erased"
+    )
+
+
 def _shrink_refusal(
-    spec: DatasetSpec, before: dict[str, int], after: dict[str, int], known: set[str], keys: str
+    conn: duckdb.DuckDBPyConnection,
+    spec: DatasetSpec,
+    window: str,
+    after: dict[str, int],
+    outside: dict[str, int],
+    bounds: PartitionBounds | None,
+    keys: str,
 ) -> dg.Failure | None:
-    problem = shrink_problem(before, after, known)
-    if problem is None:
+    """The refusal to erase rows without `allow_shrink`: a window emptied or a file gone (its rows
+    counted over the whole raw table), or rows in partitions that no longer exist."""
+    raw = table_name(spec.name, "raw")
+    before = rows_per_file(conn, raw, window)
+    stored = rows_per_file(conn, raw)
+    problems = [
+        shrink_problem(before, after, recorded_files(conn, spec.name), stored),
+        _outside_problem(outside, bounds),
+    ]
+    problem = "; ".join(p for p in problems if p)
+    if not problem:
         return None
     op = f"{spec.name}__raw"
     return dg.Failure(
@@ -64,7 +120,11 @@ def _shrink_refusal(
             f"launchpad: run config `ops: {{{op}: {{config: {{allow_shrink: true}}}}}}`); otherwise "
             "restore the files."
         ),
-        metadata={"rows_before": sum(before.values()), "rows_after": sum(after.values())},
+        metadata={
+            "rows_before": sum(before.values()),
+            "rows_after": sum(after.values()),
+            "rows_outside_partitions": sum(outside.values()),
+        },
     )
 
 
@@ -145,17 +205,23 @@ def build_raw_asset(spec: DatasetSpec, partitions: dg.PartitionsDefinition) -> d
             staged = stage_source(conn, spec, files, loaded_at, bounds, notes)
             in_window = window_predicate("_partition_ts", start, end)
             after = rows_per_file(conn, staged, in_window)
+            outside = _rows_outside(conn, spec, bounds)
             if not config.allow_shrink and table_exists(conn, spec.name, "raw"):
-                before = rows_per_file(conn, table_name(spec.name, "raw"), in_window)
                 keys = f"{context.partition_keys[0]} .. {context.partition_keys[-1]}"
-                refusal = _shrink_refusal(spec, before, after, recorded_files(conn, spec.name), keys)
+                refusal = _shrink_refusal(conn, spec, in_window, after, outside, bounds, keys)
             if refusal is None:
+                _remove_outside(conn, spec, bounds, outside)
                 pending = _note_pending(conn, staged, bounds, notes)
                 metadata = {**_write_window(conn, spec, staged, (start, end), counts, notes, after)}
                 metadata["rows_pending_partition"] = pending
+                metadata["rows_removed_outside_partitions"] = sum(outside.values())
             conn.execute(f"DROP TABLE {staged}")
         if refusal is not None:  # raised outside the `with`: the resource closes its connection only then
             raise refusal
+        for path, n in outside.items():
+            context.log.warning(
+                f"{spec.name}: {path}: {n} rows removed from raw: their partitions no longer exist"
+            )
         for path, note in notes.items():
             context.log.warning(f"{spec.name}: {path}: {note}")
         return dg.MaterializeResult(metadata={**metadata, "source_files": len(files)})

@@ -97,7 +97,8 @@ def build_quality_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
             "Reconciliation from the source: each source file's records, counted without DuckDB (Python's "
             "csv module, malformed lines included; the Parquet footer), were all read; the rows the last raw "
             "run placed in its window are all in clean + quarantine; and over all partitions no source row "
-            "is there twice, nor does a file have more rows there than it holds."
+            "is there twice, nor does a file have more rows there than it holds (none, once it has left the "
+            "source)."
         ),
     )
     def source_accounting(warehouse: DuckDBResource) -> dg.AssetCheckResult:

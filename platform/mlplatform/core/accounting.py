@@ -62,7 +62,7 @@ class FileAccount:
     landed_rows: int = 0  # rows of the window in clean + quarantine
     stored_rows: int = 0  # rows of the file in clean + quarantine, over all partitions
     duplicate_rows: int = 0  # of those, extra copies of one source row (counted twice)
-    recorded: bool = True  # the last raw run read the file (else only its stored rows are known)
+    recorded: bool = True  # in the source at the last raw run (else it holds no record: gone)
     note: str | None = None
 
     @property
@@ -75,7 +75,7 @@ class FileAccount:
             self.read_in_full
             and self.window_rows == self.landed_rows
             and self.duplicate_rows == 0
-            and (not self.recorded or self.stored_rows <= self.source_rows)
+            and self.stored_rows <= self.source_rows  # a file gone from the source: none stored
         )
 
 
@@ -335,6 +335,11 @@ def accounts_markdown(accounts: Sequence[FileAccount], with_landed: bool, limit:
 def describe_account(account: FileAccount) -> str:
     """One line a user can act on, e.g. for the run summary."""
     name = Path(account.source_file).name
+    if not account.recorded and account.stored_rows:
+        return (
+            f"{name}: clean + quarantine hold {account.stored_rows} rows of it, but the file is no longer in "
+            "the source"
+        )
     if account.source_rows != account.read_rows:
         return f"{name}: the file holds {account.source_rows} records but the load read {account.read_rows}"
     if account.window_rows != account.landed_rows:
@@ -347,7 +352,7 @@ def describe_account(account: FileAccount) -> str:
             f"{name}: {account.duplicate_rows} rows are in clean + quarantine twice (the same source row "
             "in more than one place, over all partitions)"
         )
-    if account.recorded and account.stored_rows > account.source_rows:
+    if account.stored_rows > account.source_rows:
         return (
             f"{name}: clean + quarantine hold {account.stored_rows} rows of it over all partitions, but the "
             f"file holds {account.source_rows} records"
@@ -356,9 +361,13 @@ def describe_account(account: FileAccount) -> str:
 
 
 def shrink_problem(
-    before: Mapping[str, int], after: Mapping[str, int], known_files: Collection[str] = ()
+    before: Mapping[str, int],
+    after: Mapping[str, int],
+    known_files: Collection[str] = (),
+    stored: Mapping[str, int] | None = None,
 ) -> str | None:
     """Why replacing a window's rows (per file, `before`) by `after` would silently erase data, if it would.
+    A vanished file's figure is its rows in the whole table (`stored`, per file) when given.
 
     Emptying a window that held rows, or losing every row of a file, is refused whatever the totals;
     fewer rows of a file that still yields some is not, nor a renamed file: one that vanished while a
@@ -383,5 +392,5 @@ def shrink_problem(
     names = ", ".join(Path(f).name for f in gone[:5]) + (
         f" and {len(gone) - 5} more" if len(gone) > 5 else ""
     )
-    lost = sum(before[f] for f in gone)
+    lost = sum({**before, **(stored or {})}[f] for f in gone)
     return f"every row of {names} would be erased ({lost} rows; the window would go from {old} to {new})"

@@ -8,7 +8,7 @@ from datetime import datetime
 import duckdb
 import pandas as pd
 
-from mlplatform.core.sql import column_types
+from mlplatform.core.sql import column_types, fetch_row
 from mlplatform.core.validation import (
     FAILED_CHECKS,
     FAILED_COLUMNS,
@@ -89,6 +89,25 @@ def clean_window(
         reason_counts=reason_counts,
         top_reasons=top,
     )
+
+
+def drop_rows_outside(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, start: datetime, end: datetime
+) -> int:
+    """Remove the clean and quarantine rows outside [start, end), the partitions that exist, once raw
+    holds none there: raw keeps such rows (a file gone, the range shrunk) until a run allows the shrink,
+    so raw is the gate and clean then holds only partitions that exist. Returns how many went."""
+    if not table_exists(conn, spec.name, "raw"):
+        return 0
+    outside_raw = f"NOT ({window_predicate('_partition_ts', start, end)})"
+    if fetch_row(conn, f"SELECT count(*) FROM {table_name(spec.name, 'raw')} WHERE {outside_raw}")[0]:
+        return 0
+    removed = 0
+    for table, column in (("clean", spec.time_column), ("quarantine", "_partition_ts")):
+        if table_exists(conn, spec.name, table):
+            where = f"NOT ({window_predicate(column, start, end)})"
+            removed += int(fetch_row(conn, f"DELETE FROM {table_name(spec.name, table)} WHERE {where}")[0])
+    return removed
 
 
 def quarantine_preview(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, limit: int = 5) -> pd.DataFrame:
