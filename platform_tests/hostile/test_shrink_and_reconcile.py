@@ -17,6 +17,7 @@ from mlplatform.specs.model import DatasetSpec
 from platform_tests.hostile.corpus import HEADER, Outcome, assert_accounted, load, rows, spec_for
 
 FIXED = {"partitions": {"start": "2024-01-01", "end": "2024-01-03"}}
+FIX = ". To reload every partition from the files as they are: `mlplatform run --dataset toy` (add --allow-shrink where files were removed on purpose)"
 ALLOW_SHRINK = {"ops": {"toy__raw": {"config": {"allow_shrink": True}}}}
 
 
@@ -78,7 +79,7 @@ def test_a_file_appended_to_while_read_fails_source_accounting(
     outcome = load(spec, warehouse, raise_on_error=False)
     check = outcome.check("source_accounting")
     assert not check.passed
-    assert check.description == "x.csv: the file holds 1 records but the load read 2"
+    assert check.description == "x.csv: the file holds 1 records but the load read 2" + FIX
     monkeypatch.setattr(ingestion, "count_source", counted)
     assert_accounted(load(spec, warehouse), {"x.csv": 2})  # the next run reconciles
 
@@ -143,7 +144,7 @@ def test_source_accounting_sees_rows_twice_or_too_many_over_all_partitions(tmp_p
     assert check.description == (
         "a.csv: 1 rows are in clean + quarantine twice (the same source row in more than one place, over "
         "all partitions); b.csv: clean + quarantine hold 3 rows of it over all partitions, but the file "
-        "holds 2 records"
+        "holds 2 records" + FIX
     )
     assert check.metadata["rows_counted_twice"].value == 1
     assert "| a.csv | 2 | 2 | 2 | 2 | 3 | 1 |" in check.metadata["files_not_reconciled_table"].value
@@ -218,7 +219,7 @@ def test_source_accounting_fails_while_clean_holds_rows_of_a_file_gone_from_the_
     check = partial.check("source_accounting")
     assert not check.passed
     assert check.description == (
-        "b.csv: clean + quarantine hold 1 rows of it, but the file is no longer in the source"
+        "b.csv: clean + quarantine hold 1 rows of it, but the file is no longer in the source" + FIX
     )
     assert_accounted(load(spec, warehouse, run_config=ALLOW_SHRINK), {"a.csv": 2})
 

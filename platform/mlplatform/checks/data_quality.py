@@ -112,10 +112,18 @@ def build_quality_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
             )
         failing = [a for a in accounts if not a.reconciles]
         more = f"; and {len(failing) - 3} more file(s)" if len(failing) > 3 else ""
+        # Rows loaded twice or left behind come from partitions run at different times (a partial run
+        # after the files or the partitions changed): one run over every partition loads each row once.
+        fix = (
+            f". To reload every partition from the files as they are: `mlplatform run --dataset {spec.name}`"
+            f" (add --allow-shrink where files were removed on purpose)"
+            if failing
+            else ""
+        )
         return dg.AssetCheckResult(
             passed=not failing,
             severity=dg.AssetCheckSeverity.ERROR,
-            description="; ".join(describe_account(a) for a in failing[:3]) + more or None,
+            description=("; ".join(describe_account(a) for a in failing[:3]) + more + fix) or None,
             metadata={
                 "files": sum(1 for a in accounts if a.recorded),
                 "files_not_reconciled": len(failing),
