@@ -19,10 +19,13 @@ import duckdb
 from mlplatform.core.accounting import UNREADABLE, detect_encoding, unreadable_reason
 from mlplatform.core.placement import PartitionBounds, place_rows, plausible_sql
 from mlplatform.core.source_checks import (
+    LONG_LINE,
     add_unreadable_rows,
+    by_encoding,
     csv_dialect,
     csv_header,
     file_problems_sql,
+    has_long_line,
     non_empty,
     parquet_headers,
     readable_files,
@@ -31,7 +34,7 @@ from mlplatform.core.source_checks import (
     stage_nothing,
     stage_with_python,
 )
-from mlplatform.core.sql import column_types, quote_ident, quote_literal, typed_column
+from mlplatform.core.sql import column_types, quote_ident, quote_literal, session_timezone, typed_column
 from mlplatform.specs.model import DatasetSpec
 
 LINEAGE_COLUMNS = ("_source_file", "_source_row", "_loaded_at", "_parse_error", "_partition_ts")
@@ -119,11 +122,16 @@ def _readable_files(
 ) -> tuple[list[str], dict[str, str]]:
     """`files` DuckDB reads, and why it cannot read the others (tried one by one only when the whole
     set fails): a broken file is read by the fallback reader, or quarantined, at load."""
+    errors = {
+        f: f"{UNREADABLE}: {LONG_LINE}" for f in files if spec.source_format == "csv" and has_long_line(f)
+    }
+    files = [f for f in files if f not in errors]
     try:
-        conn.sql(f"SELECT count(*) FROM ({_reader_sql(spec, files, False, encoding)})").fetchall()
-        return files, {}
+        if files:
+            conn.sql(f"SELECT count(*) FROM ({_reader_sql(spec, files, False, encoding)})").fetchall()
+        return files, errors
     except duckdb.Error:
-        readable, errors = [], {}
+        readable = []
         for path in files:
             try:
                 conn.sql(f"SELECT count(*) FROM ({_reader_sql(spec, [path], False, encoding)})").fetchall()
@@ -131,14 +139,6 @@ def _readable_files(
             except duckdb.Error as exc:
                 errors[path] = f"{UNREADABLE}: {str(exc).splitlines()[0]}"
         return readable, errors
-
-
-def _by_encoding(files: list[str]) -> dict[str, list[str]]:
-    """Files grouped by encoding (one DuckDB scan reads one encoding), UTF-8 first."""
-    groups: dict[str, list[str]] = {}
-    for path in files:
-        groups.setdefault("utf-16" if detect_encoding(path) == "utf-16" else "utf-8", []).append(path)
-    return dict(sorted(groups.items(), key=lambda item: item[0] != "utf-8"))
 
 
 def _probe_group(
@@ -162,6 +162,12 @@ def _probe_group(
 
 
 def probe_source(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> SourceProbe:
+    """`_probe_source` with DuckDB reading naive times in the spec's zone (see `session_timezone`)."""
+    with session_timezone(conn, spec.timezone):
+        return _probe_source(conn, spec)
+
+
+def _probe_source(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> SourceProbe:
     """Column names and plausible time range of the source; raises SourceError naming the key at fault.
 
     The range counts only plausible times (mlplatform.core.placement): other rows are quarantined at
@@ -173,7 +179,7 @@ def probe_source(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> SourcePr
     present = non_empty([f for f in all_files if f not in unreadable])
     columns: list[str] = []
     ranges: list[tuple[datetime | None, datetime | None, int]] = []
-    for encoding, group in _by_encoding(present).items():
+    for encoding, group in by_encoding(present).items():
         files, errors = _readable_files(conn, spec, group, encoding)
         if files:
             types, time_range = _probe_group(conn, spec, files, encoding)
@@ -243,6 +249,19 @@ def _time_range(
 
 
 def stage_source(
+    conn: duckdb.DuckDBPyConnection,
+    spec: DatasetSpec,
+    files: list[str],
+    loaded_at: datetime,
+    bounds: PartitionBounds | None = None,
+    file_notes: dict[str, str] | None = None,
+) -> str:
+    """`_stage_source` with DuckDB reading naive times in the spec's zone (see `session_timezone`)."""
+    with session_timezone(conn, spec.timezone):
+        return _stage_source(conn, spec, files, loaded_at, bounds, file_notes)
+
+
+def _stage_source(
     conn: duckdb.DuckDBPyConnection,
     spec: DatasetSpec,
     files: list[str],
@@ -330,6 +349,10 @@ def _stage_csv(
 def _stage_one_csv(
     conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, path: str, table: str, notes: dict[str, str]
 ) -> None:
+    if has_long_line(path):
+        notes[path] = f"read by Python's csv module: {LONG_LINE}"
+        stage_with_python(conn, spec, path, table)
+        return
     # Reject tables keep growing across scans of one connection: start each file with empty ones.
     conn.execute("DROP TABLE IF EXISTS _rejects")
     conn.execute("DROP TABLE IF EXISTS _reject_scans")

@@ -6,6 +6,7 @@ Pure logic over a DuckDB connection, used by mlplatform.core.source.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 from collections.abc import Mapping
@@ -38,6 +39,41 @@ def csv_dialect(spec: DatasetSpec) -> str:
     )
 
 
+# DuckDB's sniffer runs even with all_varchar (and with union_by_name even when auto_detect is off),
+# in time quadratic in the length of a field of digits: 3 MB of them near the top of a file is minutes
+# of CPU. A CSV file with a line this long among the lines it samples is read by Python's csv module.
+LONG_LINE_BYTES = 64 * 1024
+SNIFFED_LINES = 20480  # DuckDB's default sample_size
+LONG_LINE = (
+    f"a line over {LONG_LINE_BYTES // 1024} KiB in its first {SNIFFED_LINES} lines "
+    "(DuckDB's type sniffer could take minutes over it)"
+)
+
+
+def has_long_line(path: str) -> bool:
+    """Whether one of the first SNIFFED_LINES lines of `path` is longer than LONG_LINE_BYTES."""
+    try:
+        stat = os.stat(path)
+    except OSError:  # DuckDB reports it
+        return False
+    return _has_long_line(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _has_long_line(path: str, size: int, mtime_ns: int) -> bool:  # size and mtime: a changed file
+    try:
+        with open(path, "rb") as handle:
+            for _ in range(SNIFFED_LINES + 1):  # the header too
+                line = handle.readline(LONG_LINE_BYTES + 1)
+                if len(line) > LONG_LINE_BYTES:
+                    return True
+                if not line:
+                    return False
+    except OSError:
+        return False
+    return False
+
+
 def non_empty(files: list[str]) -> list[str]:
     """Files that hold at least one byte: DuckDB reads an empty file as one column named column0."""
     return [f for f in files if os.path.getsize(f) > 0]
@@ -55,7 +91,9 @@ def sniff_types(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, files: list[
     if spec.source_format != "csv":
         return {}
     guessed: dict[str, str] = {}
-    for path in non_empty(files):  # the first file DuckDB can read
+    for path in non_empty(files):  # the first file DuckDB can read, and sniff in reasonable time
+        if has_long_line(path):
+            continue
         try:
             guessed = column_types(
                 conn,
@@ -201,3 +239,11 @@ def stage_nothing(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> None:
         f"CREATE TEMP TABLE _staged_read AS SELECT {columns}, NULL::VARCHAR AS _source_file, "
         "NULL::BIGINT AS _source_row, NULL::VARCHAR AS _parse_error LIMIT 0"
     )
+
+
+def by_encoding(files: list[str]) -> dict[str, list[str]]:
+    """Files grouped by encoding (one DuckDB scan reads one encoding), UTF-8 first."""
+    groups: dict[str, list[str]] = {}
+    for path in files:
+        groups.setdefault("utf-16" if detect_encoding(path) == "utf-16" else "utf-8", []).append(path)
+    return dict(sorted(groups.items(), key=lambda item: item[0] != "utf-8"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlplatform.specs.model import DatasetSpec
@@ -100,9 +102,7 @@ def _without(value: str, sql_type: str, specials: list[str]) -> str:
 
 def _as_int(expr: str, kind: str) -> str:
     if kind == "text":
-        return (
-            f"TRY_CAST(CASE WHEN regexp_full_match({expr}, '\\s*[+-]?[0-9]+(\\.0*)?\\s*') THEN {expr} END AS BIGINT)"
-        )
+        return f"TRY_CAST(CASE WHEN regexp_full_match({expr}, '\\s*[+-]?[0-9]+(\\.0*)?\\s*') THEN {expr} END AS BIGINT)"
     if kind == "int":
         return f"TRY_CAST({expr} AS BIGINT)"  # NULL where it overflows
     if kind in ("float", "decimal"):
@@ -274,3 +274,20 @@ def fetch_row(conn, sql: str, params: list | None = None) -> tuple:  # type: ign
     """The first row of a query (DuckDB wants every result read to its end before the next call)."""
     rows = conn.execute(sql, params or []).fetchall()
     return rows[0] if rows else ()
+
+
+@contextmanager
+def session_timezone(conn: Any, zone: str) -> Iterator[None]:  # a DuckDB connection
+    """Run with DuckDB's TimeZone setting at `zone`, then restore it.
+
+    Where DuckDB itself must turn naive times into instants, it reads them in that setting (the
+    machine's TZ by default): a Parquet glob whose files disagree (TIMESTAMP in one, TIMESTAMPTZ in
+    another) is unified by `union_by_name` into TIMESTAMPTZ. Reading with the spec's `timezone` there
+    gives naive times the meaning the spec says, on every machine.
+    """
+    previous = conn.execute("SELECT current_setting('TimeZone')").fetchall()[0][0]
+    conn.execute(f"SET TimeZone = {quote_literal(zone)}")
+    try:
+        yield
+    finally:
+        conn.execute(f"SET TimeZone = {quote_literal(previous)}")
