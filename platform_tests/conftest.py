@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -80,3 +81,17 @@ def subprocess_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLPLATFORM_", "MLFLOW_", "DAGSTER_"))}
     env.update(MLPLATFORM_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), **extra)
     return env
+
+
+def mlplatform_cli(
+    *args: str, home: Path, timeout: float = 120, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`mlplatform ARGS` in a subprocess, as a user runs it, against the platform home `home`."""
+    return subprocess.run(
+        ["mlplatform", *args],
+        cwd=home.parent,
+        env=subprocess_env(home, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -10,31 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from platform_tests.conftest import bike_spec_dict, subprocess_env
-
-
-def _mlplatform(*args: str, home: Path, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["mlplatform", *args],
-        cwd=home.parent,
-        env=subprocess_env(home, **env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from platform_tests.conftest import bike_spec_dict, mlplatform_cli, subprocess_env
 
 
 def test_help_explains_every_command(tmp_path: Path) -> None:
-    result = _mlplatform("--help", home=tmp_path / "home")
+    result = mlplatform_cli("--help", home=tmp_path / "home")
     assert result.returncode == 0
     for command in ("run", "specs"):
         assert command in result.stdout
-    run_help = _mlplatform("run", "--help", home=tmp_path / "home")
+    run_help = mlplatform_cli("run", "--help", home=tmp_path / "home")
     assert "--dataset" in run_help.stdout and "--home" in run_help.stdout
 
 
 def test_unknown_dataset_is_one_clear_line(tmp_path: Path) -> None:
-    result = _mlplatform("run", "--dataset", "nope", home=tmp_path / "home")
+    result = mlplatform_cli("run", "--dataset", "nope", home=tmp_path / "home")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "mlplatform: error: unknown dataset nope (known: bike_sharing, transactions)"
@@ -49,7 +38,7 @@ def test_bad_spec_is_one_clear_line(tmp_path: Path, write_spec: Callable[..., Pa
     # A broken spec no longer stops the others: `run` alone would run the bundled datasets, so the
     # one-line error is what running the broken dataset itself gives (issue 10).
     for command in (["specs"], ["run", "--dataset", "broken"]):
-        result = _mlplatform(*command, home=tmp_path / "home", MLPLATFORM_SPECS=str(path.parent))
+        result = mlplatform_cli(*command, home=tmp_path / "home", MLPLATFORM_SPECS=str(path.parent))
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in result.stderr
@@ -61,7 +50,7 @@ def test_missing_source_file_is_one_clear_line(tmp_path: Path, write_spec: Calla
     spec["name"] = "moved"
     spec["source"]["path"] = str(tmp_path / "gone.csv")
     path = write_spec(spec, "moved.yaml")
-    result = _mlplatform(
+    result = mlplatform_cli(
         "run", "--dataset", "moved", home=tmp_path / "home", MLPLATFORM_SPECS=str(path.parent)
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -96,7 +85,7 @@ def test_prepared_home_has_its_instance_storage_before_any_process_starts(platfo
 
 
 def test_specs_lists_the_bundled_datasets(tmp_path: Path) -> None:
-    result = _mlplatform("specs", home=tmp_path / "home")
+    result = mlplatform_cli("specs", home=tmp_path / "home")
     assert result.returncode == 0, result.stderr
     assert "bike_sharing:" in result.stdout and "2011-01-01 00:00:00 .. 2012-12-31 23:00:00" in result.stdout
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ from mlplatform.jobs.monitoring import build_ingest_job
 from mlplatform.sensors.new_data import SKIPPED_FILES_TAG, build_new_data_sensor, read_cursor
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR, parse_spec
 from mlplatform.specs.model import DatasetSpec
-from platform_tests.conftest import bike_spec_dict, subprocess_env
+from platform_tests.conftest import bike_spec_dict, mlplatform_cli
 from platform_tests.sensors.test_new_data_sensor import requested_range
 
 GOOD = "good_toy"
@@ -168,21 +167,10 @@ def test_a_hostile_source_affects_only_its_own_dataset(
             assert len(keys) <= 10, (name, keys[:3], keys[-3:])
 
 
-def _mlplatform(*args: str, home: Path, timeout: float, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["mlplatform", *args],
-        cwd=home.parent,
-        env=subprocess_env(home, **env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def test_mlplatform_specs_lists_every_dataset_and_each_broken_ones_error(
     spec_folder: Path, tmp_path: Path
 ) -> None:
-    result = _mlplatform("specs", home=tmp_path / "home", timeout=300, MLPLATFORM_SPECS=str(spec_folder))
+    result = mlplatform_cli("specs", home=tmp_path / "home", timeout=300, MLPLATFORM_SPECS=str(spec_folder))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     for name in ("bike_sharing", "transactions", GOOD):
         assert f"\n{name}: " in f"\n{result.stdout}", result.stdout
@@ -203,7 +191,7 @@ def test_run_of_a_good_dataset_works_while_another_spec_is_broken(
     source = write_hourly_csv(tmp_path / "good.csv", days=28)
     write_spec(toy_spec_dict(GOOD, source), "good.yaml")
     write_spec(yaml.safe_dump({"name": "broken", "colour": "blue"}), "broken.yaml")
-    result = _mlplatform(
+    result = mlplatform_cli(
         "run",
         "--dataset",
         GOOD,

@@ -33,19 +33,12 @@ MODEL = "toy"
 @pytest.fixture(scope="module")
 def resource(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowResource]:
     root = tmp_path_factory.mktemp("registry")
-    # MLflow exports the URIs it is pointed at; put back what was there before.
-    saved = {name: os.environ.pop(name, None) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    try:
-        yield MlflowResource(
-            tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_location=(root / "artifacts").as_uri()
-        )
-    finally:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-        for name, value in saved.items():
-            os.environ.pop(name, None)
-            if value is not None:
-                os.environ[name] = value
+    # No stray URI may point the resource elsewhere; conftest's restore_mlflow_env puts them back.
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(name, None)
+    yield MlflowResource(
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_location=(root / "artifacts").as_uri()
+    )
 
 
 @pytest.fixture(scope="module")

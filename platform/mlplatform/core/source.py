@@ -9,10 +9,13 @@ wrong (too few or too many fields) are caught by DuckDB's reject tables and kept
 
 from __future__ import annotations
 
+import functools
 import glob
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import duckdb
 
@@ -40,6 +43,10 @@ from mlplatform.specs.model import DatasetSpec
 LINEAGE_COLUMNS = ("_source_file", "_source_row", "_loaded_at", "_parse_error", "_partition_ts")
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 class SourceError(ValueError):
     """The source files cannot be read as the spec says."""
 
@@ -51,6 +58,19 @@ class SourceProbe:
     time_min: datetime | None
     time_max: datetime | None
     unreadable: tuple[tuple[str, str], ...] = ()  # (path, why): skipped, quarantined at load
+
+
+def _in_spec_timezone(
+    read: Callable[Concatenate[duckdb.DuckDBPyConnection, DatasetSpec, P], R],
+) -> Callable[Concatenate[duckdb.DuckDBPyConnection, DatasetSpec, P], R]:
+    """Run `read` with DuckDB reading naive times in the spec's zone (see `session_timezone`)."""
+
+    @functools.wraps(read)
+    def in_zone(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, *args: P.args, **kwargs: P.kwargs) -> R:
+        with session_timezone(conn, spec.timezone):
+            return read(conn, spec, *args, **kwargs)
+
+    return in_zone
 
 
 def source_files(spec: DatasetSpec) -> list[str]:
@@ -161,13 +181,8 @@ def _probe_group(
     return types, _time_range(conn, spec, typed_sql)
 
 
+@_in_spec_timezone
 def probe_source(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> SourceProbe:
-    """`_probe_source` with DuckDB reading naive times in the spec's zone (see `session_timezone`)."""
-    with session_timezone(conn, spec.timezone):
-        return _probe_source(conn, spec)
-
-
-def _probe_source(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> SourceProbe:
     """Column names and plausible time range of the source; raises SourceError naming the key at fault.
 
     The range counts only plausible times (mlplatform.core.placement): other rows are quarantined at
@@ -248,20 +263,8 @@ def _time_range(
         raise SourceError(f"time_column: cannot read {spec.time_column!r} as a timestamp: {exc}") from exc
 
 
+@_in_spec_timezone
 def stage_source(
-    conn: duckdb.DuckDBPyConnection,
-    spec: DatasetSpec,
-    files: list[str],
-    loaded_at: datetime,
-    bounds: PartitionBounds | None = None,
-    file_notes: dict[str, str] | None = None,
-) -> str:
-    """`_stage_source` with DuckDB reading naive times in the spec's zone (see `session_timezone`)."""
-    with session_timezone(conn, spec.timezone):
-        return _stage_source(conn, spec, files, loaded_at, bounds, file_notes)
-
-
-def _stage_source(
     conn: duckdb.DuckDBPyConnection,
     spec: DatasetSpec,
     files: list[str],
