@@ -13,9 +13,9 @@ Who drives what (see the README):
 from dataclasses import dataclass
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from mlplatform.assets.monitoring import build_monitoring_assets
+from mlplatform.dagster_adapter import UnresolvedAssetJobDefinition
 from mlplatform.jobs.monitoring import build_ingest_job, build_retrain_job
 from mlplatform.sensors.common import sensor_interval, sensor_status
 from mlplatform.sensors.drift import build_drift_sensor

@@ -54,7 +54,7 @@ def _chunks(keys: list[str], size: int) -> list[list[str]]:
 
 
 def _range_tags(keys: list[str]) -> dict[str, str]:
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+    from mlplatform.dagster_adapter import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     return {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
 
@@ -99,8 +99,8 @@ def run_policy(config: ReplayConfig, policy: str) -> list[dict[str, Any]]:
     os.environ["DAGSTER_HOME"] = str(home / "dagster")
     prepare_home(str(home))
     import dagster as dg
-    from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
+    from mlplatform.dagster_adapter import RUN_KEY_TAG, SENSOR_NAME_TAG
     from mlplatform.factory import build_definitions, job_name
     from mlplatform.jobs.monitoring import ingest_job_name, retrain_job_name
     from mlplatform.sensors.drift import build_drift_sensor

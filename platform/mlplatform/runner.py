@@ -12,10 +12,10 @@ from typing import Any
 
 import dagster as dg
 import duckdb
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from mlflow.exceptions import MlflowException
 
 from mlplatform.core.warehouse import count_rows
+from mlplatform.dagster_adapter import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from mlplatform.factory import broken_specs, mlflow_resource
 from mlplatform.recovery import run_owner_tags
 from mlplatform.resources.mlflow import MlflowResource

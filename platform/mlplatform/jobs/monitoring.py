@@ -8,8 +8,8 @@
 """
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from mlplatform.dagster_adapter import UnresolvedAssetJobDefinition
 from mlplatform.specs.model import DatasetSpec
 
 INGEST_STAGES = ("raw", "clean", "quarantine", "features", "predictions", "drift_report")

@@ -22,9 +22,8 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
+from mlplatform.dagster_adapter import RUN_KEY_TAG, SENSOR_NAME_TAG, UnresolvedAssetJobDefinition
 from mlplatform.jobs.monitoring import retrain_job_name
 from mlplatform.sensors.common import sensor_interval, sensor_status
 from mlplatform.specs.model import DatasetSpec, parse_duration

@@ -26,10 +26,13 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from mlplatform.core.source import probe_source, source_files
+from mlplatform.dagster_adapter import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    UnresolvedAssetJobDefinition,
+)
 from mlplatform.jobs.monitoring import INGEST_STAGES, ingest_job_name
 from mlplatform.sensors.common import schedule_status, sensor_interval, sensor_status
 from mlplatform.specs.model import DatasetSpec
