@@ -4,7 +4,7 @@ No Dagster, no Pandera, no MLflow, no metadata or reports: DuckDB loads the same
 filters rows that break the spec's rules, the platform's own feature SQL (`core.features.features_sql`,
 plain SQL text) builds the features, LightGBM trains with the same parameters, rounds and early
 stopping on the same time split, the same metric function scores the test window, every row is scored
-into a DuckDB table, and the same drift statistics (`core.monitoring`, pure functions) judge each day's
+into a DuckDB table, and the same drift statistics (`core.drift_reference`, pure functions) judge each day's
 trailing window against a profile of the training rows. So the ratio platform / bare is what the
 platform's orchestration, validation, lineage, tracking and storage cost on top of the work itself.
 
@@ -27,9 +27,9 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from mlplatform.core.drift_reference import build_reference, judge_window, monitored_columns, primary_error
 from mlplatform.core.features import feature_names, features_sql
 from mlplatform.core.metrics import compute_metrics
-from mlplatform.core.monitoring import build_reference, judge_window, monitored_columns, primary_error
 from mlplatform.core.source import source_files
 from mlplatform.core.splits import assign_split, time_split
 from mlplatform.core.sql import DUCKDB_TYPES, column_types, quote_ident, quote_literal, total_order_sql
@@ -180,7 +180,7 @@ def monitoring_reference(
     inputs: list[str],
     categorical: list[str],
 ) -> Any:
-    from mlplatform.core.monitoring import read_reference
+    from mlplatform.core.drift_reference import read_reference
 
     train_rows = _with_outputs(parts["train"], score(booster, parts["train"], inputs, categorical))
     test_outputs = _with_outputs(parts["test"], score(booster, parts["test"], inputs, categorical))

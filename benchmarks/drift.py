@@ -5,7 +5,7 @@
 Generates transactions with covariate drift injected from `--drift-day` (amounts x1.6, country mix
 shifted), builds the platform's features with its own SQL, takes the first `--reference-days` days as
 the reference and each later day as one partition. Then, on exactly the same frames:
-* platform: `core.monitoring.build_reference` once (profile + natural-variability calibration, what
+* platform: `core.drift_reference.build_reference` once (profile + natural-variability calibration, what
   the `reference_profile` asset stores), then `judge_window` per partition (what `drift_report` runs:
   PSI + KS + Wasserstein per numeric column, PSI + chi-square + Jensen-Shannon per categorical one);
 * Evidently: one `Report([DataDriftPreset()])` per partition against the raw reference rows, with its
@@ -31,14 +31,14 @@ import pandas as pd
 
 from benchmarks.common import START, generate_landing, machine_info, median, print_machine, print_table
 from mlplatform.core.drift import wasserstein_vs_quantiles
-from mlplatform.core.features import features_sql
-from mlplatform.core.monitoring import (
+from mlplatform.core.drift_reference import (
     MonitoredColumns,
     build_reference,
     judge_window,
     monitored_columns,
     read_reference,
 )
+from mlplatform.core.features import features_sql
 from mlplatform.core.sql import quote_literal
 from mlplatform.datasets.synthetic import DriftInjection
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR, parse_spec

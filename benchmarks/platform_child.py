@@ -57,7 +57,7 @@ def run_bounds(instance: Any, run_id: str) -> tuple[float, float]:
 def challenger_metrics(dataset: str) -> dict[str, float]:
     """Test metrics and best iteration of the model this run trained, as logged to MLflow."""
     from mlplatform.factory import mlflow_resource
-    from mlplatform.resources.registry import CHALLENGER
+    from mlplatform.models.registry import CHALLENGER
     from mlplatform.settings import load_settings
 
     mlflow = mlflow_resource(load_settings())

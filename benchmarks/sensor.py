@@ -72,7 +72,7 @@ def prepare_home(
     import yaml
 
     from mlplatform.cli import prepare_home as prepare_platform_home
-    from mlplatform.core.monitoring import build_reference, monitored_columns
+    from mlplatform.core.drift_reference import build_reference, monitored_columns
     from mlplatform.factory import build_definitions
     from mlplatform.settings import load_settings
     from mlplatform.specs.loader import parse_spec

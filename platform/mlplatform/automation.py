@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from mlplatform.assets.monitoring import build_monitoring_assets
+from mlplatform.assets.drift_report import build_drift_report_asset
+from mlplatform.assets.reference_profile import build_reference_profile_asset
 from mlplatform.dagster_adapter import UnresolvedAssetJobDefinition
-from mlplatform.jobs.monitoring import build_ingest_job, build_retrain_job
+from mlplatform.jobs.dataset_jobs import build_ingest_job, build_retrain_job
 from mlplatform.sensors.common import sensor_interval, sensor_status
 from mlplatform.sensors.drift import build_drift_sensor
 from mlplatform.sensors.new_data import build_daily_schedule, build_new_data_sensor
@@ -36,7 +37,7 @@ def build_automation(
     partitions: dg.TimeWindowPartitionsDefinition,
     whole_graph_job: UnresolvedAssetJobDefinition,
 ) -> Automation:
-    assets = build_monitoring_assets(spec, partitions)
+    assets = [build_reference_profile_asset(spec), build_drift_report_asset(spec, partitions)]
     ingest, retrain = build_ingest_job(spec), build_retrain_job(spec)
     automation_sensor = dg.AutomationConditionSensorDefinition(
         f"{spec.name}__automation",

@@ -155,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from mlplatform.factory import mlflow_resource
-    from mlplatform.resources.registry import RegistryError, rollback
+    from mlplatform.models.registry import RegistryError, rollback
 
     prepare_home(args.home)
     resource = mlflow_resource(load_settings())

@@ -63,8 +63,8 @@ def _period_error(spec: Any, start: datetime, end: datetime) -> tuple[str, float
     """Primary metric of the stored predictions on the period's labelled rows, and the scoring version."""
     import duckdb
 
-    from mlplatform.assets.monitoring import window_rows
-    from mlplatform.core.monitoring import primary_error
+    from mlplatform.assets.drift_report import window_rows
+    from mlplatform.core.drift_reference import primary_error
     from mlplatform.settings import load_settings
 
     with duckdb.connect(load_settings().warehouse_path, read_only=True) as conn:
@@ -77,7 +77,7 @@ def _period_error(spec: Any, start: datetime, end: datetime) -> tuple[str, float
 
 def _champion_version(spec: Any) -> int | None:
     from mlplatform.factory import mlflow_resource
-    from mlplatform.resources.registry import CHAMPION
+    from mlplatform.models.registry import CHAMPION
     from mlplatform.settings import load_settings
 
     found = mlflow_resource(load_settings()).get_alias_version(spec.name, CHAMPION)
@@ -102,7 +102,7 @@ def run_policy(config: ReplayConfig, policy: str) -> list[dict[str, Any]]:
 
     from mlplatform.dagster_adapter import RUN_KEY_TAG, SENSOR_NAME_TAG
     from mlplatform.factory import build_definitions, job_name
-    from mlplatform.jobs.monitoring import ingest_job_name, retrain_job_name
+    from mlplatform.jobs.dataset_jobs import ingest_job_name, retrain_job_name
     from mlplatform.sensors.drift import build_drift_sensor
     from mlplatform.settings import load_settings
     from mlplatform.specs.loader import check_source, read_specs

@@ -17,9 +17,9 @@ from mlflow.exceptions import MlflowException
 from mlplatform.core.warehouse import count_rows
 from mlplatform.dagster_adapter import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from mlplatform.factory import broken_specs, mlflow_resource
+from mlplatform.models.registry import CHALLENGER, CHAMPION
 from mlplatform.recovery import run_owner_tags
 from mlplatform.resources.mlflow import MlflowResource
-from mlplatform.resources.registry import CHALLENGER, CHAMPION
 from mlplatform.settings import SPECS_ENV, Settings, load_settings
 
 STAGES = ("raw", "clean", "quarantine", "features", "training_set", "predictions")

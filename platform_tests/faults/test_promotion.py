@@ -17,8 +17,7 @@ from mlflow.tracking import MlflowClient
 from mlplatform.assets.training import version_materialized
 from mlplatform.core.training import lightgbm_params, train_lightgbm
 from mlplatform.factory import build_definitions
-from mlplatform.resources.mlflow import MlflowResource
-from mlplatform.resources.registry import (
+from mlplatform.models.registry import (
     CHALLENGER,
     CHAMPION,
     HISTORY_TAG,
@@ -28,6 +27,7 @@ from mlplatform.resources.registry import (
     promote,
     register_version,
 )
+from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.runner import RUNNABLE_STAGES, run_datasets
 from platform_tests.e2e.test_ml_classification import generated_frame, spec_for
 

@@ -15,7 +15,7 @@ import yaml
 
 from mlplatform.datasets.synthetic import generate_to_folder
 from mlplatform.factory import broken_specs, build_definitions
-from mlplatform.jobs.monitoring import build_ingest_job
+from mlplatform.jobs.dataset_jobs import build_ingest_job
 from mlplatform.sensors.new_data import SKIPPED_FILES_TAG, build_new_data_sensor, read_cursor
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR, parse_spec
 from mlplatform.specs.model import DatasetSpec

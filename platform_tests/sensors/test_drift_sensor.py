@@ -8,7 +8,7 @@ import pytest
 from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 from dagster._core.test_utils import create_run_for_test
 
-from mlplatform.jobs.monitoring import build_retrain_job, retrain_job_name
+from mlplatform.jobs.dataset_jobs import build_retrain_job, retrain_job_name
 from mlplatform.sensors.drift import DriftState, Verdict, build_drift_sensor, decide
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR, parse_spec
 from mlplatform.specs.model import parse_duration

@@ -12,7 +12,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from mlplatform.datasets.synthetic import generate_to_folder
-from mlplatform.jobs.monitoring import build_ingest_job, ingest_job_name
+from mlplatform.jobs.dataset_jobs import build_ingest_job, ingest_job_name
 from mlplatform.sensors.common import is_automated
 from mlplatform.sensors.new_data import build_daily_schedule, build_new_data_sensor
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR, parse_spec

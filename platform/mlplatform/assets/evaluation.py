@@ -31,8 +31,8 @@ from mlplatform.core.promotion import PromotionDecision, decide_promotion
 from mlplatform.core.report import render_markdown_report, write_evaluation_plots
 from mlplatform.core.training import TrainedModel, feature_importance, predict
 from mlplatform.core.warehouse import verify_tables
+from mlplatform.models.registry import CHAMPION, load_version, promote, tag_value
 from mlplatform.resources.mlflow import MlflowResource
-from mlplatform.resources.registry import CHAMPION, load_version, promote, tag_value
 from mlplatform.specs.loader import SpecError
 from mlplatform.specs.model import DatasetSpec
 

@@ -10,8 +10,8 @@ from mlplatform.assets.training import model_feature_names
 from mlplatform.core.sql import column_types
 from mlplatform.core.training import TrainedModel, predict
 from mlplatform.core.warehouse import read_frame, replace_window, table_exists, table_name, window_predicate
+from mlplatform.models.registry import CHAMPION, load_version
 from mlplatform.resources.mlflow import MlflowResource
-from mlplatform.resources.registry import CHAMPION, load_version
 from mlplatform.specs.model import DatasetSpec
 
 PREDICTIONS = "predictions"

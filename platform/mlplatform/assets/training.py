@@ -19,8 +19,8 @@ from mlplatform.core.splits import SPLIT_NAMES, assign_split, time_split
 from mlplatform.core.sql import column_types, quote_ident, total_order_sql
 from mlplatform.core.training import TrainedModel, available_cpus, lightgbm_params, predict, train_lightgbm
 from mlplatform.core.warehouse import count_rows, read_frame, table_exists, table_name, verify_tables
+from mlplatform.models.registry import MODEL_ARTIFACT_KEY, log_lightgbm_model, register_version
 from mlplatform.resources.mlflow import MlflowResource
-from mlplatform.resources.registry import MODEL_ARTIFACT_KEY, log_lightgbm_model, register_version
 from mlplatform.specs.model import DatasetSpec
 
 SPLIT_COLUMN = "split"

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from mlplatform.dagster_adapter import RUN_KEY_TAG, SENSOR_NAME_TAG, UnresolvedAssetJobDefinition
-from mlplatform.jobs.monitoring import retrain_job_name
+from mlplatform.jobs.dataset_jobs import retrain_job_name
 from mlplatform.sensors.common import sensor_interval, sensor_status
 from mlplatform.specs.model import DatasetSpec, parse_duration
 

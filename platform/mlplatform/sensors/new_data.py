@@ -33,7 +33,7 @@ from mlplatform.dagster_adapter import (
     ASSET_PARTITION_RANGE_START_TAG,
     UnresolvedAssetJobDefinition,
 )
-from mlplatform.jobs.monitoring import INGEST_STAGES, ingest_job_name
+from mlplatform.jobs.dataset_jobs import INGEST_STAGES, ingest_job_name
 from mlplatform.sensors.common import schedule_status, sensor_interval, sensor_status
 from mlplatform.specs.model import DatasetSpec
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlplatform.core.monitoring import (
+from mlplatform.core.drift_reference import (
     BASELINE_KIND,
     PERFORMANCE_KIND,
     build_reference,

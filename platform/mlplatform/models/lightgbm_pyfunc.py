@@ -18,7 +18,7 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 class LightGBMTextModel(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         from mlplatform.core.training import load_model
-        from mlplatform.resources.registry import MODEL_ARTIFACT_KEY
+        from mlplatform.models.registry import MODEL_ARTIFACT_KEY
 
         self.model = load_model(context.artifacts[MODEL_ARTIFACT_KEY])
 

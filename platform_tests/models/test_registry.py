@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 
 from mlplatform.core.training import lightgbm_params, predict, train_lightgbm
-from mlplatform.resources.mlflow import MlflowResource
-from mlplatform.resources.registry import (
+from mlplatform.models.registry import (
     CHALLENGER,
     CHAMPION,
     RegistryError,
@@ -25,6 +24,7 @@ from mlplatform.resources.registry import (
     register_version,
     rollback,
 )
+from mlplatform.resources.mlflow import MlflowResource
 from platform_tests.conftest import subprocess_env
 
 MODEL = "toy"
