@@ -7,19 +7,9 @@ import pytest
 
 from mlplatform.factory import build_definitions
 from mlplatform.specs.loader import load_specs
+from mlplatform.stages import STAGES
 
-STAGE_GROUPS = {
-    "raw": "ingestion",
-    "clean": "cleaning",
-    "quarantine": "cleaning",
-    "features": "features",
-    "training_set": "training",
-    "model": "training",
-    "evaluation": "evaluation",
-    "predictions": "scoring",
-    "reference_profile": "monitoring",
-    "drift_report": "monitoring",
-}
+STAGE_GROUPS = {row.name: row.group for row in STAGES}
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Drift monitoring and automation of one dataset: what factory.py adds to the Definitions per spec.
+"""Drift monitoring and automation of one dataset: the jobs, sensors and schedule factory.py adds.
 
 Who drives what (see the README):
 * `<ds>__new_data_sensor`: new/changed source file -> `<ds>__ingest` (raw .. predictions -> drift_report)
@@ -6,49 +6,60 @@ Who drives what (see the README):
 * `<ds>__daily_ingest` schedule: backstop, newest complete partition once a day.
 * `<ds>__drift_sensor`: drifted verdict -> `<ds>__retrain` (training_set -> model -> evaluation ->
   reference_profile), cursor + run keys + cool-down + bounded retries.
-* AutomationCondition.eager() on `<ds>/reference_profile`, evaluated by `<ds>__automation`: the
-  reference follows every evaluation (promotion) even when it was materialized by hand.
+* `<ds>__automation` evaluates the AutomationConditions the assets declare (e.g. eager() on
+  `<ds>/reference_profile`: the reference follows every evaluation, even one materialized by hand).
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dagster as dg
 
-from mlplatform.assets.drift_report import build_drift_report_asset
-from mlplatform.assets.reference_profile import build_reference_profile_asset
 from mlplatform.dagster_adapter import UnresolvedAssetJobDefinition
 from mlplatform.jobs.dataset_jobs import build_ingest_job, build_retrain_job
 from mlplatform.sensors.common import sensor_interval, sensor_status
 from mlplatform.sensors.drift import build_drift_sensor
 from mlplatform.sensors.new_data import build_daily_schedule, build_new_data_sensor
+from mlplatform.settings import Settings
 from mlplatform.specs.model import DatasetSpec
+from mlplatform.stages import STAGES, StageRow
 
 
 @dataclass(frozen=True)
 class Automation:
-    assets: list[dg.AssetsDefinition]
     jobs: list[UnresolvedAssetJobDefinition]
     sensors: list[dg.SensorDefinition]
     schedules: list[dg.ScheduleDefinition]
 
 
+def conditioned_keys(assets: Sequence[dg.AssetsDefinition]) -> list[dg.AssetKey]:
+    """The assets that declare an AutomationCondition: what the automation sensor evaluates."""
+    return [spec.key for asset in assets for spec in asset.specs if spec.automation_condition is not None]
+
+
 def build_automation(
     spec: DatasetSpec,
     partitions: dg.TimeWindowPartitionsDefinition,
+    assets: Sequence[dg.AssetsDefinition],
     whole_graph_job: UnresolvedAssetJobDefinition,
+    settings: Settings,
+    registry: Sequence[StageRow] = STAGES,
 ) -> Automation:
-    assets = [build_reference_profile_asset(spec), build_drift_report_asset(spec, partitions)]
-    ingest, retrain = build_ingest_job(spec), build_retrain_job(spec)
-    automation_sensor = dg.AutomationConditionSensorDefinition(
-        f"{spec.name}__automation",
-        target=dg.AssetSelection.assets(dg.AssetKey([spec.name, "reference_profile"])),
-        default_status=sensor_status(spec.name),
-        minimum_interval_seconds=sensor_interval(),
-        description=f"Evaluates the AutomationConditions of {spec.name}'s monitoring assets.",
-    )
+    ingest, retrain = build_ingest_job(spec, registry), build_retrain_job(spec, registry)
     sensors = [
-        build_new_data_sensor(spec, partitions, ingest, whole_graph_job),
-        build_drift_sensor(spec, retrain),
-        automation_sensor,
+        build_new_data_sensor(spec, partitions, ingest, whole_graph_job, settings),
+        build_drift_sensor(spec, retrain, settings),
     ]
-    return Automation(assets, [ingest, retrain], sensors, [build_daily_schedule(spec, partitions, ingest)])
+    conditioned = conditioned_keys(assets)
+    if conditioned:
+        sensors.append(
+            dg.AutomationConditionSensorDefinition(
+                f"{spec.name}__automation",
+                target=dg.AssetSelection.assets(*conditioned),
+                default_status=sensor_status(settings, spec.name),
+                minimum_interval_seconds=sensor_interval(settings),
+                description=f"Evaluates the AutomationConditions of {spec.name}'s assets.",
+            )
+        )
+    schedules = [build_daily_schedule(spec, partitions, ingest, settings)]
+    return Automation([ingest, retrain], sensors, schedules)

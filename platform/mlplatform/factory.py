@@ -8,23 +8,21 @@ skip reason of its `<name>__spec_error` sensor.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 
-from mlplatform.assets.cleaning import build_clean_assets
 from mlplatform.assets.common import partitions_def
-from mlplatform.assets.evaluation import build_evaluation_asset
-from mlplatform.assets.features import build_features_asset
-from mlplatform.assets.ingestion import build_raw_asset
-from mlplatform.assets.scoring import build_predictions_asset
-from mlplatform.assets.training import build_training_assets
 from mlplatform.automation import Automation, build_automation
 from mlplatform.checks.data_quality import build_quality_checks
 from mlplatform.checks.model_checks import build_model_checks
 from mlplatform.core.source import SourceProbe
+from mlplatform.dagster_adapter import UnresolvedAssetJobDefinition
+from mlplatform.jobs.dataset_jobs import build_whole_graph_job, job_name
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.sensors.common import sensor_interval
@@ -32,6 +30,9 @@ from mlplatform.sensors.recovery import build_recovery_sensor
 from mlplatform.settings import Settings, load_settings
 from mlplatform.specs.loader import BrokenSpec, SpecError, check_source, one_line, read_specs
 from mlplatform.specs.model import DatasetSpec
+from mlplatform.stages import STAGES, StageBuild, StageRow
+
+__all__ = ["DatasetDefinitions", "broken_specs", "build_dataset", "build_definitions", "job_name"]
 
 
 @dataclass(frozen=True)
@@ -41,63 +42,77 @@ class DatasetDefinitions:
     partitions: dg.TimeWindowPartitionsDefinition
     assets: list[dg.AssetsDefinition]
     checks: list[dg.AssetChecksDefinition]
-    job: dg.UnresolvedAssetJobDefinition
-    # Drift monitoring and automation (mlplatform.automation): monitoring assets, jobs, sensors, schedule.
+    job: UnresolvedAssetJobDefinition  # `<ds>__all`
+    # Drift monitoring and automation (mlplatform.automation): the ingest and retrain jobs, sensors, schedule.
     automation: Automation
+
+    @property
+    def jobs(self) -> list[UnresolvedAssetJobDefinition]:
+        return [self.job, *self.automation.jobs]
 
 
 BROKEN_SPECS_METADATA = "mlplatform/broken_specs"
 
 
-def job_name(spec: DatasetSpec) -> str:
-    return f"{spec.name}__all"
+def location_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """The resources every dataset's assets use: the DuckDB warehouse and the MLflow store."""
+    if "://" not in settings.warehouse_path and not settings.warehouse_path.startswith("md:"):
+        Path(settings.warehouse_path).parent.mkdir(parents=True, exist_ok=True)
+    return {
+        "warehouse": WarehouseResource(database=settings.warehouse_path),
+        "mlflow": MlflowResource.from_settings(settings),
+    }
 
 
-def mlflow_resource(settings: Settings) -> MlflowResource:
-    return MlflowResource(
-        tracking_uri=settings.mlflow_tracking_uri,
-        registry_uri=settings.mlflow_registry_uri,
-        artifact_location=settings.mlflow_artifact_location,
-    )
+def build_stage_assets(stage: StageBuild, registry: Sequence[StageRow] = STAGES) -> list[dg.AssetsDefinition]:
+    """Each row's asset, with the group and kinds its registry row gives it."""
+    rows = {row.name: row for row in registry}
+    assets = []
+    for row in registry:
+        if row.build is None:
+            continue
+        with warnings.catch_warnings():
+            # A range of partitions runs as one run (BackfillPolicy.single_run), which Dagster still
+            # labels beta; we rely on it on purpose, so its warning would only be noise on every load.
+            warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
+            built = row.build(stage)
+        assets.append(
+            built.map_asset_specs(
+                lambda asset: asset.replace_attributes(
+                    group_name=rows[asset.key.path[-1]].group, kinds=set(rows[asset.key.path[-1]].kinds)
+                )
+            )
+        )
+    return assets
 
 
 def build_dataset(
     spec: DatasetSpec,
     probe_conn: duckdb.DuckDBPyConnection | None = None,
-    settings: Settings | None = None,
+    *,
+    settings: Settings,
+    registry: Sequence[StageRow] = STAGES,
 ) -> DatasetDefinitions:
-    settings = settings or load_settings()
+    """One dataset's assets, checks, jobs, sensors and schedule, from the stage registry."""
     probe = check_source(spec, probe_conn)
     partitions = partitions_def(spec, probe)
-    assets = [
-        build_raw_asset(spec, partitions),
-        build_clean_assets(spec, partitions),
-        build_features_asset(spec, partitions),
-        *build_training_assets(spec, partitions),
-        build_evaluation_asset(spec, settings.reports_dir),
-        build_predictions_asset(spec, partitions),
-    ]
-    job = dg.define_asset_job(
-        job_name(spec),
-        selection=dg.AssetSelection.key_prefixes([spec.name]),
-        description=f"Materialize every asset of {spec.name} (a range of partitions runs as one run).",
-    )
+    assets = build_stage_assets(StageBuild(spec, partitions, settings), registry)
+    job = build_whole_graph_job(spec)
     checks = [*build_quality_checks(spec), *build_model_checks(spec)]
-    automation = build_automation(spec, partitions, job)
+    automation = build_automation(spec, partitions, assets, job, settings, registry)
     return DatasetDefinitions(spec, probe, partitions, assets, checks, job, automation)
 
 
 def build_datasets(
-    specs: list[DatasetSpec], settings: Settings | None = None
+    specs: list[DatasetSpec], settings: Settings, registry: Sequence[StageRow] = STAGES
 ) -> tuple[list[DatasetDefinitions], list[BrokenSpec]]:
     """Every dataset that builds, and every one that does not with its error; none breaks another."""
-    settings = settings or load_settings()
     built: list[DatasetDefinitions] = []
     broken: list[BrokenSpec] = []
     for spec in specs:
         try:
             with duckdb.connect() as probe_conn:  # its own connection: a failed probe leaves nothing behind
-                built.append(build_dataset(spec, probe_conn, settings))
+                built.append(build_dataset(spec, probe_conn, settings=settings, registry=registry))
         except Exception as exc:  # any failure of one dataset (e.g. OverflowError) must stay with it
             broken.append(BrokenSpec(spec.name, spec.spec_path or Path(), _build_error(spec, exc)))
     return built, broken
@@ -109,10 +124,10 @@ def _build_error(spec: DatasetSpec, exc: Exception) -> str:
     return one_line(f"spec file {spec.spec_path}: {spec.name} cannot be built: {type(exc).__name__}: {exc}")
 
 
-def _spec_error_sensor(sensor_name: str, message: str) -> dg.SensorDefinition:
+def _spec_error_sensor(sensor_name: str, message: str, settings: Settings) -> dg.SensorDefinition:
     @dg.sensor(
         name=sensor_name,
-        minimum_interval_seconds=sensor_interval(),
+        minimum_interval_seconds=sensor_interval(settings),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"{message} (Fix the file: this sensor goes away once the dataset loads.)",
     )
@@ -122,7 +137,7 @@ def _spec_error_sensor(sensor_name: str, message: str) -> dg.SensorDefinition:
     return spec_error
 
 
-def spec_error_sensors(broken: list[BrokenSpec]) -> list[dg.SensorDefinition]:
+def spec_error_sensors(broken: list[BrokenSpec], settings: Settings) -> list[dg.SensorDefinition]:
     """One always-running `<name>__spec_error` sensor per broken spec: each tick skips with its error."""
     sensors = []
     used: set[str] = set()
@@ -131,7 +146,7 @@ def spec_error_sensors(broken: list[BrokenSpec]) -> list[dg.SensorDefinition]:
         while name in used:  # two broken files may claim one dataset name
             name += "_"
         used.add(name)
-        sensors.append(_spec_error_sensor(name, f"{failure.name} is not loaded: {failure.error}"))
+        sensors.append(_spec_error_sensor(name, f"{failure.name} is not loaded: {failure.error}", settings))
     return sensors
 
 
@@ -143,30 +158,30 @@ def broken_specs(defs: dg.Definitions) -> list[BrokenSpec]:
 
 
 def build_definitions(
-    settings: Settings | None = None, specs: list[DatasetSpec] | None = None
+    settings: Settings | None = None,
+    specs: list[DatasetSpec] | None = None,
+    registry: Sequence[StageRow] = STAGES,
 ) -> dg.Definitions:
-    """Definitions of `specs` (default: the bundled and $MLPLATFORM_SPECS spec files)."""
+    """Definitions of `specs` (default: the bundled and $MLPLATFORM_SPECS spec files).
+
+    `settings` None: read from the environment (the code location's entry point).
+    """
     settings = settings or load_settings()
-    if "://" not in settings.warehouse_path and not settings.warehouse_path.startswith("md:"):
-        Path(settings.warehouse_path).parent.mkdir(parents=True, exist_ok=True)
+    resources = location_resources(settings)
     broken: list[BrokenSpec] = []
     if specs is None:
         specs, broken = read_specs(settings.extra_spec_dirs)
-    datasets, failed = build_datasets(specs, settings)
+    datasets, failed = build_datasets(specs, settings, registry)
     broken += failed
-    automations = [d.automation for d in datasets]
     return dg.Definitions(
-        assets=[a for d in datasets for a in d.assets] + [a for x in automations for a in x.assets],
+        assets=[a for d in datasets for a in d.assets],
         asset_checks=[c for d in datasets for c in d.checks],
-        jobs=[d.job for d in datasets] + [j for x in automations for j in x.jobs],
-        sensors=[s for x in automations for s in x.sensors]
-        + spec_error_sensors(broken)
-        + [build_recovery_sensor()],  # ends runs of killed processes (mlplatform.recovery)
-        schedules=[s for x in automations for s in x.schedules],
-        resources={
-            "warehouse": WarehouseResource(database=settings.warehouse_path),
-            "mlflow": mlflow_resource(settings),
-        },
+        jobs=[j for d in datasets for j in d.jobs],
+        sensors=[s for d in datasets for s in d.automation.sensors]
+        + spec_error_sensors(broken, settings)
+        + [build_recovery_sensor(settings)],  # ends runs of killed processes (mlplatform.recovery)
+        schedules=[s for d in datasets for s in d.automation.schedules],
+        resources=resources,
         executor=dg.in_process_executor,  # one DuckDB file has one writer: steps share the process
         metadata={
             BROKEN_SPECS_METADATA: dg.MetadataValue.json(

@@ -10,6 +10,7 @@ from dagster._core.test_utils import create_run_for_test
 
 from mlplatform.jobs.dataset_jobs import build_retrain_job, retrain_job_name
 from mlplatform.sensors.drift import DriftState, Verdict, build_drift_sensor, decide
+from mlplatform.settings import load_settings
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR, parse_spec
 from mlplatform.specs.model import parse_duration
 
@@ -40,7 +41,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def sensor(clock: Clock) -> dg.SensorDefinition:
-    return build_drift_sensor(SPEC, build_retrain_job(SPEC), clock=clock)
+    return build_drift_sensor(SPEC, build_retrain_job(SPEC), load_settings(), clock=clock)
 
 
 def report(instance: dg.DagsterInstance, partition: str, drifted: bool) -> None:
@@ -155,7 +156,9 @@ def test_cursor_survives_a_restart(
     ticker = Ticker(sensor, instance)
     report(instance, "2024-02-28", drifted=True)
     assert len(ticker.tick()) == 1
-    restarted = Ticker(build_drift_sensor(SPEC, build_retrain_job(SPEC), clock=clock), instance)
+    restarted = Ticker(
+        build_drift_sensor(SPEC, build_retrain_job(SPEC), load_settings(), clock=clock), instance
+    )
     restarted.cursor = ticker.cursor  # Dagster stores the cursor with the instance
     assert restarted.tick() == []
 

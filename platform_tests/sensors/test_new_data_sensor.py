@@ -8,13 +8,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from mlplatform.dagster_adapter import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    UnresolvedAssetJobDefinition,
+)
 from mlplatform.datasets.synthetic import generate_to_folder
 from mlplatform.jobs.dataset_jobs import build_ingest_job, ingest_job_name
-from mlplatform.sensors.common import is_automated
 from mlplatform.sensors.new_data import build_daily_schedule, build_new_data_sensor
+from mlplatform.settings import load_settings
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR, parse_spec
 from mlplatform.specs.model import DatasetSpec
 
@@ -57,7 +60,9 @@ def requested_range(request: dg.RunRequest) -> tuple[str, str]:
 def test_new_and_changed_files_request_the_partitions_they_cover(
     spec: DatasetSpec, partitions: dg.DailyPartitionsDefinition, landing: Path, instance: dg.DagsterInstance
 ) -> None:
-    sensor = build_new_data_sensor(spec, partitions, build_ingest_job(spec), whole_graph_job())
+    sensor = build_new_data_sensor(
+        spec, partitions, build_ingest_job(spec), whole_graph_job(), load_settings()
+    )
     cursor = None
 
     def tick() -> list[dg.RunRequest]:
@@ -97,7 +102,9 @@ def test_first_tick_skips_files_loaded_before(
     instance.report_runless_asset_event(
         dg.AssetMaterialization(dg.AssetKey([NAME, "raw"]), partition="2024-01-01")
     )
-    sensor = build_new_data_sensor(spec, partitions, build_ingest_job(spec), whole_graph_job())
+    sensor = build_new_data_sensor(
+        spec, partitions, build_ingest_job(spec), whole_graph_job(), load_settings()
+    )
     result = sensor(dg.build_sensor_context(instance=instance, cursor=None))
     assert not result.run_requests and result.cursor
 
@@ -106,7 +113,7 @@ def test_daily_schedule_requests_the_newest_partition_once_a_champion_exists(
     spec: DatasetSpec, partitions: dg.DailyPartitionsDefinition, landing: Path, instance: dg.DagsterInstance
 ) -> None:
     generate_to_folder(landing, days=3, customers=20, seed=1, start=date(2024, 1, 1))
-    schedule = build_daily_schedule(spec, partitions, build_ingest_job(spec))
+    schedule = build_daily_schedule(spec, partitions, build_ingest_job(spec), load_settings())
     assert isinstance(schedule(dg.build_schedule_context(instance=instance)), dg.SkipReason)
     instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey([NAME, "reference_profile"])))
     request = schedule(dg.build_schedule_context(instance=instance))
@@ -117,10 +124,8 @@ def test_daily_schedule_requests_the_newest_partition_once_a_champion_exists(
     assert isinstance(schedule(dg.build_schedule_context(instance=instance)), dg.SkipReason)
 
 
-def test_automation_env_picks_the_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MLPLATFORM_AUTOMATION", raising=False)
-    assert is_automated("bike_sharing")
-    monkeypatch.setenv("MLPLATFORM_AUTOMATION", "none")
-    assert not is_automated("bike_sharing")
-    monkeypatch.setenv("MLPLATFORM_AUTOMATION", "transactions, bike_sharing")
-    assert is_automated("bike_sharing") and not is_automated("other")
+def test_automation_setting_picks_the_datasets() -> None:
+    assert load_settings({}).is_automated("bike_sharing")
+    assert not load_settings({"MLPLATFORM_AUTOMATION": "none"}).is_automated("bike_sharing")
+    some = load_settings({"MLPLATFORM_AUTOMATION": "transactions, bike_sharing"})
+    assert some.is_automated("bike_sharing") and not some.is_automated("other")

@@ -5,50 +5,27 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from datetime import date, datetime, timedelta
 
 import dagster as dg
 import duckdb
 import pandas as pd
 
+from mlplatform.contracts import asset_key  # noqa: F401 (asset modules import it from here too)
+from mlplatform.core.grain import GRAIN_DAYS, grain_floor, next_grain
 from mlplatform.core.placement import PLAUSIBLE_START, PartitionBounds, plausible_end
 from mlplatform.core.source import SourceProbe
 from mlplatform.core.sql import column_types
 from mlplatform.core.warehouse import table_exists, table_name
 from mlplatform.specs.model import DatasetSpec
 
-# A range of partitions must run as one run (BackfillPolicy.single_run), which Dagster still labels
-# beta; we rely on it on purpose, so its warning would only be noise on every load.
-warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
-
-GRAIN_DAYS = {"day": 1, "week": 7, "month": 28}  # month: the shortest, so offsets always reach far enough
 DUCKDB_TO_TABLE_TYPE = {"BIGINT": "int", "INTEGER": "int", "DOUBLE": "float", "VARCHAR": "string"}
-
-
-def asset_key(spec: DatasetSpec, stage: str) -> dg.AssetKey:
-    return dg.AssetKey([spec.name, stage])
 
 
 def spec_code_version(spec: DatasetSpec, *sections: str) -> str:
     """A short hash of the spec sections a stage depends on: the UI marks assets stale when it changes."""
     payload = spec.model_dump(mode="json", include=set(sections) if sections else None)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _grain_floor(moment: datetime, grain: str) -> date:
-    day = moment.date()
-    if grain == "week":
-        return day - timedelta(days=(day.weekday() + 1) % 7)  # Dagster weeks start on Sunday
-    if grain == "month":
-        return day.replace(day=1)
-    return day
-
-
-def _next_grain(day: date, grain: str) -> date:
-    if grain == "month":
-        return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
-    return day + timedelta(days=GRAIN_DAYS[grain])
 
 
 def partitions_def(spec: DatasetSpec, probe: SourceProbe) -> dg.TimeWindowPartitionsDefinition:
@@ -60,14 +37,14 @@ def partitions_def(spec: DatasetSpec, probe: SourceProbe) -> dg.TimeWindowPartit
     build thousands of partitions or overflow a date.
     """
     time_min, time_max = (_plausible(t) for t in (probe.time_min, probe.time_max))
-    start = spec.partitions.start or _grain_floor(time_min or PLAUSIBLE_START, spec.partition_grain)
+    start = spec.partitions.start or grain_floor(time_min or PLAUSIBLE_START, spec.partition_grain)
     end: date | None
     if spec.partitions.end == "open":
         end = None
     elif spec.partitions.end is not None:
         end = spec.partitions.end
     elif time_max is not None:
-        end = _next_grain(_grain_floor(time_max, spec.partition_grain), spec.partition_grain)
+        end = next_grain(grain_floor(time_max, spec.partition_grain), spec.partition_grain)
     else:
         end = None
     cls = {

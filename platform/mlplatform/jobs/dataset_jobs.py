@@ -1,61 +1,82 @@
-"""The two jobs the automation requests per dataset.
+"""The three jobs of each dataset, their selections read from the stage registry (mlplatform.stages).
 
-* `<ds>__ingest` (partitioned like `features`): raw -> clean/quarantine -> features -> predictions ->
-  drift_report for the partitions a new file covers (requested by `new_data_sensor` and the daily
-  schedule). A partition range runs as one run (BackfillPolicy.single_run).
-* `<ds>__retrain` (unpartitioned): training_set -> model -> evaluation (promotion) -> reference_profile,
-  requested by `drift_sensor`.
+* `<ds>__all`: every stage; `mlplatform run` and the first file's bootstrap run use it.
+* `<ds>__ingest` (partitioned like `features`): the stages of `Job.INGEST`, raw -> clean/quarantine ->
+  features -> predictions -> drift_report, for the partitions a new file covers (requested by
+  `new_data_sensor` and the daily schedule). A partition range runs as one run (single-run backfill).
+* `<ds>__retrain` (unpartitioned): the stages of `Job.RETRAIN`, training_set -> model -> evaluation
+  (promotion) -> reference_profile, requested by `drift_sensor`.
 """
+
+from collections.abc import Sequence
 
 import dagster as dg
 
+from mlplatform.contracts import asset_key
 from mlplatform.dagster_adapter import UnresolvedAssetJobDefinition
 from mlplatform.specs.model import DatasetSpec
+from mlplatform.stages import STAGES, Job, StageRow, job_stages
 
-INGEST_STAGES = ("raw", "clean", "quarantine", "features", "predictions", "drift_report")
-RETRAIN_STAGES = ("training_set", "model", "evaluation", "reference_profile")
+WHOLE_GRAPH_SUFFIX = "__all"
+
+
+def job_name(spec: DatasetSpec) -> str:
+    """The whole-graph job of a dataset."""
+    return f"{spec.name}{WHOLE_GRAPH_SUFFIX}"
 
 
 def ingest_job_name(spec: DatasetSpec) -> str:
-    return f"{spec.name}__ingest"
+    return f"{spec.name}__{Job.INGEST}"
 
 
 def retrain_job_name(spec: DatasetSpec) -> str:
-    return f"{spec.name}__retrain"
+    return f"{spec.name}__{Job.RETRAIN}"
 
 
-def stage_keys(spec: DatasetSpec, stages: tuple[str, ...]) -> list[dg.AssetKey]:
-    return [dg.AssetKey([spec.name, stage]) for stage in stages]
+def stage_keys(spec: DatasetSpec, stages: Sequence[str]) -> list[dg.AssetKey]:
+    return [asset_key(spec, stage) for stage in stages]
+
+
+def build_whole_graph_job(spec: DatasetSpec) -> UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        job_name(spec),
+        selection=dg.AssetSelection.key_prefixes([spec.name]),
+        description=f"Materialize every asset of {spec.name} (a range of partitions runs as one run).",
+    )
 
 
 def _stage_job(
-    spec: DatasetSpec, name: str, stages: tuple[str, ...], purpose: str, description: str
+    spec: DatasetSpec, job: Job, registry: Sequence[StageRow], description: str
 ) -> UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
-        name,
-        selection=dg.AssetSelection.assets(*stage_keys(spec, stages)),
+        f"{spec.name}__{job}",
+        selection=dg.AssetSelection.assets(*stage_keys(spec, job_stages(job, registry))),
         description=description,
-        tags={"mlplatform/dataset": spec.name, "mlplatform/purpose": purpose},
+        tags={"mlplatform/dataset": spec.name, "mlplatform/purpose": str(job)},
     )
 
 
-def build_ingest_job(spec: DatasetSpec) -> UnresolvedAssetJobDefinition:
+def build_ingest_job(
+    spec: DatasetSpec, registry: Sequence[StageRow] = STAGES
+) -> UnresolvedAssetJobDefinition:
+    stages = " -> ".join(job_stages(Job.INGEST, registry))
     return _stage_job(
         spec,
-        ingest_job_name(spec),
-        INGEST_STAGES,
-        "ingest",
-        f"New data of {spec.name} through the graph: raw -> clean/quarantine -> features -> predictions "
-        "(by the champion) -> drift_report, for a range of partitions in one run.",
+        Job.INGEST,
+        registry,
+        f"New data of {spec.name} through the graph ({stages}; predictions by the champion), for a range "
+        "of partitions in one run.",
     )
 
 
-def build_retrain_job(spec: DatasetSpec) -> UnresolvedAssetJobDefinition:
+def build_retrain_job(
+    spec: DatasetSpec, registry: Sequence[StageRow] = STAGES
+) -> UnresolvedAssetJobDefinition:
+    stages = " -> ".join(job_stages(Job.RETRAIN, registry))
     return _stage_job(
         spec,
-        retrain_job_name(spec),
-        RETRAIN_STAGES,
-        "retrain",
-        f"Retrain {spec.name}: training_set -> model (challenger) -> evaluation (promotion of the champion) "
-        "-> reference_profile of whichever model is champion afterwards.",
+        Job.RETRAIN,
+        registry,
+        f"Retrain {spec.name} ({stages}): a challenger, the promotion of the champion, and the reference "
+        "profile of whichever model is champion afterwards.",
     )

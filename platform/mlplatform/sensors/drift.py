@@ -23,9 +23,11 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from mlplatform.contracts import DriftVerdictMetadata, Stage, asset_key
 from mlplatform.dagster_adapter import RUN_KEY_TAG, SENSOR_NAME_TAG, UnresolvedAssetJobDefinition
 from mlplatform.jobs.dataset_jobs import retrain_job_name
 from mlplatform.sensors.common import sensor_interval, sensor_status
+from mlplatform.settings import Settings
 from mlplatform.specs.model import DatasetSpec, parse_duration
 
 _IN_FLIGHT = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING", "MANAGED"}
@@ -139,21 +141,10 @@ def read_verdicts(instance: dg.DagsterInstance, key: dg.AssetKey, after_storage_
     verdicts = []
     for record in result.records:
         materialization = record.asset_materialization
-        metadata = materialization.metadata if materialization else {}
-        drifted = metadata.get("drifted")
-        if drifted is None:
-            continue
-        # A ranged run writes one event per partition, all with the verdict of its newest partition.
-        partition = metadata.get("verdict_partition")
-        reason = metadata.get("reason")
-        verdicts.append(
-            Verdict(
-                record.storage_id,
-                bool(drifted.value),
-                str(partition.value) if partition else None,
-                str(reason.value)[:300] if reason else "",
-            )
-        )
+        verdict = DriftVerdictMetadata.from_metadata(materialization.metadata if materialization else {})
+        if verdict is not None:
+            partition = verdict.verdict_partition or None
+            verdicts.append(Verdict(record.storage_id, verdict.drifted, partition, verdict.reason))
     return verdicts
 
 
@@ -167,9 +158,10 @@ def run_status(instance: dg.DagsterInstance, sensor_name: str, run_key: str) -> 
 def build_drift_sensor(
     spec: DatasetSpec,
     retrain_job: UnresolvedAssetJobDefinition,
+    settings: Settings,
     clock: Callable[[], datetime] | None = None,
 ) -> dg.SensorDefinition:
-    drift_key = dg.AssetKey([spec.name, "drift_report"])
+    drift_key = asset_key(spec, Stage.DRIFT_REPORT)
     cooldown = parse_duration(spec.drift.cooldown)
     name = f"{spec.name}__drift_sensor"
     now = clock or (lambda: datetime.now(UTC))
@@ -177,8 +169,8 @@ def build_drift_sensor(
     @dg.sensor(
         name=name,
         job=retrain_job,
-        minimum_interval_seconds=sensor_interval(),
-        default_status=sensor_status(spec.name),
+        minimum_interval_seconds=sensor_interval(settings),
+        default_status=sensor_status(settings, spec.name),
         description=(
             f"Requests {retrain_job_name(spec)} when {spec.name}/drift_report's verdict is drifted; at most once "
             f"per {spec.drift.cooldown} (spec drift.cooldown), a failed retraining is retried up to "

@@ -27,15 +27,18 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
+from mlplatform.contracts import Stage, asset_key
 from mlplatform.core.source import probe_source, source_files
 from mlplatform.dagster_adapter import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
     UnresolvedAssetJobDefinition,
 )
-from mlplatform.jobs.dataset_jobs import INGEST_STAGES, ingest_job_name
+from mlplatform.jobs.dataset_jobs import ingest_job_name
 from mlplatform.sensors.common import schedule_status, sensor_interval, sensor_status
+from mlplatform.settings import Settings
 from mlplatform.specs.model import DatasetSpec
+from mlplatform.stages import Job, job_stages
 
 MAX_ERROR_CHARS = 300  # per bad file, in the cursor and the messages
 SKIPPED_FILES_TAG = "mlplatform/skipped_files"
@@ -155,8 +158,7 @@ def _bad_files_note(new_bad: Mapping[str, str], all_bad: Mapping[str, str]) -> s
 
 def has_champion(instance: dg.DagsterInstance, spec: DatasetSpec) -> bool:
     """A reference profile is only ever built from a champion: its materialization proves one exists."""
-    key = dg.AssetKey([spec.name, "reference_profile"])
-    return instance.get_latest_materialization_event(key) is not None
+    return instance.get_latest_materialization_event(asset_key(spec, Stage.REFERENCE_PROFILE)) is not None
 
 
 def ingest_request(
@@ -185,17 +187,18 @@ def build_new_data_sensor(
     partitions: dg.TimeWindowPartitionsDefinition,
     ingest_job: UnresolvedAssetJobDefinition,
     bootstrap_job: UnresolvedAssetJobDefinition,
+    settings: Settings,
 ) -> dg.SensorDefinition:
-    raw_key = dg.AssetKey([spec.name, "raw"])
+    raw_key = asset_key(spec, Stage.RAW)
 
     @dg.sensor(
         name=f"{spec.name}__new_data_sensor",
         jobs=[ingest_job, bootstrap_job],
-        minimum_interval_seconds=sensor_interval(),
-        default_status=sensor_status(spec.name),
+        minimum_interval_seconds=sensor_interval(settings),
+        default_status=sensor_status(settings, spec.name),
         description=(
             f"Watches {spec.source_pattern}; a new or changed file requests {ingest_job_name(spec)} "
-            f"({' -> '.join(INGEST_STAGES)}) for the partitions it covers, or {bootstrap_job.name} while "
+            f"({' -> '.join(job_stages(Job.INGEST))}) for the partitions it covers, or {bootstrap_job.name} while "
             "no champion exists."
         ),
     )
@@ -239,15 +242,18 @@ def build_new_data_sensor(
 
 
 def build_daily_schedule(
-    spec: DatasetSpec, partitions: dg.TimeWindowPartitionsDefinition, ingest_job: UnresolvedAssetJobDefinition
+    spec: DatasetSpec,
+    partitions: dg.TimeWindowPartitionsDefinition,
+    ingest_job: UnresolvedAssetJobDefinition,
+    settings: Settings,
 ) -> dg.ScheduleDefinition:
-    drift_key = dg.AssetKey([spec.name, "drift_report"])
+    drift_key = asset_key(spec, Stage.DRIFT_REPORT)
 
     @dg.schedule(
         name=f"{spec.name}__daily_ingest",
         cron_schedule="30 1 * * *",
         job=ingest_job,
-        default_status=schedule_status(spec.name),
+        default_status=schedule_status(settings, spec.name),
         description=(
             f"Backstop for {spec.name}__new_data_sensor: once a day, the newest complete partition through "
             "raw -> ... -> drift_report, unless its drift report exists already."

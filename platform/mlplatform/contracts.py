@@ -1,0 +1,164 @@
+"""The names that cross a process boundary, defined once.
+
+Who writes and who reads each one:
+* `Stage`: asset keys `<dataset>/<stage>` and warehouse tables `<dataset>.<stage>`; every module, the
+  sensors (which read the event log of other processes) and the CLI.
+* `DriftVerdictMetadata`: written by the `drift_report` asset on each materialization, read by the
+  drift sensor in the daemon (and the replay). One codec, so neither side can drift from the other.
+* `MaterializationKey`: metadata keys one asset writes and another step or check reads back from the
+  event log (e.g. which model version a run registered).
+* `MlflowTag`, `MlflowMetric`, `MlflowParam`: names on MLflow runs and model versions, written by
+  training and evaluation, read by checks, the drift reference and the `mlplatform run` summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+    from mlplatform.specs.model import DatasetSpec
+
+
+class Stage(StrEnum):
+    """The stages of one dataset: asset key `<dataset>/<stage>`, table `<dataset>.<stage>`."""
+
+    RAW = "raw"
+    CLEAN = "clean"
+    QUARANTINE = "quarantine"  # written by the clean step (one multi-asset)
+    FEATURES = "features"
+    TRAINING_SET = "training_set"
+    MODEL = "model"
+    EVALUATION = "evaluation"
+    PREDICTIONS = "predictions"
+    REFERENCE_PROFILE = "reference_profile"
+    DRIFT_REPORT = "drift_report"
+
+
+def asset_key(spec: DatasetSpec, stage: str) -> dg.AssetKey:
+    """The asset key of a dataset's stage: `<dataset>/<stage>`."""
+    # Imported here, not at the top: core/ and `mlplatform --help` read Stage without loading Dagster.
+    import dagster as dg
+
+    # str(): Dagster's serdes refuses a StrEnum member (a `Stage`) in a key's path.
+    return dg.AssetKey([spec.name, str(stage)])
+
+
+class Table(StrEnum):
+    """Warehouse tables that are not the table of a stage of the same name."""
+
+    DRIFT_VERDICT = "drift_verdict"  # one row per partition, written by drift_report
+    SOURCE_ACCOUNTING = "_source_accounting"  # per-file record counts, written by raw
+
+
+class MaterializationKey(StrEnum):
+    """Metadata keys read back from the event log by another step, check or process."""
+
+    MODEL_VERSION = "model_version"  # on `model`: the version this materialization registered
+    CHALLENGER_VERSION = "challenger_version"  # on `evaluation`: the version it evaluated
+
+
+class MlflowTag(StrEnum):
+    """Tags on model versions (`_` form) and training runs (`.` form)."""
+
+    DAGSTER_RUN_ID = "dagster_run_id"  # model version: the Dagster run that trained it
+    TRAINING_SET_DATA_VERSION = "training_set_data_version"
+    CODE_VERSION = "code_version"
+    MODEL_VERSION = "model_version"  # training run: the version it registered
+    PROMOTION_DECISION = "promotion.decision"
+    PROMOTION_REASON = "promotion.reason"
+    PROMOTION_METRIC = "promotion.metric"
+    PROMOTION_CHAMPION_BEFORE = "promotion.champion_before"
+    EVALUATION_BASELINE = "evaluation.baseline"
+    EVALUATION_REPORT = "evaluation.report"
+    CHAMPION_HISTORY = "mlplatform.champion_history"  # registered model: champions in order
+    PREVIOUS_CHAMPION = "previous_champion"  # model version: the champion its promotion replaced
+    PROMOTED_AT = "promoted_at"  # model version: when it was promoted
+    ROLLBACK = "rollback"  # model version: champion again by `mlplatform rollback`
+
+    @property
+    def on_model_version(self) -> str:
+        """Model version tags use `_` where run tags use `.` (e.g. `promotion_decision`)."""
+        return self.value.replace(".", "_")
+
+
+class MlflowMetric:
+    """Metric names on a training run: `<split>_<metric>`, plus the evaluation's comparisons."""
+
+    BEST_ITERATION = "best_iteration"
+    TRAINING_SECONDS = "training_seconds"
+
+    @staticmethod
+    def split(split: str, metric: str) -> str:
+        return f"{split}_{metric}"
+
+    @staticmethod
+    def test(metric: str) -> str:
+        return f"test_{metric}"
+
+    @staticmethod
+    def baseline_test(metric: str) -> str:
+        return f"baseline_test_{metric}"
+
+    @staticmethod
+    def champion_test(metric: str) -> str:
+        return f"champion_test_{metric}"
+
+
+class MlflowParam:
+    """Parameters on a training run that other steps read back."""
+
+    @staticmethod
+    def window(split: str) -> str:
+        """`window_<split>` = "<first> .. <last>": the time window of a split, as trained on."""
+        return f"window_{split}"
+
+    WINDOW_SEPARATOR = " .. "
+
+
+# The folder inside a logged MLflow model that holds the LightGBM text model (read by the pyfunc
+# wrapper of every logged model, so it must not change).
+MODEL_ARTIFACT_KEY = "lightgbm"
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
+
+
+@dataclass(frozen=True)
+class DriftVerdictMetadata:
+    """The verdict a `drift_report` materialization carries, as the drift sensor reads it.
+
+    A ranged run writes one event per partition; `verdict_partition` names the partition whose
+    verdict the event carries (today the newest partition of the run).
+    """
+
+    drifted: bool
+    verdict_partition: str
+    reason: str
+
+    REASON_LIMIT = 300  # what a sensor keeps of the reason (cursor and run tags are small)
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {"drifted": self.drifted, "verdict_partition": self.verdict_partition, "reason": self.reason}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> DriftVerdictMetadata | None:
+        """The verdict in an event's metadata (values or Dagster MetadataValues); None if it has none."""
+        drifted = _plain(metadata.get("drifted"))
+        if drifted is None:
+            return None
+        partition = _plain(metadata.get("verdict_partition"))
+        reason = _plain(metadata.get("reason"))
+        return cls(
+            bool(drifted),
+            str(partition) if partition is not None else "",
+            str(reason)[: cls.REASON_LIMIT] if reason is not None else "",
+        )
+
+
+def _plain(value: Any) -> Any:
+    """A Dagster MetadataValue's value (it has `.value`), or the value itself."""
+    return getattr(value, "value", value)
