@@ -56,12 +56,12 @@ def run_bounds(instance: Any, run_id: str) -> tuple[float, float]:
 
 def challenger_metrics(dataset: str) -> dict[str, float]:
     """Test metrics and best iteration of the model this run trained, as logged to MLflow."""
-    from mlplatform.factory import mlflow_resource
-    from mlplatform.models.registry import CHALLENGER
+    from mlplatform.contracts import CHALLENGER_ALIAS
+    from mlplatform.resources.mlflow import MlflowResource
     from mlplatform.settings import load_settings
 
-    mlflow = mlflow_resource(load_settings())
-    version = mlflow.get_alias_version(dataset, CHALLENGER)
+    mlflow = MlflowResource.from_settings(load_settings())
+    version = mlflow.get_alias_version(dataset, CHALLENGER_ALIAS)
     if version is None or not version.run_id:
         return {}
     logged = mlflow.client().get_run(version.run_id).data.metrics
@@ -84,15 +84,16 @@ def main() -> None:
     import dagster as dg
 
     from benchmarks.common import RssSampler, write_result
-    from mlplatform.cli import prepare_home
     from mlplatform.factory import build_definitions
+    from mlplatform.home import prepare_home
     from mlplatform.runner import run_datasets, stage_counts
+    from mlplatform.settings import load_settings
 
-    prepare_home(None)
+    prepare_home(load_settings())
     defs = build_definitions()
     loaded = time.perf_counter()
     with RssSampler() as sampler:
-        (outcome,) = run_datasets(defs, [args.dataset], progress=print)
+        (outcome,) = run_datasets(defs, [args.dataset], instance=dg.DagsterInstance.get(), progress=print)
     finished = time.perf_counter()
 
     instance = dg.DagsterInstance.get()
@@ -112,7 +113,7 @@ def main() -> None:
             "steps": steps,
             "step_peak_rss_bytes": step_rss,
             "events": events,
-            "rows": stage_counts(args.dataset),
+            "rows": stage_counts(load_settings(), args.dataset),
             "metrics": challenger_metrics(args.dataset),
             "self_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         },

@@ -71,9 +71,9 @@ def prepare_home(
     import duckdb
     import yaml
 
-    from mlplatform.cli import prepare_home as prepare_platform_home
     from mlplatform.core.drift_reference import build_reference, monitored_columns
     from mlplatform.factory import build_definitions
+    from mlplatform.home import prepare_home as prepare_platform_home
     from mlplatform.settings import load_settings
     from mlplatform.specs.loader import parse_spec
 
@@ -85,7 +85,7 @@ def prepare_home(
         MLPLATFORM_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), MLPLATFORM_AUTOMATION="none"
     )
     os.environ["MLPLATFORM_SPECS"] = str(spec_dir)
-    prepare_platform_home(None)
+    prepare_platform_home(load_settings())
     spec = parse_spec(spec_dir / f"{DATASET}.yaml")
 
     reference_days = 30

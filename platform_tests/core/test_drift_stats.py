@@ -262,7 +262,9 @@ def test_verdict_on_performance_drop() -> None:
     assert not dataset_verdict(table, 0.3, better_rmse, 0.25).drifted
     unchanged = {"metric": "rmse", "reference": 10.0, "current": 10.0}
     assert not dataset_verdict(table, 0.3, unchanged, performance_drop_threshold=0.0).drifted
-    assert performance_drop({"metric": "auc", "reference": 0.8, "current": 0.6}) == pytest.approx(0.25)
+    assert performance_drop({"metric": "roc_auc", "reference": 0.8, "current": 0.6}) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="unknown metric 'auc'"):  # one direction table: metrics.py
+        performance_drop({"metric": "auc", "reference": 0.8, "current": 0.6})
     assert performance_drop({"reference": 0.8, "current": 0.6, "higher_is_better": False}) == pytest.approx(
         -0.25
     )

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from mlplatform.core.metrics import compute_metrics
+from mlplatform.core.scoring import predict_labels
 from mlplatform.core.training import (
     MODEL_FILE,
     SIDECAR_FILE,
@@ -17,7 +18,6 @@ from mlplatform.core.training import (
     lightgbm_params,
     load_model,
     predict,
-    predict_labels,
     prepare_features,
     save_model,
     train_lightgbm,

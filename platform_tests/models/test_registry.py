@@ -12,10 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlplatform.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS
 from mlplatform.core.training import lightgbm_params, predict, train_lightgbm
 from mlplatform.models.registry import (
-    CHALLENGER,
-    CHAMPION,
     RegistryError,
     champion_history,
     load_version,
@@ -69,7 +68,7 @@ def versions(
 
 
 def champion(resource: MlflowResource) -> int | None:
-    version = resource.get_alias_version(MODEL, CHAMPION)
+    version = resource.get_alias_version(MODEL, CHAMPION_ALIAS)
     return None if version is None else int(version.version)
 
 
@@ -77,7 +76,7 @@ def test_new_versions_are_challengers_and_load_back_from_text(
     resource: MlflowResource, versions: list[int], frame: pd.DataFrame
 ) -> None:
     assert versions == [1, 2, 3]
-    assert int(resource.get_alias_version(MODEL, CHALLENGER).version) == 3
+    assert int(resource.get_alias_version(MODEL, CHALLENGER_ALIAS).version) == 3
     loaded = load_version(resource, MODEL, 1)
     assert loaded.feature_names == ["x", "colour"] and loaded.categorical_levels == {
         "colour": ["blue", "red"]
@@ -120,17 +119,18 @@ def test_rollback_refuses_what_it_cannot_do(resource: MlflowResource, versions: 
 def test_the_logged_model_is_a_pyfunc_without_pickle(
     resource: MlflowResource, versions: list[int], frame: pd.DataFrame, tmp_path: Path
 ) -> None:
-    resource.activate()
-    root = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/2", dst_path=str(tmp_path)))
+    with resource.fluent_api():  # the fluent API reads process-wide URIs
+        root = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/2", dst_path=str(tmp_path)))
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/2")
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     assert {"MLmodel", "lightgbm_pyfunc.py", "artifacts/lightgbm/model.txt", "input_example.json"} <= files
     assert not [name for name in files if name.endswith((".pkl", ".pickle"))]
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/2")
     assert list(pyfunc.predict(frame[["x", "colour"]])) == pytest.approx(
         list(predict(load_version(resource, MODEL, 2), frame))
     )
 
 
+@pytest.mark.e2e  # starts `mlplatform rollback` processes
 def test_rollback_command_in_a_subprocess_moves_the_champion(
     resource: MlflowResource, frame: pd.DataFrame, tmp_path: Path
 ) -> None:
@@ -164,12 +164,12 @@ def test_rollback_command_in_a_subprocess_moves_the_champion(
         f"{name}: champion moved from version 2 to version 1 (MLflow registry {resource.tracking_uri})",
         f"re-score with it: mlplatform run --dataset {name} --stage predictions",
     ]
-    assert int(resource.get_alias_version(name, CHAMPION).version) == 1
+    assert int(resource.get_alias_version(name, CHAMPION_ALIAS).version) == 1
     assert champion_history(resource, name) == [1]
 
     forward = mlplatform_rollback("--to", "2", "--home", str(home))
     assert forward.returncode == 0, forward.stderr
     assert "champion moved from version 1 to version 2" in forward.stdout
     assert f"--stage predictions --home {home}" in forward.stdout
-    assert int(resource.get_alias_version(name, CHAMPION).version) == 2
+    assert int(resource.get_alias_version(name, CHAMPION_ALIAS).version) == 2
     assert champion_history(resource, name) == [1, 2]

@@ -1,6 +1,7 @@
 """Stage 2, cleaning: `raw` -> `clean` (typed, valid) + `quarantine` (failing rows with reasons)."""
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
@@ -12,49 +13,60 @@ from mlplatform.assets.common import (
     table_metadata,
     time_window,
 )
-from mlplatform.core.cleaning import clean_window, drop_rows_outside
-from mlplatform.core.warehouse import window_predicate
+from mlplatform.contracts import Stage
+from mlplatform.core.cleaning import clean_window, drop_rows_outside, reason_counts_markdown
+from mlplatform.core.warehouse import window_column, window_predicate
 from mlplatform.specs.model import DatasetSpec
 
+if TYPE_CHECKING:
+    from mlplatform.stages import StageBuild  # the registry imports this module
 
-def build_clean_assets(spec: DatasetSpec, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+
+def _clean_specs(spec: DatasetSpec) -> list[dg.AssetSpec]:
+    """The two assets the clean step writes: clean and quarantine."""
     common = {
-        "deps": [asset_key(spec, "raw")],
-        "group_name": "cleaning",
+        "deps": [asset_key(spec, Stage.RAW)],
         "owners": spec.owners,
         "tags": spec.tags,
         "code_version": spec_code_version(spec, "columns", "derived", "time_column"),
     }
-    clean_key, quarantine_key = asset_key(spec, "clean"), asset_key(spec, "quarantine")
+    return [
+        dg.AssetSpec(
+            asset_key(spec, Stage.CLEAN),
+            description=(
+                f"Rows of {spec.name} that pass the spec's Pandera schema (types, nullability, ranges, "
+                "allowed values, unique keys), typed, with their lineage columns."
+            ),
+            **common,
+        ),
+        dg.AssetSpec(
+            asset_key(spec, Stage.QUARANTINE),
+            description=(
+                f"Rows of {spec.name} that fail validation or do not parse, with their original values and "
+                "the failing checks and columns. raw = clean + quarantine, always."
+            ),
+            **common,
+        ),
+    ]
+
+
+def build_clean_assets(stage: "StageBuild") -> dg.AssetsDefinition:
+    spec, partitions = stage.spec, stage.partitions
+    clean_key, quarantine_key = asset_key(spec, Stage.CLEAN), asset_key(spec, Stage.QUARANTINE)
 
     @dg.multi_asset(
-        name=f"{spec.name}__clean",
+        name=f"{spec.name}__{Stage.CLEAN}",
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        specs=[
-            dg.AssetSpec(
-                clean_key,
-                kinds={"duckdb", "pandera", "pandas"},
-                description=(
-                    f"Rows of {spec.name} that pass the spec's Pandera schema (types, nullability, ranges, "
-                    "allowed values, unique keys), typed, with their lineage columns."
-                ),
-                **common,
-            ),
-            dg.AssetSpec(
-                quarantine_key,
-                kinds={"duckdb", "pandera"},
-                description=(
-                    f"Rows of {spec.name} that fail validation or do not parse, with their original values and "
-                    "the failing checks and columns. raw = clean + quarantine, always."
-                ),
-                **common,
-            ),
-        ],
+        specs=_clean_specs(spec),
     )
     def clean(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> Iterator[dg.MaterializeResult]:
         start, end = time_window(context)
         bounds = partition_bounds(partitions)
+
+        def window_of(stage: Stage) -> str:
+            return window_predicate(window_column(stage, spec.time_column), start, end)
+
         with warehouse.get_connection() as conn:
             # First: a row of a partition that no longer exists must not make a new row a duplicate.
             removed = drop_rows_outside(conn, spec, bounds.first_start, bounds.end) if bounds else 0
@@ -68,23 +80,15 @@ def build_clean_assets(spec: DatasetSpec, partitions: dg.PartitionsDefinition) -
                 f"+ {result.quarantined_rows} quarantined"
             )
             clean_meta = table_metadata(
-                conn, spec.name, "clean", result.clean_rows, window_predicate(spec.time_column, start, end)
+                conn, spec.name, Stage.CLEAN, result.clean_rows, window_of(Stage.CLEAN)
             )
             quarantine_meta = table_metadata(
-                conn,
-                spec.name,
-                "quarantine",
-                result.quarantined_rows,
-                window_predicate("_partition_ts", start, end),
+                conn, spec.name, Stage.QUARANTINE, result.quarantined_rows, window_of(Stage.QUARANTINE)
             )
-        reasons = dg.MetadataValue.md(
-            "\n".join(f"- `{reason}`: {count} rows" for reason, count in result.reason_counts.items())
-            or "_none_"
-        )
         shared = {
             "raw_rows": result.raw_rows,
             "quarantined_rows": result.quarantined_rows,
-            "quarantine_reasons": reasons,
+            "quarantine_reasons": dg.MetadataValue.md(reason_counts_markdown(result.reason_counts)),
             "rows_removed_outside_partitions": removed,
         }
         yield dg.MaterializeResult(asset_key=clean_key, metadata={**clean_meta, **shared})

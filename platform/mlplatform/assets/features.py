@@ -1,5 +1,7 @@
 """Stage 3, features: `clean` -> `features` with DuckDB SQL, point-in-time correct."""
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
@@ -10,27 +12,28 @@ from mlplatform.assets.common import (
     table_metadata,
     time_window,
 )
-from mlplatform.core.features import feature_names, features_sql
-from mlplatform.core.sql import column_types
-from mlplatform.core.warehouse import replace_window, table_name, window_predicate
-from mlplatform.specs.model import DatasetSpec
+from mlplatform.contracts import Stage
+from mlplatform.core.features import write_features_window
+from mlplatform.core.warehouse import window_column, window_predicate
+
+if TYPE_CHECKING:
+    from mlplatform.stages import StageBuild  # the registry imports this module
 
 
-def build_features_asset(spec: DatasetSpec, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+def build_features_asset(stage: "StageBuild") -> dg.AssetsDefinition:
+    spec, partitions = stage.spec, stage.partitions
     history = lookback_partitions(spec)
 
     @dg.asset(
-        key=asset_key(spec, "features"),
+        key=asset_key(spec, Stage.FEATURES),
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[
             dg.AssetDep(
-                asset_key(spec, "clean"),
+                asset_key(spec, Stage.CLEAN),
                 partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-history) if history else None,
             )
         ],
-        group_name="features",
-        kinds={"duckdb"},
         owners=spec.owners,
         tags=spec.tags,
         code_version=spec_code_version(spec, "features", "columns", "drop", "target", "entity_key"),
@@ -42,16 +45,12 @@ def build_features_asset(spec: DatasetSpec, partitions: dg.PartitionsDefinition)
     )
     def features(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> dg.MaterializeResult:
         start, end = time_window(context)
-        clean = table_name(spec.name, "clean")
+        in_window = window_predicate(window_column(Stage.FEATURES, spec.time_column), start, end)
         with warehouse.get_connection() as conn:
-            time_type = column_types(conn, clean)[spec.time_column]
-            sql = features_sql(spec, clean, start, end, time_type)
-            rows = replace_window(conn, spec.name, "features", sql, spec.time_column, start, end)
-            metadata = table_metadata(
-                conn, spec.name, "features", rows, window_predicate(spec.time_column, start, end)
-            )
+            written = write_features_window(conn, spec, start, end)
+            metadata = table_metadata(conn, spec.name, Stage.FEATURES, written.rows, in_window)
         return dg.MaterializeResult(
-            metadata={**metadata, "feature_columns": dg.MetadataValue.json(feature_names(spec, time_type))}
+            metadata={**metadata, "feature_columns": dg.MetadataValue.json(written.feature_columns)}
         )
 
     return features

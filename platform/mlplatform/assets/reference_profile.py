@@ -6,13 +6,14 @@ AutomationCondition so a champion changed from the UI also refreshes it.
 """
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import duckdb
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from mlplatform.assets.common import asset_key, spec_code_version
+from mlplatform.assets.common import spec_code_version
+from mlplatform.contracts import CHAMPION_ALIAS, Stage, asset_key
 from mlplatform.core.drift_reference import (
     build_reference,
     model_outputs,
@@ -21,59 +22,57 @@ from mlplatform.core.drift_reference import (
     primary_error,
 )
 from mlplatform.core.sql import quote_ident
-from mlplatform.core.warehouse import read_frame, table_exists, table_name
+from mlplatform.core.training import TrainedModel
+from mlplatform.core.training_data import MissingTableError, champion_training_rows, recorded_windows
+from mlplatform.core.warehouse import table_name
+from mlplatform.models.registry import load_version
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.specs.model import DatasetSpec
 
+if TYPE_CHECKING:
+    from mlplatform.stages import StageBuild  # the registry imports this module
 
-def champion_training_rows(
-    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, windows: dict[str, tuple[str, str]] | None
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train rows, test rows) the champion was trained and tested on.
-
-    With the champion's recorded windows (first and last timestamp of each split) the rows come from
-    `features`, which is right even after a rollback to an older champion; without them from
-    `training_set`, which holds the split of the latest training."""
-    if windows and "train" in windows and "test" in windows:
-        features, t = table_name(spec.name, "features"), quote_ident(spec.time_column)
-        labelled = f"{quote_ident(spec.target.column)} IS NOT NULL"
-
-        def rows(first: str, last: str) -> pd.DataFrame:
-            return read_frame(
-                conn,
-                f"SELECT * FROM {features} WHERE {t} BETWEEN ?::TIMESTAMP AND ?::TIMESTAMP AND {labelled} "
-                f"ORDER BY {t}",
-                [first, last],
-            )
-
-        return rows(*windows["train"]), rows(*windows["test"])
-    if not table_exists(conn, spec.name, "training_set"):
-        raise dg.Failure(f"{spec.name}.training_set does not exist: train a model first")
-    frame = conn.sql(
-        f"SELECT * FROM {table_name(spec.name, 'training_set')} WHERE split IN ('train', 'test')"
-    ).df()
-    return frame[frame["split"] == "train"], frame[frame["split"] == "test"]
+_FRAME_VIEW = "_reference_rows"
 
 
-def _recorded_windows(mlflow: MlflowResource, run_id: str | None) -> dict[str, tuple[str, str]] | None:
-    """Train/test windows the training run logged as params `window_<split>` = "first .. last"."""
-    if not run_id:
-        return None
-    params = mlflow.client().get_run(run_id).data.params
-    found = {}
-    for split in ("train", "test"):
-        first, separator, last = params.get(f"window_{split}", "").partition(" .. ")
-        if separator and first not in ("", "NaT") and last not in ("", "NaT"):
-            found[split] = (first, last)
-    return found or None
+def _champion_rows(
+    spec: DatasetSpec, warehouse: DuckDBResource, mlflow: MlflowResource
+) -> tuple[int, TrainedModel, pd.DataFrame, pd.DataFrame]:
+    """(champion version, its model, its training rows with its outputs on them, its test rows)."""
+    champion = mlflow.get_alias_version(spec.name, CHAMPION_ALIAS)
+    if champion is None:
+        raise dg.Failure(f"{spec.name} has no champion model yet: nothing to profile")
+    model = load_version(mlflow, spec.name, champion.version)
+    windows = (
+        recorded_windows(mlflow.client().get_run(champion.run_id).data.params) if champion.run_id else None
+    )
+    with warehouse.get_connection() as conn:
+        try:
+            train, test = champion_training_rows(conn, spec, windows)
+        except MissingTableError as error:
+            raise dg.Failure(str(error)) from error
+    if train.empty:
+        raise dg.Failure(f"no training rows found for {spec.name} champion version {champion.version}")
+    return int(champion.version), model, pd.concat([train, model_outputs(model, train)], axis=1), test
 
 
-def build_reference_profile_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
+def _store(warehouse: DuckDBResource, spec: DatasetSpec, frame: pd.DataFrame) -> None:
+    with warehouse.get_connection() as conn:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(spec.name)}")
+        conn.register(_FRAME_VIEW, frame)
+        conn.execute(
+            f"CREATE OR REPLACE TABLE {table_name(spec.name, Stage.REFERENCE_PROFILE)} AS "
+            f"SELECT * FROM {_FRAME_VIEW}"
+        )
+        conn.unregister(_FRAME_VIEW)
+
+
+def build_reference_profile_asset(stage: "StageBuild") -> dg.AssetsDefinition:
+    spec = stage.spec
+
     @dg.asset(
-        key=asset_key(spec, "reference_profile"),
-        deps=[asset_key(spec, "training_set"), asset_key(spec, "evaluation")],
-        group_name="monitoring",
-        kinds={"duckdb", "mlflow"},
+        key=asset_key(spec, Stage.REFERENCE_PROFILE),
+        deps=[asset_key(spec, Stage.TRAINING_SET), asset_key(spec, Stage.EVALUATION)],
         owners=spec.owners,
         tags=spec.tags,
         # Eager: whenever evaluation (and so possibly the champion) changes, the reference follows.
@@ -89,17 +88,7 @@ def build_reference_profile_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     def reference_profile(
         context: dg.AssetExecutionContext, warehouse: DuckDBResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        from mlplatform.models.registry import CHAMPION, load_version
-
-        champion = mlflow.get_alias_version(spec.name, CHAMPION)
-        if champion is None:
-            raise dg.Failure(f"{spec.name} has no champion model yet: nothing to profile")
-        model = load_version(mlflow, spec.name, champion.version)
-        with warehouse.get_connection() as conn:
-            train, test = champion_training_rows(conn, spec, _recorded_windows(mlflow, champion.run_id))
-        if train.empty:
-            raise dg.Failure(f"no training rows found for {spec.name} champion version {champion.version}")
-        train = pd.concat([train, model_outputs(model, train)], axis=1)
+        version, model, train, test = _champion_rows(spec, warehouse, mlflow)
         columns = monitored_columns(spec, list(train.columns))
         performance = None
         if not test.empty:
@@ -107,30 +96,23 @@ def build_reference_profile_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 spec.target.task, test[spec.target.column], model_outputs(model, test), model.classes
             )
         frame = build_reference(train, columns, performance, spec)
-        frame["model_version"] = int(champion.version)
+        frame["model_version"] = version
         frame["built_at"] = datetime.now(UTC).replace(tzinfo=None)
-        with warehouse.get_connection() as conn:
-            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(spec.name)}")
-            conn.register("_reference_rows", frame)
-            conn.execute(
-                f"CREATE OR REPLACE TABLE {table_name(spec.name, 'reference_profile')} AS "
-                "SELECT * FROM _reference_rows"
-            )
-            conn.unregister("_reference_rows")
+        _store(warehouse, spec, frame)
         context.log.info(
-            f"reference of {spec.name} champion v{champion.version}: {len(train)} training rows, "
+            f"reference of {spec.name} champion v{version}: {len(train)} training rows, "
             f"{len(columns.all)} columns, test error {performance}"
         )
         return dg.MaterializeResult(
             metadata={
-                "champion_version": int(champion.version),
+                "champion_version": version,
                 "training_rows": len(train),
                 "test_rows": len(test),
                 "profiled_columns": dg.MetadataValue.json(columns.roles),
                 "reference_metric": performance[0] if performance else "none",
                 "reference_error": nan_to_none(performance[1]) if performance else None,
                 "dagster/row_count": len(frame),
-                "dagster/table_name": f"{spec.name}.reference_profile",
+                "dagster/table_name": f"{spec.name}.{Stage.REFERENCE_PROFILE}",
             }
         )
 

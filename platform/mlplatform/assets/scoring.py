@@ -1,51 +1,28 @@
 """Stage 6, scoring: each partition of `features` scored by the current champion -> `predictions`."""
 
+from datetime import datetime
+from typing import TYPE_CHECKING
+
 import dagster as dg
-import numpy as np
+import duckdb
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from mlplatform.assets.common import asset_key, spec_code_version, table_metadata, time_window
-from mlplatform.assets.training import model_feature_names
+from mlplatform.assets.common import spec_code_version, table_metadata, time_window
+from mlplatform.contracts import CHAMPION_ALIAS, Stage, asset_key
+from mlplatform.core.scoring import score_frame
 from mlplatform.core.sql import column_types
-from mlplatform.core.training import TrainedModel, predict
+from mlplatform.core.training import TrainedModel
+from mlplatform.core.training_data import model_feature_names
 from mlplatform.core.warehouse import read_frame, replace_window, table_exists, table_name, window_predicate
-from mlplatform.models.registry import CHAMPION, load_version
+from mlplatform.models.registry import load_version
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.specs.model import DatasetSpec
 
-PREDICTIONS = "predictions"
+if TYPE_CHECKING:
+    from mlplatform.stages import StageBuild  # the registry imports this module
+
 _FRAME_VIEW = "predictions_frame"
-
-
-def probability_columns(model: TrainedModel) -> list[str]:
-    if model.task == "binary":
-        return ["probability"]
-    if model.task == "multiclass":
-        return [f"probability_{label}" for label in model.classes or []]
-    return []
-
-
-def score_frame(spec: DatasetSpec, model: TrainedModel, features: pd.DataFrame, version: int) -> pd.DataFrame:
-    """The predictions table rows of `features`: time, entity key, prediction, probabilities, version."""
-    keys = spec.row_keys
-    out = features[keys].reset_index(drop=True)
-    if features.empty:
-        width = len(model.classes or []) if model.task == "multiclass" else 0
-        scores = np.empty((0, width)) if width else np.empty(0)
-    else:
-        scores = predict(model, features)
-    if model.task == "regression":
-        out["prediction"] = scores
-    else:
-        codes = (scores >= 0.5).astype(np.int64) if model.task == "binary" else np.argmax(scores, axis=1)
-        out["prediction"] = pd.Series(np.asarray(model.classes, dtype=object)[codes]).infer_objects()
-        columns = probability_columns(model)
-        matrix = scores.reshape(-1, 1) if model.task == "binary" else scores
-        for position, column in enumerate(columns):
-            out[column] = matrix[:, position]
-    out["model_version"] = np.int64(version)
-    return out
 
 
 def _check_features(spec: DatasetSpec, model: TrainedModel, available: set[str], version: int) -> None:
@@ -55,26 +32,50 @@ def _check_features(spec: DatasetSpec, model: TrainedModel, available: set[str],
         raise dg.Failure(
             f"champion version {version} of {spec.name} expects feature(s) {missing} that "
             f"{spec.name}.features does not have (the spec's features changed since it was trained). "
-            f"Retrain ({spec.name}/model, then {spec.name}/evaluation) or roll back: "
+            f"Retrain ({spec.name}/{Stage.MODEL}, then {spec.name}/{Stage.EVALUATION}) or roll back: "
             f"mlplatform rollback --dataset {spec.name} --to VERSION"
         )
 
 
-def build_predictions_asset(spec: DatasetSpec, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    features_table = table_name(spec.name, "features")
+def _champion(spec: DatasetSpec, mlflow: MlflowResource) -> tuple[int, TrainedModel]:
+    found = mlflow.get_alias_version(spec.name, CHAMPION_ALIAS)
+    if found is None:
+        raise dg.Failure(
+            f"model {spec.name} has no `{CHAMPION_ALIAS}` version in MLflow ({mlflow.effective_registry_uri}): "
+            f"materialize {spec.name}/{Stage.MODEL} and {spec.name}/{Stage.EVALUATION} first; evaluation "
+            "promotes the first model that beats the baseline"
+        )
+    version = int(found.version)
+    return version, load_version(mlflow, spec.name, version)
+
+
+def _write_predictions(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, scored: pd.DataFrame, start: datetime, end: datetime
+) -> int:
+    """Replace the window's rows of the predictions table with `scored`; returns the rows written."""
+    conn.register(_FRAME_VIEW, scored)
+    try:
+        return replace_window(
+            conn, spec.name, Stage.PREDICTIONS, f"SELECT * FROM {_FRAME_VIEW}", spec.time_column, start, end
+        )
+    finally:
+        conn.unregister(_FRAME_VIEW)
+
+
+def build_predictions_asset(stage: "StageBuild") -> dg.AssetsDefinition:
+    spec, partitions = stage.spec, stage.partitions
+    features_table = table_name(spec.name, Stage.FEATURES)
 
     @dg.asset(
-        key=asset_key(spec, PREDICTIONS),
+        key=asset_key(spec, Stage.PREDICTIONS),
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[asset_key(spec, "features"), asset_key(spec, "evaluation")],
-        group_name="scoring",
-        kinds={"duckdb", "lightgbm"},
+        deps=[asset_key(spec, Stage.FEATURES), asset_key(spec, Stage.EVALUATION)],
         owners=spec.owners,
         tags=spec.tags,
         code_version=spec_code_version(spec, "target", "entity_key", "time_column"),
         description=(
-            f"Each partition of {spec.name}.features scored by the `{CHAMPION}` version of model "
+            f"Each partition of {spec.name}.features scored by the `{CHAMPION_ALIAS}` version of model "
             f"`{spec.name}`: `{spec.time_column}`"
             + (f", `{spec.entity_key}`" if spec.entity_key else "")
             + ", `prediction`"
@@ -86,20 +87,12 @@ def build_predictions_asset(spec: DatasetSpec, partitions: dg.PartitionsDefiniti
         context: dg.AssetExecutionContext, warehouse: DuckDBResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
         start, end = time_window(context)
-        champion = mlflow.get_alias_version(spec.name, CHAMPION)
-        if champion is None:
-            raise dg.Failure(
-                f"model {spec.name} has no `{CHAMPION}` version in MLflow ({mlflow.effective_registry_uri}): "
-                f"materialize {spec.name}/model and {spec.name}/evaluation first; evaluation promotes the "
-                "first model that beats the baseline"
-            )
-        version = int(champion.version)
-        model = load_version(mlflow, spec.name, version)
+        version, model = _champion(spec, mlflow)
         in_window = window_predicate(spec.time_column, start, end)
         with warehouse.get_connection() as conn:
-            if not table_exists(conn, spec.name, "features"):
+            if not table_exists(conn, spec.name, Stage.FEATURES):
                 raise dg.Failure(
-                    f"{spec.name}.features does not exist: materialize {spec.name}/features first"
+                    f"{spec.name}.{Stage.FEATURES} does not exist: materialize {spec.name}/{Stage.FEATURES} first"
                 )
             defined = set(model_feature_names(conn, spec)) & set(column_types(conn, features_table))
             _check_features(spec, model, defined, version)
@@ -113,14 +106,8 @@ def build_predictions_asset(spec: DatasetSpec, partitions: dg.PartitionsDefiniti
                 raise dg.Failure(
                     f"champion version {version} of {spec.name} cannot score {spec.name}.features: {error}"
                 ) from error
-            conn.register(_FRAME_VIEW, scored)
-            try:
-                rows = replace_window(
-                    conn, spec.name, PREDICTIONS, f"SELECT * FROM {_FRAME_VIEW}", spec.time_column, start, end
-                )
-            finally:
-                conn.unregister(_FRAME_VIEW)
-            metadata = table_metadata(conn, spec.name, PREDICTIONS, rows, in_window)
+            rows = _write_predictions(conn, spec, scored, start, end)
+            metadata = table_metadata(conn, spec.name, Stage.PREDICTIONS, rows, in_window)
         context.log.info(f"{spec.name}: scored {rows:,} rows of {start} .. {end} with version {version}")
         return dg.MaterializeResult(
             metadata={

@@ -9,14 +9,13 @@ import math
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from mlplatform.assets.common import asset_key
-from mlplatform.assets.evaluation import promotion_metric
-from mlplatform.assets.scoring import PREDICTIONS
-from mlplatform.assets.training import version_materialized
 from mlplatform.checks.data_quality import not_empty_checks
-from mlplatform.core.metrics import higher_is_better
+from mlplatform.contracts import MaterializationKey, MlflowMetric, Stage, asset_key
+from mlplatform.core.evaluation import promotion_metric
+from mlplatform.core.metrics import improvement
 from mlplatform.core.sql import column_types, quote_ident
 from mlplatform.core.warehouse import count_rows, table_exists, table_name
+from mlplatform.materializations import version_materialized
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.specs.model import DatasetSpec
 
@@ -25,7 +24,7 @@ def build_model_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
     return [
         _beats_baseline_check(spec),
         _finite_predictions_check(spec),
-        *not_empty_checks(spec, ("training_set", PREDICTIONS)),
+        *not_empty_checks(spec, (Stage.TRAINING_SET, Stage.PREDICTIONS)),
     ]
 
 
@@ -33,7 +32,7 @@ def _beats_baseline_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     metric = promotion_metric(spec)
 
     @dg.asset_check(
-        asset=asset_key(spec, "evaluation"),
+        asset=asset_key(spec, Stage.EVALUATION),
         name="model_beats_baseline",
         # Not blocking: predictions use the champion, which a weak challenger does not replace.
         blocking=False,
@@ -47,14 +46,17 @@ def _beats_baseline_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
         context: dg.AssetCheckExecutionContext, mlflow: MlflowResource
     ) -> dg.AssetCheckResult:
         evaluated = version_materialized(
-            context.instance, asset_key(spec, "evaluation"), context.run.run_id, "challenger_version"
+            context.instance,
+            asset_key(spec, Stage.EVALUATION),
+            context.run.run_id,
+            MaterializationKey.CHALLENGER_VERSION,
         )
         if evaluated is None:
             return dg.AssetCheckResult(passed=False, description=f"no evaluated version of {spec.name} yet")
         version = mlflow.client().get_model_version(spec.name, str(evaluated.version))
         logged = mlflow.client().get_run(version.run_id).data.metrics
-        model_value = logged.get(f"test_{metric}", math.nan)
-        baseline_value = logged.get(f"baseline_test_{metric}")
+        model_value = logged.get(MlflowMetric.test(metric), math.nan)
+        baseline_value = logged.get(MlflowMetric.baseline_test(metric))
         metadata = {
             "model_version": int(version.version),
             "model_version_source": evaluated.source,
@@ -67,11 +69,11 @@ def _beats_baseline_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
                 description=f"version {version.version} has not been evaluated yet",
                 metadata=metadata,
             )
-        gain = model_value - baseline_value if higher_is_better(metric) else baseline_value - model_value
+        gain = improvement(metric, model_value, baseline_value)
         return dg.AssetCheckResult(
             passed=math.isfinite(model_value) and gain > 0,
             severity=dg.AssetCheckSeverity.ERROR,
-            metadata={**metadata, f"baseline_test_{metric}": baseline_value, "improvement": gain},
+            metadata={**metadata, MlflowMetric.baseline_test(metric): baseline_value, "improvement": gain},
         )
 
     return model_beats_baseline
@@ -79,7 +81,7 @@ def _beats_baseline_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
 
 def _finite_predictions_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     @dg.asset_check(
-        asset=asset_key(spec, PREDICTIONS),
+        asset=asset_key(spec, Stage.PREDICTIONS),
         name="finite_predictions",
         blocking=True,
         description="Every prediction and probability is a finite number (no NULL, NaN or infinity).",
@@ -87,9 +89,9 @@ def _finite_predictions_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     def finite_predictions(warehouse: DuckDBResource) -> dg.AssetCheckResult:
         bad: dict[str, int] = {}
         with warehouse.get_connection() as conn:
-            if not table_exists(conn, spec.name, PREDICTIONS):
+            if not table_exists(conn, spec.name, Stage.PREDICTIONS):
                 return dg.AssetCheckResult(passed=False, description="no predictions table yet")
-            table = table_name(spec.name, PREDICTIONS)
+            table = table_name(spec.name, Stage.PREDICTIONS)
             numeric = [
                 name
                 for name, sql_type in column_types(conn, table).items()
@@ -103,7 +105,7 @@ def _finite_predictions_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
                 )
                 row = conn.execute(f"SELECT {counts} FROM {table}").fetchall()[0]
                 bad = {name: int(n) for name, n in zip(numeric, row, strict=True)}
-            rows = count_rows(conn, spec.name, PREDICTIONS)
+            rows = count_rows(conn, spec.name, Stage.PREDICTIONS)
         return dg.AssetCheckResult(
             passed=rows > 0 and not any(bad.values()),
             severity=dg.AssetCheckSeverity.ERROR,

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from mlplatform.core.metrics import higher_is_better
 from mlplatform.core.profile import (
     NULL_KEY,
     OTHER_KEY,
@@ -73,8 +74,6 @@ FEATURE_TABLE_COLUMNS = [
     "drifted",
     "reason",
 ]
-# Metric names where lower is better, to read a performance drop the right way round.
-_LOWER_IS_BETTER = ("rmse", "mse", "mae", "mape", "loss", "error", "l1", "l2")
 
 
 class ThresholdsLike(Protocol):
@@ -179,12 +178,6 @@ def _jensen_shannon(expected: np.ndarray, observed: np.ndarray) -> float:
     return float(np.clip(divergence, 0.0, 1.0))
 
 
-def total_variation(ref_freqs: Mapping[str, float], values: Iterable[Any]) -> float:
-    """Half the L1 distance between the shares: the share of rows that would have to change category."""
-    keys, expected = _aligned(ref_freqs)
-    return _total_variation(expected, _category_counts(keys, values))
-
-
 def _total_variation(expected: np.ndarray, observed: np.ndarray) -> float:
     if observed.sum() == 0 or expected.sum() == 0:
         return float("nan")
@@ -230,14 +223,13 @@ def _feature_row(
 def performance_drop(performance: Mapping[str, Any]) -> float:
     """Relative degradation from `performance["reference"]` to `performance["current"]` (> 0 = worse).
 
-    Direction: `performance["higher_is_better"]` if given, else inferred from `performance["metric"]`
-    (names containing rmse, mae, loss, error, ... are lower-is-better), else higher is better."""
+    Direction: `performance["higher_is_better"]` if given, else that of `performance["metric"]` (a
+    platform metric name, see `metrics.higher_is_better`)."""
     reference, current = float(performance["reference"]), float(performance["current"])
-    higher_is_better = performance.get("higher_is_better")
-    if higher_is_better is None:
-        metric = str(performance.get("metric", "")).lower()
-        higher_is_better = not any(token in metric for token in _LOWER_IS_BETTER)
-    change = (reference - current) if higher_is_better else (current - reference)
+    higher = performance.get("higher_is_better")
+    if higher is None:
+        higher = higher_is_better(str(performance.get("metric", "")))
+    change = (reference - current) if higher else (current - reference)
     return change / abs(reference) if reference != 0 else (np.inf if change > 0 else 0.0)
 
 

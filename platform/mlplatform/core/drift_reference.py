@@ -302,15 +302,13 @@ def nan_to_none(value: Any) -> Any:
 def model_outputs(model: Any, rows: pd.DataFrame) -> pd.DataFrame:
     """The champion's outputs on `rows`, named like the predictions table: `prediction`, and for
     classification `probability` (binary) or `probability_<class>` (multiclass)."""
+    from mlplatform.core.scoring import labels_from_scores, probability_columns
     from mlplatform.core.training import predict
 
     scores = predict(model, rows)
     if model.task == "regression":
         return pd.DataFrame({"prediction": scores}, index=rows.index)
-    classes = list(model.classes or [])
-    if model.task == "binary":
-        labels = np.asarray(classes, dtype=object)[(scores >= 0.5).astype(np.int64)]
-        return pd.DataFrame({"prediction": labels, "probability": scores}, index=rows.index)
-    frame = pd.DataFrame(scores, columns=[f"probability_{c}" for c in classes], index=rows.index)
-    frame.insert(0, "prediction", np.asarray(classes, dtype=object)[np.argmax(scores, axis=1)])
+    matrix = scores.reshape(-1, 1) if model.task == "binary" else scores
+    frame = pd.DataFrame(matrix, columns=probability_columns(model), index=rows.index)
+    frame.insert(0, "prediction", labels_from_scores(model.task, scores, model.classes))
     return frame

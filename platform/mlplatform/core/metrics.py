@@ -43,6 +43,21 @@ def higher_is_better(metric: str) -> bool:
     raise ValueError(f"unknown metric {metric!r}; known metrics: {sorted(_DIRECTION)}")
 
 
+def improvement(metric: str, candidate: float, reference: float) -> float:
+    """How much better `candidate` is than `reference` in the metric's direction (negative = worse)."""
+    return candidate - reference if higher_is_better(metric) else reference - candidate
+
+
+def label_codes(task: str, scores: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The predicted class positions (0..k-1) of classification scores: binary P(positive) at
+    `threshold`, multiclass the most probable column. One rule for metrics, predictions and drift."""
+    if task == "binary":
+        return (np.asarray(scores).reshape(-1) >= threshold).astype(np.int64)
+    if task == "multiclass":
+        return np.argmax(scores, axis=1)
+    raise ValueError(f"task {task!r} has no class labels; expected binary or multiclass")
+
+
 def to_python_value(value: Any) -> Any:
     """numpy scalars -> plain Python values, so labels survive JSON and compare cleanly."""
     return value.item() if isinstance(value, np.generic) else value
@@ -111,7 +126,7 @@ def _ranking_metrics(y_true: np.ndarray, proba: np.ndarray) -> tuple[float, floa
 
 def _binary_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     both_classes = np.unique(y_true).size == 2
-    predicted = (proba >= 0.5).astype(np.int64)
+    predicted = label_codes("binary", proba)
     # Ranking metrics are undefined with one class present; NaN keeps the key set stable.
     roc_auc, pr_auc = _ranking_metrics(y_true, proba) if both_classes else (math.nan, math.nan)
     clipped = np.clip(proba, 1e-15, 1 - 1e-15)
@@ -133,7 +148,7 @@ def _multiclass_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, floa
     # Clip and renormalise so a hard 0 probability on the true class costs a large, finite penalty.
     clipped = np.clip(proba, 1e-15, 1.0)
     clipped = clipped / clipped.sum(axis=1, keepdims=True)
-    predicted = np.argmax(proba, axis=1)
+    predicted = label_codes("multiclass", proba)
     return {
         "log_loss": float(skm.log_loss(y_true, clipped, labels=list(range(n_classes)))),
         "macro_f1": float(skm.f1_score(y_true, predicted, average="macro", zero_division=0)),

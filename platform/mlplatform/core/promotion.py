@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mlplatform.core.metrics import higher_is_better
+from mlplatform.core.metrics import higher_is_better, improvement
 
 # Scores this close (relative) are the same model quality; float noise must not block a rerun.
 _EQUAL_TOLERANCE = 1e-12
@@ -26,11 +26,6 @@ _EQUAL_TOLERANCE = 1e-12
 class PromotionDecision:
     promote: bool
     reason: str
-
-
-def _gain(metric: str, candidate: float, reference: float) -> float:
-    """How much better `candidate` is than `reference` in the metric's direction (negative = worse)."""
-    return candidate - reference if higher_is_better(metric) else reference - candidate
 
 
 def _is_equal(candidate: float, reference: float) -> bool:
@@ -60,7 +55,7 @@ def decide_promotion(
             return PromotionDecision(
                 False, f"{prefix} and baseline {metric} is {baseline}; cannot show the challenger is useful"
             )
-        beats = _gain(metric, challenger, baseline) > 0 and not _is_equal(challenger, baseline)
+        beats = improvement(metric, challenger, baseline) > 0 and not _is_equal(challenger, baseline)
         verdict = "beats" if beats else "does not beat"
         return PromotionDecision(
             beats,
@@ -68,7 +63,7 @@ def decide_promotion(
             f"({direction} is better)",
         )
 
-    gain = _gain(metric, challenger, champion)
+    gain = improvement(metric, challenger, champion)
     if _is_equal(challenger, champion):
         gain = 0.0
     # Relative to the champion's magnitude; with a zero champion fall back to the absolute difference.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 SPLIT_NAMES = ("train", "validation", "test")
+SPLIT_COLUMN = "split"  # the column of the training_set table that holds a row's split
 
 Window = tuple[pd.Timestamp, pd.Timestamp]
 
@@ -104,7 +105,7 @@ def assign_split(df: pd.DataFrame, time_column: str, windows: SplitWindows) -> p
     windows (e.g. data newer than the test window), because a silently unlabelled row would be lost.
     """
     times = _timestamps(df, time_column)
-    labels = pd.Series(pd.NA, index=df.index, dtype="object", name="split")
+    labels = pd.Series(pd.NA, index=df.index, dtype="object", name=SPLIT_COLUMN)
     for name, (start, end) in zip(
         SPLIT_NAMES, (windows.train, windows.validation, windows.test), strict=True
     ):

@@ -153,6 +153,32 @@ def _training_classes(task: str, y_train: pd.Series | np.ndarray) -> list[Any] |
     return classes
 
 
+def _default_categoricals(X: pd.DataFrame) -> list[str]:
+    """Every column that is neither numeric nor boolean (object, string or category dtype)."""
+    return [
+        str(column)
+        for column in X.columns
+        if not (pd.api.types.is_numeric_dtype(X[column]) or pd.api.types.is_bool_dtype(X[column]))
+    ]
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    """How training rows become LightGBM inputs: fixed from the training split, reused for validation."""
+
+    task: str
+    feature_names: list[str]
+    levels: CategoricalLevels
+    classes: list[Any] | None
+
+    def dataset(self, X: pd.DataFrame, y: pd.Series | np.ndarray, rows: str, **args: Any) -> lgb.Dataset:
+        """Prepared, checked features and encoded labels of one split as a LightGBM Dataset."""
+        features = prepare_features(X, self.feature_names, self.levels)
+        label = _encode_target(self.task, y, self.classes)
+        check_finite(features, label, rows)
+        return lgb.Dataset(features, label=label, **args)
+
+
 def train_lightgbm(
     task: str,
     X_train: pd.DataFrame,
@@ -173,43 +199,24 @@ def train_lightgbm(
     """
     if len(X_train) == 0:
         raise ValueError("cannot train on zero rows")
-    feature_names = [str(column) for column in X_train.columns]
     if categorical_features is None:
-        categorical_features = [
-            column
-            for column in feature_names
-            if not (
-                pd.api.types.is_numeric_dtype(X_train[column]) or pd.api.types.is_bool_dtype(X_train[column])
-            )
-        ]
-    levels = categorical_levels_from(X_train, categorical_features)
+        categorical_features = _default_categoricals(X_train)
+    feature_names = [str(column) for column in X_train.columns]
     classes = _training_classes(task, y_train)
-
+    encoding = _Encoding(task, feature_names, categorical_levels_from(X_train, categorical_features), classes)
     train_params = dict(params)
     if task == "multiclass":
         assert classes is not None
         train_params["num_class"] = len(classes)
-    train_features, train_label = (
-        prepare_features(X_train, feature_names, levels),
-        _encode_target(task, y_train, classes),
+    # LightGBM bins the rows; with free_raw_data the float copy can go once it has.
+    categorical = list(categorical_features)
+    train_set = encoding.dataset(
+        X_train, y_train, "training", categorical_feature=categorical, free_raw_data=True
     )
-    check_finite(train_features, train_label, "training")
-    train_set = lgb.Dataset(
-        train_features,
-        label=train_label,
-        categorical_feature=list(categorical_features),
-        free_raw_data=True,  # LightGBM bins the rows; the float copy can go once it has
-    )
-    del train_features
     valid_sets: list[lgb.Dataset] = []
     callbacks: list[Any] = []
     if X_valid is not None and y_valid is not None and len(X_valid) > 0:
-        valid_features, valid_label = (
-            prepare_features(X_valid, feature_names, levels),
-            _encode_target(task, y_valid, classes),
-        )
-        check_finite(valid_features, valid_label, "validation")
-        valid_sets.append(lgb.Dataset(valid_features, label=valid_label, reference=train_set))
+        valid_sets.append(encoding.dataset(X_valid, y_valid, "validation", reference=train_set))
         callbacks.append(lgb.early_stopping(early_stopping_rounds, verbose=False))
 
     started = time.perf_counter()
@@ -228,7 +235,7 @@ def train_lightgbm(
         booster=booster,
         best_iteration=int(best_iteration),
         feature_names=feature_names,
-        categorical_levels=levels,
+        categorical_levels=encoding.levels,
         classes=classes,
         training_seconds=seconds,
     )
@@ -247,15 +254,6 @@ def predict(model: TrainedModel, X: pd.DataFrame) -> np.ndarray:
         features = prepare_features(chunk, model.feature_names, model.categorical_levels)
         outputs.append(np.asarray(model.booster.predict(features, num_iteration=model.best_iteration)))
     return np.asarray(np.concatenate(outputs), dtype=np.float64)
-
-
-def predict_labels(model: TrainedModel, X: pd.DataFrame, threshold: float = 0.5) -> np.ndarray:
-    """Predicted class labels in the original label values (classification only)."""
-    if model.task == "regression" or model.classes is None:
-        raise ValueError("predict_labels is for classification models; use predict for regression")
-    scores = predict(model, X)
-    codes = (scores >= threshold).astype(np.int64) if model.task == "binary" else np.argmax(scores, axis=1)
-    return np.asarray(model.classes, dtype=object)[codes]
 
 
 def feature_importance(model: TrainedModel, importance_type: str = "gain") -> pd.Series:

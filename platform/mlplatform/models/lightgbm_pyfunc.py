@@ -17,8 +17,8 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 
 class LightGBMTextModel(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
+        from mlplatform.contracts import MODEL_ARTIFACT_KEY
         from mlplatform.core.training import load_model
-        from mlplatform.models.registry import MODEL_ARTIFACT_KEY
 
         self.model = load_model(context.artifacts[MODEL_ARTIFACT_KEY])
 

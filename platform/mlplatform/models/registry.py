@@ -23,16 +23,16 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 
+from mlplatform.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_ARTIFACT_KEY, MlflowTag
 from mlplatform.core.training import TrainedModel, load_model, predict, save_model
 from mlplatform.resources.mlflow import MlflowResource
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
+# The aliases under the short names the runner and the CLI import from here.
+CHAMPION, CHALLENGER = CHAMPION_ALIAS, CHALLENGER_ALIAS
 MODEL_NAME_IN_RUN = "model"
-MODEL_ARTIFACT_KEY = "lightgbm"  # the save_model folder inside an MLflow model's artifacts
 # Logged as code, not imported here: importing it would register it as MLflow's "current" model.
 PYFUNC_FILE = Path(__file__).with_name("lightgbm_pyfunc.py")
-HISTORY_TAG = "mlplatform.champion_history"
+_HISTORY_TAG = MlflowTag.CHAMPION_HISTORY.value
 _HISTORY_KEEP = 200  # MLflow tag values are limited in length; old history matters least
 _TAG_VALUE_LIMIT = 5000
 
@@ -96,14 +96,13 @@ def register_version(
             "that may be missing), categories as text."
         ),
     )
-    resource.set_alias(model_name, CHALLENGER, version.version)
+    resource.set_alias(model_name, CHALLENGER_ALIAS, version.version)
     return version
 
 
 def load_version(resource: MlflowResource, model_name: str, version: str | int) -> TrainedModel:
     """Download a registered version and load its LightGBM text model (no pickle involved)."""
-    resource.activate()
-    with tempfile.TemporaryDirectory(prefix="mlplatform-model-") as tmp:
+    with resource.fluent_api(), tempfile.TemporaryDirectory(prefix="mlplatform-model-") as tmp:
         root = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}", dst_path=tmp))
         folder = root / "artifacts" / MODEL_ARTIFACT_KEY
         if not folder.is_dir():
@@ -121,12 +120,12 @@ def registered_versions(resource: MlflowResource, model_name: str) -> list[int]:
 
 def champion_history(resource: MlflowResource, model_name: str) -> list[int]:
     tags = resource.client().get_registered_model(model_name).tags
-    return [int(v) for v in tags.get(HISTORY_TAG, "").split(",") if v.strip()]
+    return [int(v) for v in tags.get(_HISTORY_TAG, "").split(",") if v.strip()]
 
 
 def _save_history(resource: MlflowResource, model_name: str, history: list[int]) -> None:
     text = ",".join(str(v) for v in history[-_HISTORY_KEEP:])
-    resource.client().set_registered_model_tag(model_name, HISTORY_TAG, text)
+    resource.client().set_registered_model_tag(model_name, _HISTORY_TAG, text)
 
 
 def _alias_version(resource: MlflowResource, model_name: str, alias: str) -> int | None:
@@ -147,19 +146,19 @@ def _registry_undo(resource: MlflowResource, model_name: str, version: str) -> l
     client = resource.client()
     model_tags = client.get_registered_model(model_name).tags
     version_tags = client.get_model_version(model_name, version).tags
-    previous = _alias_version(resource, model_name, CHAMPION)
+    previous = _alias_version(resource, model_name, CHAMPION_ALIAS)
 
     def alias() -> None:
         if previous is None:
-            client.delete_registered_model_alias(model_name, CHAMPION)
+            client.delete_registered_model_alias(model_name, CHAMPION_ALIAS)
         else:
-            client.set_registered_model_alias(model_name, CHAMPION, str(previous))
+            client.set_registered_model_alias(model_name, CHAMPION_ALIAS, str(previous))
 
     def history() -> None:
-        if HISTORY_TAG in model_tags:
-            client.set_registered_model_tag(model_name, HISTORY_TAG, model_tags[HISTORY_TAG])
+        if _HISTORY_TAG in model_tags:
+            client.set_registered_model_tag(model_name, _HISTORY_TAG, model_tags[_HISTORY_TAG])
         else:
-            client.delete_registered_model_tag(model_name, HISTORY_TAG)
+            client.delete_registered_model_tag(model_name, _HISTORY_TAG)
 
     def version_tag(key: str) -> Callable[[], None]:
         def undo() -> None:
@@ -170,7 +169,12 @@ def _registry_undo(resource: MlflowResource, model_name: str, version: str) -> l
 
         return undo
 
-    return [alias, history, version_tag("previous_champion"), version_tag("promoted_at")]
+    return [
+        alias,
+        history,
+        version_tag(MlflowTag.PREVIOUS_CHAMPION.value),
+        version_tag(MlflowTag.PROMOTED_AT.value),
+    ]
 
 
 def promote(
@@ -182,7 +186,7 @@ def promote(
     another run moved the alias since, nothing changes and PromotionError says so. If any registry call
     fails, the alias and tags are put back as they were and PromotionError names the failed step.
     """
-    previous = _alias_version(resource, model_name, CHAMPION)
+    previous = _alias_version(resource, model_name, CHAMPION_ALIAS)
     if expected_champion is not _UNCHECKED and previous != expected_champion:
         raise PromotionError(
             f"{model_name}: champion moved from version {expected_champion} to {previous} while version "
@@ -194,18 +198,18 @@ def promote(
         history = [previous]  # alias set by hand before any history: keep it reachable for rollback
     client, version = resource.client(), str(version)
     steps: list[tuple[str, Callable[[], None]]] = [
-        ("set the champion alias", lambda: resource.set_alias(model_name, CHAMPION, version)),
+        ("set the champion alias", lambda: resource.set_alias(model_name, CHAMPION_ALIAS, version)),
         ("save the champion history", lambda: _save_history(resource, model_name, [*history, int(version)])),
         (
             "tag previous_champion",
             lambda: client.set_model_version_tag(
-                model_name, version, "previous_champion", str(previous or "none")
+                model_name, version, MlflowTag.PREVIOUS_CHAMPION.value, str(previous or "none")
             ),
         ),
         (
             "tag promoted_at",
             lambda: client.set_model_version_tag(
-                model_name, version, "promoted_at", datetime.now(UTC).isoformat()
+                model_name, version, MlflowTag.PROMOTED_AT.value, datetime.now(UTC).isoformat()
             ),
         ),
     ]
@@ -256,7 +260,7 @@ def rollback(resource: MlflowResource, model_name: str, to: int | None = None) -
             f"no registered model {model_name!r} in MLflow at {resource.effective_registry_uri}; "
             f"train it first (mlplatform run --dataset {model_name})"
         ) from None
-    current = _alias_version(resource, model_name, CHAMPION)
+    current = _alias_version(resource, model_name, CHAMPION_ALIAS)
     history = champion_history(resource, model_name)
     if to is None:
         remaining = list(history)
@@ -275,8 +279,8 @@ def rollback(resource: MlflowResource, model_name: str, to: int | None = None) -
         if to == current:
             raise RegistryError(f"version {to} is already the champion of {model_name}")
         target, new_history = to, [*history, to]
-    resource.set_alias(model_name, CHAMPION, target)
+    resource.set_alias(model_name, CHAMPION_ALIAS, target)
     _save_history(resource, model_name, new_history)
     note = f"champion by rollback from version {current} at {datetime.now(UTC).isoformat()}"
-    client.set_model_version_tag(model_name, str(target), "rollback", note)
+    client.set_model_version_tag(model_name, str(target), MlflowTag.ROLLBACK.value, note)
     return ChampionChange(model_name, current, target)

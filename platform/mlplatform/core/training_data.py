@@ -1,0 +1,130 @@
+"""Reading what a model is trained and judged on: the training set, its splits and their metrics.
+
+Plain functions over a DuckDB connection, shared by training, evaluation, scoring and the reference
+profile. A missing table raises MissingTableError (the Dagster wiring turns it into a run failure).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import duckdb
+import pandas as pd
+
+from mlplatform.contracts import MlflowMetric, MlflowParam, Stage
+from mlplatform.core.features import feature_names
+from mlplatform.core.metrics import compute_metrics
+from mlplatform.core.splits import SPLIT_COLUMN
+from mlplatform.core.sql import column_types, quote_ident, total_order_sql
+from mlplatform.core.training import TrainedModel, predict
+from mlplatform.core.warehouse import read_frame, table_exists, table_name
+from mlplatform.specs.model import DatasetSpec
+
+TRAIN_METRICS_MAX_ROWS = 1_000_000
+
+# A recorded split window: (first, last) timestamp as stored, both included.
+SplitWindow = tuple[str, str]
+
+
+class MissingTableError(LookupError):
+    """A table a step reads has not been materialized yet; the message says what to run."""
+
+
+def model_feature_names(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> list[str]:
+    """The model inputs among the features table's columns (no time, entity key, target or split)."""
+    time_type = column_types(conn, table_name(spec.name, Stage.FEATURES))[spec.time_column]
+    return feature_names(spec, time_type)
+
+
+def read_training_set(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> pd.DataFrame:
+    """Every row of the training set, in a total order (LightGBM's result depends on row order)."""
+    if not table_exists(conn, spec.name, Stage.TRAINING_SET):
+        raise MissingTableError(
+            f"{spec.name}.{Stage.TRAINING_SET} does not exist: "
+            f"materialize {spec.name}/{Stage.TRAINING_SET} first"
+        )
+    table = table_name(spec.name, Stage.TRAINING_SET)
+    # A total order makes the same rows the same model.
+    by = total_order_sql(spec.row_keys, list(column_types(conn, table)))
+    return read_frame(conn, f"SELECT * FROM {table} ORDER BY {by}")
+
+
+def table_data_version(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> str:
+    """A content hash of a table, independent of row order: same rows and columns, same version."""
+    name = table_name(schema, table)
+    rows, row_hash_sum = conn.execute(f"SELECT count(*), sum(hash(t)::HUGEINT) FROM {name} t").fetchall()[0]
+    columns = sorted(column_types(conn, name).items())
+    return hashlib.sha256(f"{columns}|{rows}|{row_hash_sum}".encode()).hexdigest()[:16]
+
+
+def split_windows(parts: dict[str, pd.DataFrame], time_column: str) -> dict[str, dict[str, str]]:
+    """First and last timestamp of each split, as stored (closed intervals, easy to read)."""
+    windows: dict[str, dict[str, str]] = {}
+    for name, part in parts.items():
+        times = pd.to_datetime(part[time_column])
+        windows[name] = {"first": str(times.min()), "last": str(times.max())}
+    return windows
+
+
+def train_metrics_step(train_rows: int) -> int:
+    """Train-split metrics use every n-th row (time-ordered, so the sample spans the whole window).
+
+    They only show how well the model fits what it saw; scoring all 8M training rows of a 10M-row
+    data set for them took a quarter of the training time (benchmarks/BENCHMARKS.md)."""
+    return max(1, -(-train_rows // TRAIN_METRICS_MAX_ROWS))
+
+
+def split_metrics(
+    spec: DatasetSpec, model: TrainedModel, parts: dict[str, pd.DataFrame], features: list[str]
+) -> dict[str, float]:
+    """The task's metrics of `model` on each split, named `<split>_<metric>` (e.g. `test_rmse`)."""
+    metrics: dict[str, float] = {}
+    for name, part in parts.items():
+        if name == "train":
+            part = part.iloc[:: train_metrics_step(len(part))]
+        scores = predict(model, part[features])
+        found = compute_metrics(spec.target.task, part[spec.target.column], scores, model.classes)
+        metrics.update({MlflowMetric.split(name, metric): value for metric, value in found.items()})
+    return metrics
+
+
+def champion_training_rows(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, windows: dict[str, SplitWindow] | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train rows, test rows) the champion was trained and tested on.
+
+    With the champion's recorded windows (first and last timestamp of each split) the rows come from
+    `features`, which is right even after a rollback to an older champion; without them from
+    `training_set`, which holds the split of the latest training."""
+    if windows and "train" in windows and "test" in windows:
+        features, t = table_name(spec.name, Stage.FEATURES), quote_ident(spec.time_column)
+        labelled = f"{quote_ident(spec.target.column)} IS NOT NULL"
+
+        def rows(first: str, last: str) -> pd.DataFrame:
+            return read_frame(
+                conn,
+                f"SELECT * FROM {features} WHERE {t} BETWEEN ?::TIMESTAMP AND ?::TIMESTAMP AND {labelled} "
+                f"ORDER BY {t}",
+                [first, last],
+            )
+
+        return rows(*windows["train"]), rows(*windows["test"])
+    if not table_exists(conn, spec.name, Stage.TRAINING_SET):
+        raise MissingTableError(f"{spec.name}.{Stage.TRAINING_SET} does not exist: train a model first")
+    frame = conn.sql(
+        f"SELECT * FROM {table_name(spec.name, Stage.TRAINING_SET)} "
+        f"WHERE {quote_ident(SPLIT_COLUMN)} IN ('train', 'test')"
+    ).df()
+    return frame[frame[SPLIT_COLUMN] == "train"], frame[frame[SPLIT_COLUMN] == "test"]
+
+
+def recorded_windows(params: dict[str, str]) -> dict[str, SplitWindow] | None:
+    """Train/test windows a training run logged as params `window_<split>` = "first .. last"."""
+    found = {}
+    for split in ("train", "test"):
+        first, separator, last = params.get(MlflowParam.window(split), "").partition(
+            MlflowParam.WINDOW_SEPARATOR
+        )
+        if separator and first not in ("", "NaT") and last not in ("", "NaT"):
+            found[split] = (first, last)
+    return found or None
