@@ -8,7 +8,7 @@ they wrote themselves: the expected records of a file are part of the case, neve
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,10 @@ from mlplatform.assets.cleaning import build_clean_assets
 from mlplatform.assets.common import partitions_def
 from mlplatform.assets.ingestion import build_raw_asset
 from mlplatform.checks.data_quality import build_quality_checks
+from mlplatform.settings import load_settings
 from mlplatform.specs.loader import check_source
 from mlplatform.specs.model import DatasetSpec
+from mlplatform.stages import StageBuild
 from platform_tests.core.toy_spec import toy_spec
 
 HEADER = "id,day,kind,value"
@@ -33,9 +35,12 @@ class Outcome:
     result: dg.ExecuteInProcessResult
     warehouse: Path
     partitions: dg.TimeWindowPartitionsDefinition
+    _collected: bool = field(default=False, init=False, repr=False)
 
     def query(self, sql: str) -> list[tuple]:
-        gc.collect()  # a failed step's connection (dagster_duckdb closes it only on success) must be gone
+        if not self._collected:  # once: a full collection costs ~0.2 s, and only the run left garbage
+            gc.collect()  # a failed step's connection (dagster_duckdb closes it only on success) must be gone
+            self._collected = True
         with duckdb.connect(str(self.warehouse), read_only=True) as conn:
             return conn.execute(sql).fetchall()
 
@@ -74,7 +79,8 @@ def load(
 ) -> Outcome:
     """Materialize raw + clean (and their data checks) over all partitions, or `partition_keys`."""
     partitions = partitions_def(spec, check_source(spec))
-    assets = [build_raw_asset(spec, partitions), build_clean_assets(spec, partitions)]
+    stage = StageBuild(spec, partitions, load_settings())
+    assets = [build_raw_asset(stage), build_clean_assets(stage)]
     checks = [
         c for c in build_quality_checks(spec) if all(k.asset_key.path[-1] != "features" for k in c.check_keys)
     ]

@@ -17,6 +17,7 @@ from mlplatform.datasets.synthetic import generate_to_folder
 from mlplatform.factory import broken_specs, build_definitions
 from mlplatform.jobs.dataset_jobs import build_ingest_job
 from mlplatform.sensors.new_data import SKIPPED_FILES_TAG, build_new_data_sensor, read_cursor
+from mlplatform.settings import load_settings
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR, parse_spec
 from mlplatform.specs.model import DatasetSpec
 from platform_tests.conftest import bike_spec_dict, mlplatform_cli
@@ -167,6 +168,7 @@ def test_a_hostile_source_affects_only_its_own_dataset(
             assert len(keys) <= 10, (name, keys[:3], keys[-3:])
 
 
+@pytest.mark.e2e  # starts `mlplatform specs`
 def test_mlplatform_specs_lists_every_dataset_and_each_broken_ones_error(
     spec_folder: Path, tmp_path: Path
 ) -> None:
@@ -221,7 +223,7 @@ def test_new_data_sensor_skips_a_bad_file_goes_on_with_the_good_ones_and_keeps_i
     whole = dg.define_asset_job(
         "payments_test__all", selection=dg.AssetSelection.key_prefixes(["payments_test"])
     )
-    sensor = build_new_data_sensor(spec, partitions, build_ingest_job(spec), whole)
+    sensor = build_new_data_sensor(spec, partitions, build_ingest_job(spec), whole, load_settings())
     later = generate_to_folder(tmp_path / "later", days=3, customers=20, seed=2, start=date(2024, 1, 4))
     corrupt = landing / later[0].name  # 2024-01-04: not Parquet at all
     corrupt.write_bytes(b"PAR1 this is not a parquet file")
@@ -275,7 +277,7 @@ def test_new_data_sensor_names_the_bad_file_when_it_is_the_only_change(
     whole = dg.define_asset_job(
         "payments_test__all", selection=dg.AssetSelection.key_prefixes(["payments_test"])
     )
-    sensor = build_new_data_sensor(spec, partitions, build_ingest_job(spec), whole)
+    sensor = build_new_data_sensor(spec, partitions, build_ingest_job(spec), whole, load_settings())
     (landing / "broken.parquet").write_bytes(b"\x00" * 100)
     with dg.instance_for_test() as instance:
         result = sensor(dg.build_sensor_context(instance=instance))

@@ -81,6 +81,7 @@ def test_hostile_derived_expression_is_refused_without_side_effects(
     assert not out.exists()
 
 
+@pytest.mark.e2e  # starts `mlplatform specs`
 def test_mlplatform_specs_refuses_a_stacked_copy_and_writes_nothing(
     tmp_path: Path, write_spec: Callable[..., Path]
 ) -> None:

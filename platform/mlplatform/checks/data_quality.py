@@ -1,63 +1,66 @@
 """Asset checks of the data spine, shown in each asset's Checks tab.
 
-They read whole tables with one aggregate query each (cheap in DuckDB), so they can be re-run from
-the UI at any time, not only right after a materialization.
+They read whole tables with one aggregate query each (cheap in DuckDB, see mlplatform.core.quality),
+so they can be re-run from the UI at any time, not only right after a materialization.
 """
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from mlplatform.assets.common import asset_key
-from mlplatform.core.accounting import accounts_markdown, describe_account, read_accounts
-from mlplatform.core.sql import quote_ident
-from mlplatform.core.validation import FAILED_CHECKS
-from mlplatform.core.warehouse import count_rows, table_exists, table_name
+from mlplatform.contracts import Stage, asset_key
+from mlplatform.core.accounting import accounts_markdown, read_accounts
+from mlplatform.core.quality import (
+    accounting_failure,
+    duplicated_keys,
+    quarantine_share,
+    reconcile_rows,
+    unique_columns,
+)
+from mlplatform.core.warehouse import count_rows, table_exists
 from mlplatform.specs.model import DatasetSpec
 
 
 def build_quality_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
-    clean_key = asset_key(spec, "clean")
-    raw, clean, quarantine = (table_name(spec.name, t) for t in ("raw", "clean", "quarantine"))
-    grain = spec.partition_grain
-    max_share = spec.quality.max_quarantine_share
+    return [
+        _row_accounting_check(spec),
+        _source_accounting_check(spec),
+        _validity_rate_check(spec),
+        _unique_keys_check(spec),
+        *not_empty_checks(spec, (Stage.RAW, Stage.CLEAN, Stage.FEATURES)),
+    ]
 
+
+def _row_accounting_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     @dg.asset_check(
-        asset=clean_key,
+        asset=asset_key(spec, Stage.CLEAN),
         name="row_accounting",
         blocking=True,
         description="Every raw row is either clean or quarantined: raw = clean + quarantine, per partition.",
     )
     def row_accounting(warehouse: DuckDBResource) -> dg.AssetCheckResult:
-        t = quote_ident(spec.time_column)
         with warehouse.get_connection() as conn:
-            rows = conn.execute(
-                f"""
-                WITH r AS (SELECT date_trunc('{grain}', _partition_ts) p, count(*) n FROM {raw} GROUP BY 1),
-                     c AS (SELECT date_trunc('{grain}', {t}) p, count(*) n FROM {clean} GROUP BY 1),
-                     q AS (SELECT date_trunc('{grain}', _partition_ts) p, count(*) n FROM {quarantine} GROUP BY 1)
-                SELECT coalesce(r.p, c.p, q.p) AS p, coalesce(r.n, 0), coalesce(c.n, 0), coalesce(q.n, 0)
-                FROM r FULL JOIN c USING (p) FULL JOIN q USING (p)
-                ORDER BY 1
-                """
-            ).fetchall()
-        mismatched = [
-            (str(p), n_raw, n_clean, n_q) for p, n_raw, n_clean, n_q in rows if n_raw != n_clean + n_q
-        ]
-        totals = [sum(r[i] for r in rows) for i in (1, 2, 3)]
+            counts = reconcile_rows(conn, spec)
+        mismatched = counts.mismatched
         return dg.AssetCheckResult(
             passed=not mismatched,
             severity=dg.AssetCheckSeverity.ERROR,
             description=None if not mismatched else f"{len(mismatched)} partitions do not reconcile",
             metadata={
-                "raw_rows": totals[0],
-                "clean_rows": totals[1],
-                "quarantined_rows": totals[2],
+                "raw_rows": counts.raw_rows,
+                "clean_rows": counts.clean_rows,
+                "quarantined_rows": counts.quarantined_rows,
                 "mismatched_partitions": dg.MetadataValue.json(mismatched[:20]),
             },
         )
 
+    return row_accounting
+
+
+def _validity_rate_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
+    max_share = spec.quality.max_quarantine_share
+
     @dg.asset_check(
-        asset=clean_key,
+        asset=asset_key(spec, Stage.CLEAN),
         name="validity_rate",
         blocking=True,
         description=(
@@ -67,17 +70,8 @@ def build_quality_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
     )
     def validity_rate(warehouse: DuckDBResource) -> dg.AssetCheckResult:
         with warehouse.get_connection() as conn:
-            n_clean = count_rows(conn, spec.name, "clean")
-            n_quarantined = count_rows(conn, spec.name, "quarantine")
-            top = (
-                conn.execute(
-                    f"SELECT {FAILED_CHECKS}, count(*) FROM {quarantine} GROUP BY 1 ORDER BY 2 DESC LIMIT 5"
-                ).fetchall()
-                if n_quarantined
-                else []
-            )
-        total = n_clean + n_quarantined
-        share = n_quarantined / total if total else 0.0
+            quarantined = quarantine_share(conn, spec)
+        share = quarantined.share
         return dg.AssetCheckResult(
             passed=share <= max_share,
             severity=dg.AssetCheckSeverity.ERROR,
@@ -85,12 +79,16 @@ def build_quality_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
                 "validity_rate": 1 - share,
                 "quarantine_share": share,
                 "max_quarantine_share": max_share,
-                "top_failed_checks": dg.MetadataValue.json([[str(k), int(v)] for k, v in top]),
+                "top_failed_checks": dg.MetadataValue.json([list(t) for t in quarantined.top_failed_checks]),
             },
         )
 
+    return validity_rate
+
+
+def _source_accounting_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     @dg.asset_check(
-        asset=clean_key,
+        asset=asset_key(spec, Stage.CLEAN),
         name="source_accounting",
         blocking=True,
         description=(
@@ -108,22 +106,15 @@ def build_quality_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
             return dg.AssetCheckResult(
                 passed=False,
                 severity=dg.AssetCheckSeverity.ERROR,
-                description=f"{spec.name}.raw has recorded no source accounting yet: materialize raw first",
+                description=(
+                    f"{spec.name}.{Stage.RAW} has recorded no source accounting yet: materialize raw first"
+                ),
             )
         failing = [a for a in accounts if not a.reconciles]
-        more = f"; and {len(failing) - 3} more file(s)" if len(failing) > 3 else ""
-        # Rows loaded twice or left behind come from partitions run at different times (a partial run
-        # after the files or the partitions changed): one run over every partition loads each row once.
-        fix = (
-            f". To reload every partition from the files as they are: `mlplatform run --dataset {spec.name}`"
-            f" (add --allow-shrink where files were removed on purpose)"
-            if failing
-            else ""
-        )
         return dg.AssetCheckResult(
             passed=not failing,
             severity=dg.AssetCheckSeverity.ERROR,
-            description=("; ".join(describe_account(a) for a in failing[:3]) + more + fix) or None,
+            description=accounting_failure(spec.name, failing),
             metadata={
                 "files": sum(1 for a in accounts if a.recorded),
                 "files_not_reconciled": len(failing),
@@ -140,38 +131,28 @@ def build_quality_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
             },
         )
 
-    unique_columns = [name for name, col in spec.columns.items() if col.unique]
+    return source_accounting
+
+
+def _unique_keys_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
+    declared = ", ".join(unique_columns(spec)) or "none declared"
 
     @dg.asset_check(
-        asset=clean_key,
+        asset=asset_key(spec, Stage.CLEAN),
         name="unique_keys",
         blocking=True,
-        description=f"No duplicate values in the unique columns ({', '.join(unique_columns) or 'none declared'}).",
+        description=f"No duplicate values in the unique columns ({declared}).",
     )
     def unique_keys(warehouse: DuckDBResource) -> dg.AssetCheckResult:
-        duplicates: dict[str, int] = {}
         with warehouse.get_connection() as conn:
-            for name in unique_columns:
-                col = quote_ident(name)
-                duplicates[name] = int(
-                    conn.execute(
-                        f"SELECT count(*) FROM (SELECT {col} FROM {clean} WHERE {col} IS NOT NULL "
-                        f"GROUP BY 1 HAVING count(*) > 1)"
-                    ).fetchall()[0][0]
-                )
+            duplicates = duplicated_keys(conn, spec)
         return dg.AssetCheckResult(
             passed=not any(duplicates.values()),
             severity=dg.AssetCheckSeverity.ERROR,
             metadata={"duplicated_keys": dg.MetadataValue.json(duplicates)},
         )
 
-    return [
-        row_accounting,
-        source_accounting,
-        validity_rate,
-        unique_keys,
-        *not_empty_checks(spec, ("raw", "clean", "features")),
-    ]
+    return unique_keys
 
 
 def not_empty_checks(spec: DatasetSpec, stages: tuple[str, ...]) -> list[dg.AssetChecksDefinition]:

@@ -28,10 +28,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mlplatform.contracts import Stage, Table
 from mlplatform.core.sql import quote_ident, quote_literal
-from mlplatform.core.warehouse import table_exists, table_name
+from mlplatform.core.warehouse import table_exists, table_name, window_column
 
-ACCOUNTING_TABLE = "_source_accounting"
 csv.field_size_limit(1 << 30)  # a 3 MB field is data, not an error
 
 
@@ -203,9 +203,9 @@ def rows_per_file(conn: duckdb.DuckDBPyConnection, relation: str, where: str | N
 
 def recorded_files(conn: duckdb.DuckDBPyConnection, schema: str) -> set[str]:
     """The source files the last raw run recorded (empty before the first run)."""
-    if not table_exists(conn, schema, ACCOUNTING_TABLE):
+    if not table_exists(conn, schema, Table.SOURCE_ACCOUNTING):
         return set()
-    query = f"SELECT source_file FROM {table_name(schema, ACCOUNTING_TABLE)}"
+    query = f"SELECT source_file FROM {table_name(schema, Table.SOURCE_ACCOUNTING)}"
     return {str(f) for (f,) in conn.execute(query).fetchall()}
 
 
@@ -242,7 +242,7 @@ def record_accounting(
     conn.register("_accounting_df", frame)
     start, end = (f"{quote_literal(moment.isoformat(sep=' '))}::TIMESTAMP" for moment in window)
     conn.execute(
-        f"CREATE OR REPLACE TABLE {table_name(schema, ACCOUNTING_TABLE)} AS "
+        f"CREATE OR REPLACE TABLE {table_name(schema, Table.SOURCE_ACCOUNTING)} AS "
         "SELECT source_file::VARCHAR AS source_file, source_rows, read_rows, window_rows, "
         f"{start} AS window_start, {end} AS window_end, note::VARCHAR AS note FROM _accounting_df"
     )
@@ -255,12 +255,12 @@ def _accounts_sql(conn: duckdb.DuckDBPyConnection, schema: str, time_column: str
     its rows in the recorded window, in all partitions, and extra copies of one (file, source row)."""
     parts = [
         f"SELECT _source_file AS f, _source_row AS r, {quote_ident(column)} >= w.s "
-        f"AND {quote_ident(column)} < w.e AS in_window FROM {table_name(schema, name)}, w"
-        for name, column in (("clean", time_column), ("quarantine", "_partition_ts"))
-        if table_exists(conn, schema, name)
+        f"AND {quote_ident(column)} < w.e AS in_window FROM {table_name(schema, stage)}, w"
+        for stage, column in ((s, window_column(s, time_column)) for s in (Stage.CLEAN, Stage.QUARANTINE))
+        if table_exists(conn, schema, stage)
     ] or ["SELECT NULL::VARCHAR AS f, NULL::BIGINT AS r, NULL::BOOLEAN AS in_window WHERE false"]
     return f"""
-        WITH acc AS (SELECT * FROM {table_name(schema, ACCOUNTING_TABLE)}),
+        WITH acc AS (SELECT * FROM {table_name(schema, Table.SOURCE_ACCOUNTING)}),
         w AS (SELECT min(window_start) AS s, max(window_end) AS e FROM acc),
         stored AS ({" UNION ALL ".join(parts)}),
         per_row AS (
@@ -285,7 +285,7 @@ def read_accounts(conn: duckdb.DuckDBPyConnection, schema: str, time_column: str
     For the run summary: `[a for a in read_accounts(conn, spec.name, spec.time_column) if not
     a.reconciles]` lists the files that do not reconcile. Empty when raw never recorded any.
     """
-    if not table_exists(conn, schema, ACCOUNTING_TABLE):
+    if not table_exists(conn, schema, Table.SOURCE_ACCOUNTING):
         return []
     return [
         FileAccount(

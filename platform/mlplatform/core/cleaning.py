@@ -8,6 +8,7 @@ from datetime import datetime
 import duckdb
 import pandas as pd
 
+from mlplatform.contracts import Stage
 from mlplatform.core.sql import column_types, fetch_row
 from mlplatform.core.validation import (
     FAILED_CHECKS,
@@ -19,7 +20,14 @@ from mlplatform.core.validation import (
     typed_select_sql,
     validate_partition,
 )
-from mlplatform.core.warehouse import replace_window, table_exists, table_name, window_predicate
+from mlplatform.core.warehouse import (
+    PARTITION_TIME,
+    replace_window,
+    table_exists,
+    table_name,
+    window_column,
+    window_predicate,
+)
 from mlplatform.specs.model import DatasetSpec
 
 
@@ -28,8 +36,7 @@ class CleanResult:
     raw_rows: int
     clean_rows: int
     quarantined_rows: int
-    reason_counts: dict[str, int]
-    top_reasons: list[str]
+    reason_counts: dict[str, int]  # "column: check" -> rows failing it, most frequent first
 
 
 def clean_window(
@@ -42,10 +49,10 @@ def clean_window(
     a fraction of the cost: converting 10M rows to pandas and checking them took longer than all the
     SQL of the spine. `prescreen=False` validates every row with Pandera.
     """
-    raw = table_name(spec.name, "raw")
+    raw = table_name(spec.name, Stage.RAW)
     conn.execute(
         f"CREATE OR REPLACE TEMP TABLE _raw_window AS SELECT row_number() OVER () AS {ROW_ID}, * "
-        f"FROM {raw} WHERE {window_predicate('_partition_ts', start, end)}"
+        f"FROM {raw} WHERE {window_predicate(PARTITION_TIME, start, end)}"
     )
     conn.execute(
         f"CREATE OR REPLACE TEMP TABLE _typed_window AS "
@@ -55,18 +62,10 @@ def clean_window(
     screen = f"WHERE {suspect_rows_predicate(spec, '_typed_window')}" if prescreen else ""
     # Row order as in the window: Pandera keeps the first of duplicated keys clean.
     typed = conn.sql(f"SELECT * FROM _typed_window {screen} ORDER BY {ROW_ID}").df()
-
-    known_duplicates = None
-    if table_exists(conn, spec.name, "clean"):
-        clean = table_name(spec.name, "clean")
-        others = f"SELECT * FROM {clean} WHERE NOT ({window_predicate(spec.time_column, start, end)})"
-        sql = cross_partition_duplicates_sql(spec, "_typed_window", others)
-        known_duplicates = conn.sql(sql).df() if sql else None
-
-    outcome = validate_partition(spec, typed, known_duplicates)
+    outcome = validate_partition(spec, typed, _known_duplicates(conn, spec, start, end))
     conn.register("_quarantine_ids", outcome.quarantine)
     clean_sql = (
-        f"SELECT * EXCLUDE ({ROW_ID}, _partition_ts, _parse_errors) FROM _typed_window "
+        f"SELECT * EXCLUDE ({ROW_ID}, {PARTITION_TIME}, _parse_errors) FROM _typed_window "
         f"WHERE {ROW_ID} NOT IN (SELECT {ROW_ID} FROM _quarantine_ids)"
     )
     quarantine_sql = (
@@ -75,20 +74,41 @@ def clean_window(
         f"CAST(q.{FAILED_COLUMNS} AS VARCHAR) AS {FAILED_COLUMNS} "
         f"FROM _raw_window r JOIN _quarantine_ids q USING ({ROW_ID})"
     )
-    clean_rows = replace_window(conn, spec.name, "clean", clean_sql, spec.time_column, start, end)
-    quarantined = replace_window(conn, spec.name, "quarantine", quarantine_sql, "_partition_ts", start, end)
+    clean_rows = _replace(conn, spec, Stage.CLEAN, clean_sql, start, end)
+    quarantined = _replace(conn, spec, Stage.QUARANTINE, quarantine_sql, start, end)
     conn.unregister("_quarantine_ids")
-    reason_counts = outcome.reason_counts
-    top = outcome.quarantine[REASON].head(5).tolist() if not outcome.quarantine.empty else []
     for temp in ("_raw_window", "_typed_window"):
         conn.execute(f"DROP TABLE IF EXISTS {temp}")
     return CleanResult(
         raw_rows=window_rows,
         clean_rows=clean_rows,
         quarantined_rows=quarantined,
-        reason_counts=reason_counts,
-        top_reasons=top,
+        reason_counts=outcome.reason_counts,
     )
+
+
+def _known_duplicates(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, start: datetime, end: datetime
+) -> pd.DataFrame | None:
+    """Rows of the window whose unique key is already clean in another partition (see
+    `validate_partition`), or None when there is no clean table or no unique column yet."""
+    if not table_exists(conn, spec.name, Stage.CLEAN):
+        return None
+    clean = table_name(spec.name, Stage.CLEAN)
+    others = f"SELECT * FROM {clean} WHERE NOT ({window_predicate(spec.time_column, start, end)})"
+    sql = cross_partition_duplicates_sql(spec, "_typed_window", others)
+    return conn.sql(sql).df() if sql else None
+
+
+def _replace(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, stage: Stage, sql: str, start: datetime, end: datetime
+) -> int:
+    return replace_window(conn, spec.name, stage, sql, window_column(stage, spec.time_column), start, end)
+
+
+def reason_counts_markdown(reason_counts: dict[str, int]) -> str:
+    """The quarantine reasons as a markdown list (UI metadata)."""
+    return "\n".join(f"- `{reason}`: {count} rows" for reason, count in reason_counts.items()) or "_none_"
 
 
 def drop_rows_outside(
@@ -97,23 +117,14 @@ def drop_rows_outside(
     """Remove the clean and quarantine rows outside [start, end), the partitions that exist, once raw
     holds none there: raw keeps such rows (a file gone, the range shrunk) until a run allows the shrink,
     so raw is the gate and clean then holds only partitions that exist. Returns how many went."""
-    if not table_exists(conn, spec.name, "raw"):
+    if not table_exists(conn, spec.name, Stage.RAW):
         return 0
-    outside_raw = f"NOT ({window_predicate('_partition_ts', start, end)})"
-    if fetch_row(conn, f"SELECT count(*) FROM {table_name(spec.name, 'raw')} WHERE {outside_raw}")[0]:
+    outside_raw = f"NOT ({window_predicate(PARTITION_TIME, start, end)})"
+    if fetch_row(conn, f"SELECT count(*) FROM {table_name(spec.name, Stage.RAW)} WHERE {outside_raw}")[0]:
         return 0
     removed = 0
-    for table, column in (("clean", spec.time_column), ("quarantine", "_partition_ts")):
-        if table_exists(conn, spec.name, table):
-            where = f"NOT ({window_predicate(column, start, end)})"
-            removed += int(fetch_row(conn, f"DELETE FROM {table_name(spec.name, table)} WHERE {where}")[0])
+    for stage in (Stage.CLEAN, Stage.QUARANTINE):
+        if table_exists(conn, spec.name, stage):
+            where = f"NOT ({window_predicate(window_column(stage, spec.time_column), start, end)})"
+            removed += int(fetch_row(conn, f"DELETE FROM {table_name(spec.name, stage)} WHERE {where}")[0])
     return removed
-
-
-def quarantine_preview(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, limit: int = 5) -> pd.DataFrame:
-    if not table_exists(conn, spec.name, "quarantine"):
-        return pd.DataFrame()
-    return conn.sql(
-        f"SELECT _source_file, _source_row, {REASON} FROM {table_name(spec.name, 'quarantine')} "
-        f"ORDER BY _source_file, _source_row LIMIT {int(limit)}"
-    ).df()

@@ -14,9 +14,14 @@ the rows: a window over rows would add ties in the order DuckDB happens to sort 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from mlplatform.core.sql import quote_ident, quote_literal
+import duckdb
+
+from mlplatform.contracts import Stage
+from mlplatform.core.sql import column_types, quote_ident, quote_literal
+from mlplatform.core.warehouse import replace_window, table_name, window_column
 from mlplatform.specs.model import DatasetSpec, parse_duration
 
 CALENDAR_SQL = {
@@ -161,3 +166,22 @@ def _rolling_ctes(spec: DatasetSpec, t: str, entity: str | None, keys: str) -> l
         f"partials AS (SELECT {keys}, {columns} FROM {source} GROUP BY ALL)",
         f"rolled AS (SELECT {keys}, {', '.join(features)} FROM partials)",
     ]
+
+
+@dataclass(frozen=True)
+class FeaturesWrite:
+    rows: int  # rows written to the window
+    feature_columns: list[str]  # the model inputs, in table order
+
+
+def write_features_window(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, start: datetime, end: datetime
+) -> FeaturesWrite:
+    """Replace the features rows of [start, end) by those built from `clean` (which must hold the
+    window and the `lookback` before it)."""
+    clean = table_name(spec.name, Stage.CLEAN)
+    time_type = column_types(conn, clean)[spec.time_column]
+    sql = features_sql(spec, clean, start, end, time_type)
+    window = window_column(Stage.FEATURES, spec.time_column)
+    rows = replace_window(conn, spec.name, Stage.FEATURES, sql, window, start, end)
+    return FeaturesWrite(rows=rows, feature_columns=feature_names(spec, time_type))

@@ -190,44 +190,72 @@ def _parse_check(error: str) -> str:
     return "dst_gap" if error.endswith(DST_GAP) else "parse"
 
 
-def validate_partition(
-    spec: DatasetSpec, typed: pd.DataFrame, known_duplicates: pd.DataFrame | None = None
-) -> ValidationOutcome:
-    """Split typed raw rows (from `typed_select_sql`) into clean rows and quarantine reasons.
+class _Failures:
+    """Per row id: why the row is quarantined (reasons, checks and columns, in the order found)."""
 
-    `known_duplicates` (ROW_ID, column, reason) lists rows whose unique key is already clean in
-    another partition, which Pandera cannot see from one partition.
-    """
-    reasons: dict[int, list[str]] = defaultdict(list)
-    checks: dict[int, list[str]] = defaultdict(list)
-    failed_columns: dict[int, set[str]] = defaultdict(set)
-    parse_failed: dict[int, set[str]] = defaultdict(set)
-    failure_columns: dict[int, list[str]] = defaultdict(list)  # parallel to `checks`
-    if known_duplicates is not None:
-        for row_id, column, reason in known_duplicates[[ROW_ID, "column", "reason"]].itertuples(index=False):
-            reasons[int(row_id)].append(str(reason))
-            checks[int(row_id)].append("field_uniqueness")
-            failure_columns[int(row_id)].append(str(column))
-            failed_columns[int(row_id)].add(str(column))
+    def __init__(self) -> None:
+        self.reasons: dict[int, list[str]] = defaultdict(list)
+        self.checks: dict[int, list[str]] = defaultdict(list)
+        self.check_columns: dict[int, list[str]] = defaultdict(list)  # parallel to `checks`
+        self.failed_columns: dict[int, set[str]] = defaultdict(set)
+        self.parse_failed: dict[int, set[str]] = defaultdict(set)  # columns (or "_line") that did not parse
+
+    def add(self, row_id: int, reason: str, check: str, column: str, parse: bool = False) -> None:
+        self.reasons[row_id].append(reason)
+        self.checks[row_id].append(check)
+        self.check_columns[row_id].append(column)
+        self.failed_columns[row_id].add(column)
+        if parse:
+            self.parse_failed[row_id].add(column)
+
+    def explained_by_parsing(self, row_id: int, column: str) -> bool:
+        """The column did not parse, or the whole line is malformed: a schema failure adds nothing."""
+        return column in self.parse_failed[row_id] or "_line" in self.parse_failed[row_id]
+
+    def outcome(self, frame: pd.DataFrame) -> ValidationOutcome:
+        bad_ids = sorted(self.reasons)
+        counts = Counter(
+            f"{column}: {check}"
+            for i in bad_ids
+            for column, check in zip(self.check_columns[i], self.checks[i], strict=True)
+        )
+        quarantine = pd.DataFrame(
+            {
+                ROW_ID: pd.Series(bad_ids, dtype="int64"),
+                REASON: ["; ".join(self.reasons[i]) for i in bad_ids],
+                FAILED_CHECKS: ["; ".join(dict.fromkeys(self.checks[i])) for i in bad_ids],
+                FAILED_COLUMNS: [", ".join(sorted(self.failed_columns[i])) for i in bad_ids],
+            }
+        )
+        clean = frame[~frame[ROW_ID].isin(bad_ids)]
+        return ValidationOutcome(clean=clean, quarantine=quarantine, reason_counts=dict(counts.most_common()))
+
+
+def _add_known_duplicates(failures: _Failures, known_duplicates: pd.DataFrame) -> None:
+    for row_id, column, reason in known_duplicates[[ROW_ID, "column", "reason"]].itertuples(index=False):
+        failures.add(int(row_id), str(reason), "field_uniqueness", str(column))
+
+
+def _add_parse_errors(failures: _Failures, typed: pd.DataFrame) -> None:
     for row_id, errors in zip(typed[ROW_ID], typed["_parse_errors"], strict=True):
         for error in errors:
             unreadable = error.startswith("file unreadable")  # the row stands for a whole file
             column = error.split(":", 1)[0] if not error.startswith("line ") and not unreadable else "_line"
-            reasons[row_id].append(error)
             whole_row = "file_unreadable" if unreadable else "line_shape"
-            checks[row_id].append(_parse_check(error) if column != "_line" else whole_row)
-            failure_columns[row_id].append(column)
-            failed_columns[row_id].add(column)
-            parse_failed[row_id].add(column)
+            check = _parse_check(error) if column != "_line" else whole_row
+            failures.add(row_id, error, check, column, parse=True)
 
-    frame = typed.drop(columns=["_parse_errors"])
-    for row_id, column, value in _unrepresentable_times(frame):  # else coercion fails the whole partition
-        if column not in parse_failed[row_id]:
-            reasons[row_id].append(f"{column}: time {value} is outside what pandas can hold (1677..2262)")
-            checks[row_id].append("parse")
-            failure_columns[row_id].append(column)
-            failed_columns[row_id].add(column)
-            parse_failed[row_id].add(column)
+
+def _add_unrepresentable_times(failures: _Failures, frame: pd.DataFrame) -> None:
+    """Times pandas cannot hold are set to NaT in `frame` (else coercion fails the whole partition)."""
+    for row_id, column, value in _unrepresentable_times(frame):
+        if column not in failures.parse_failed[row_id]:
+            reason = f"{column}: time {value} is outside what pandas can hold (1677..2262)"
+            failures.add(row_id, reason, "parse", column, parse=True)
+
+
+def _add_schema_failures(failures: _Failures, spec: DatasetSpec, frame: pd.DataFrame) -> None:
+    """Pandera's row-level failures; a failure of the whole partition (not of rows) is an error."""
     try:
         build_schema(spec).validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
@@ -241,29 +269,28 @@ def validate_partition(
         for case in cases.itertuples(index=False):
             row_id = int(frame.at[int(case.index), ROW_ID])
             column = str(case.column)
-            if column in parse_failed[row_id] or "_line" in parse_failed[row_id]:
-                continue  # already explained by its parse error, or by a malformed line
-            reasons[row_id].append(f"{column}: {_describe_failure(str(case.check), case.failure_case)}")
-            checks[row_id].append(str(case.check))
-            failure_columns[row_id].append(column)
-            failed_columns[row_id].add(column)
+            if failures.explained_by_parsing(row_id, column):
+                continue
+            reason = f"{column}: {_describe_failure(str(case.check), case.failure_case)}"
+            failures.add(row_id, reason, str(case.check), column)
 
-    bad_ids = sorted(reasons)
-    counts = Counter(
-        f"{column}: {check}"
-        for i in bad_ids
-        for column, check in zip(failure_columns[i], checks[i], strict=True)
-    )
-    quarantine = pd.DataFrame(
-        {
-            ROW_ID: pd.Series(bad_ids, dtype="int64"),
-            REASON: ["; ".join(reasons[i]) for i in bad_ids],
-            FAILED_CHECKS: ["; ".join(dict.fromkeys(checks[i])) for i in bad_ids],
-            FAILED_COLUMNS: [", ".join(sorted(failed_columns[i])) for i in bad_ids],
-        }
-    )
-    clean = frame[~frame[ROW_ID].isin(bad_ids)]
-    return ValidationOutcome(clean=clean, quarantine=quarantine, reason_counts=dict(counts.most_common()))
+
+def validate_partition(
+    spec: DatasetSpec, typed: pd.DataFrame, known_duplicates: pd.DataFrame | None = None
+) -> ValidationOutcome:
+    """Split typed raw rows (from `typed_select_sql`) into clean rows and quarantine reasons.
+
+    `known_duplicates` (ROW_ID, column, reason) lists rows whose unique key is already clean in
+    another partition, which Pandera cannot see from one partition.
+    """
+    failures = _Failures()
+    if known_duplicates is not None:
+        _add_known_duplicates(failures, known_duplicates)
+    _add_parse_errors(failures, typed)
+    frame = typed.drop(columns=["_parse_errors"])
+    _add_unrepresentable_times(failures, frame)
+    _add_schema_failures(failures, spec, frame)
+    return failures.outcome(frame)
 
 
 def cross_partition_duplicates_sql(

@@ -16,8 +16,13 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from mlplatform.contracts import Stage
 from mlplatform.core.sql import column_types, quote_ident, quote_literal
 from mlplatform.settings import WAREHOUSE_ENV
+
+# raw and quarantine rows: the time that placed the row in its partition (set even where the row's own
+# time does not parse, see mlplatform.core.placement).
+PARTITION_TIME = "_partition_ts"
 
 # Nullable integer and boolean columns: DuckDB's .df() gives pandas' masked dtypes, Arrow floats/objects.
 _MASKED_DTYPES = {
@@ -83,6 +88,12 @@ def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bo
         [schema, table],
     ).fetchall()[0]
     return bool(row and row[0])
+
+
+def window_column(stage: Stage, time_column: str) -> str:
+    """The column that windows a data stage's table: `PARTITION_TIME` in raw and quarantine (their rows
+    may not have a time of their own), the typed time column in clean and features."""
+    return PARTITION_TIME if stage in (Stage.RAW, Stage.QUARANTINE) else time_column
 
 
 def window_predicate(column: str, start: datetime, end: datetime) -> str:
