@@ -10,8 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlplatform.cli import DAGSTER_YAML, prepare_home
+from mlplatform.home import DAGSTER_YAML, prepare_home
+from mlplatform.settings import apply_mlflow_env_defaults, load_settings
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR
+
+# The test process is an entry point too: MLflow's HTTP timeouts etc. as `mlplatform` sets them.
+apply_mlflow_env_defaults()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIKE_CSV = BUNDLED_SPECS_DIR.parent / "datasets" / "data" / "bike_sharing_hour.csv"
@@ -26,7 +30,7 @@ def platform_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLPLATFORM_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    prepare_home(None)
+    prepare_home(load_settings())
     return home
 
 

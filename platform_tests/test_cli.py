@@ -8,11 +8,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from mlplatform.runner import stage_selection
+from mlplatform.stages import runnable_stages
 from platform_tests.conftest import bike_spec_dict, mlplatform_cli, subprocess_env
 
 
+@pytest.mark.e2e  # starts `mlplatform` processes
 def test_help_explains_every_command(tmp_path: Path) -> None:
     result = mlplatform_cli("--help", home=tmp_path / "home")
     assert result.returncode == 0
@@ -20,8 +24,19 @@ def test_help_explains_every_command(tmp_path: Path) -> None:
         assert command in result.stdout
     run_help = mlplatform_cli("run", "--help", home=tmp_path / "home")
     assert "--dataset" in run_help.stdout and "--home" in run_help.stdout
+    assert "training_set, model, evaluation, predictions;" in " ".join(run_help.stdout.split())
 
 
+def test_a_stage_selects_the_assets_its_step_writes_as_plain_keys() -> None:
+    assert stage_selection("bike", None) is None
+    selection = stage_selection("bike", ["clean", "predictions"])
+    assert selection == [dg.AssetKey(["bike", name]) for name in ("clean", "quarantine", "predictions")]
+    # A Stage (StrEnum) in a key's path would fail when Dagster serializes the run's job snapshot.
+    assert {type(part) for key in selection for part in key.path} == {str}
+    assert set(runnable_stages()) >= {"raw", "clean", "predictions"}
+
+
+@pytest.mark.e2e  # starts `mlplatform` processes
 def test_unknown_dataset_is_one_clear_line(tmp_path: Path) -> None:
     result = mlplatform_cli("run", "--dataset", "nope", home=tmp_path / "home")
     assert result.returncode == 2
@@ -30,6 +45,7 @@ def test_unknown_dataset_is_one_clear_line(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.e2e  # starts `mlplatform` processes
 def test_bad_spec_is_one_clear_line(tmp_path: Path, write_spec: Callable[..., Path]) -> None:
     spec = bike_spec_dict()
     spec["name"] = "broken"
@@ -45,6 +61,7 @@ def test_bad_spec_is_one_clear_line(tmp_path: Path, write_spec: Callable[..., Pa
         assert lines[0].startswith(f"mlplatform: error: spec file {path}: key 'columns.temp.type'")
 
 
+@pytest.mark.e2e  # starts `mlplatform` processes
 def test_missing_source_file_is_one_clear_line(tmp_path: Path, write_spec: Callable[..., Path]) -> None:
     spec = bike_spec_dict()
     spec["name"] = "moved"
@@ -59,6 +76,7 @@ def test_missing_source_file_is_one_clear_line(tmp_path: Path, write_spec: Calla
     )
 
 
+@pytest.mark.e2e  # starts four Python processes that open the instance
 def test_prepared_home_has_its_instance_storage_before_any_process_starts(platform_home: Path) -> None:
     """`mlplatform` creates the SQLite instance once, so a daemon and a webserver can start together.
 
@@ -84,6 +102,7 @@ def test_prepared_home_has_its_instance_storage_before_any_process_starts(platfo
         assert process.returncode == 0, errors[-2000:]
 
 
+@pytest.mark.e2e  # starts `mlplatform` processes
 def test_specs_lists_the_bundled_datasets(tmp_path: Path) -> None:
     result = mlplatform_cli("specs", home=tmp_path / "home")
     assert result.returncode == 0, result.stderr

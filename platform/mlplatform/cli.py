@@ -9,143 +9,104 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import yaml
+from mlplatform.errors import UserError
+from mlplatform.replay import POLICIES
+from mlplatform.settings import HOME_ENV, Settings, apply_mlflow_env_defaults, load_settings
+from mlplatform.stages import mlflow_stages, runnable_stages
 
-from mlplatform.settings import HOME_ENV, apply_mlflow_http_defaults, load_settings
+if TYPE_CHECKING:
+    import dagster as dg
 
-RUN_MONITORING_YAML = """# Added by mlplatform: the daemon fails runs stuck starting or canceling (their worker is gone), so a
-# dead run never holds the run slot. Runs of killed processes: see mlplatform.recovery.
-run_monitoring:
-  enabled: true
-  start_timeout_seconds: 180
-  cancel_timeout_seconds: 180
-  poll_interval_seconds: 30
-"""
-DAGSTER_YAML = (
-    """# Written by mlplatform on first use. The Dagster instance of this platform home.
-telemetry:
-  enabled: false
-# One DuckDB file has one writer: runs the daemon launches (sensors, schedules) queue, one at a time.
-run_queue:
-  max_concurrent_runs: 1
-"""
-    + RUN_MONITORING_YAML
-)
-# Stages whose assets use MLflow: `mlplatform run` checks the tracking server before running them, and
-# the ones that write to it (a read-only store fails before any data stage).
-MLFLOW_STAGES = ("model", "evaluation", "predictions")
-MLFLOW_WRITE_STAGES = ("model", "evaluation")
+# Heavy modules (Dagster, MLflow, pandas) are imported inside the commands: `mlplatform --help` stays quick.
 
 
-class UserError(Exception):
-    """A mistake the user can fix: printed as one line, no traceback."""
+def process_settings(home: str | None) -> Settings:
+    """Set up this process and read its Settings: the only place `mlplatform` writes os.environ.
 
-
-def prepare_home(home: str | None) -> None:
-    """Point MLPLATFORM_HOME and DAGSTER_HOME at the platform home and create the Dagster instance."""
+    MLflow's environment-only defaults (HTTP timeouts, telemetry, progress bars) go into the environment,
+    which the replay's worker processes inherit; `--home` wins over $MLPLATFORM_HOME without being
+    exported. Every command gets the returned Settings as a parameter.
+    """
+    apply_mlflow_env_defaults()
+    environ = dict(os.environ)
     if home:
-        os.environ[HOME_ENV] = str(Path(home).expanduser().resolve())
-    # Like Dagster's (dagster.yaml below), MLflow's usage telemetry stays off unless the user sets it.
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    settings = load_settings()
-    os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
-    dagster_home = Path(os.environ["DAGSTER_HOME"])
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    apply_mlflow_http_defaults()
-    write_instance_config(dagster_home / "dagster.yaml")
-    create_instance_storage()
-    _fail_dead_runs()
+        environ[HOME_ENV] = str(Path(home).expanduser().resolve())
+    return load_settings(environ)
 
 
-def write_instance_config(config: Path) -> None:
-    """Write dagster.yaml on first use; a home made by an older version gets run monitoring appended."""
-    if not config.exists():
-        config.write_text(DAGSTER_YAML)
-        return
-    text = config.read_text()
-    if "run_monitoring" not in (yaml.safe_load(text) or {}):
-        config.write_text(text.rstrip("\n") + "\n" + RUN_MONITORING_YAML)
+def _prepare_home(settings: Settings) -> None:
+    """The Dagster instance of the home exists; runs left STARTED by a killed process are failed."""
+    from mlplatform.home import prepare_home
+
+    for line in prepare_home(settings):
+        print(f"mlplatform: marked {line} as failed: its process is gone", file=sys.stderr)
 
 
-def _fail_dead_runs() -> None:
-    """Runs left STARTED by a killed process are marked failed before this command starts its own."""
-    from dagster import DagsterInstance
-
-    from mlplatform.recovery import fail_dead_runs
-
-    with DagsterInstance.get() as instance:
-        for line in fail_dead_runs(instance, "the `mlplatform` command"):
-            print(f"mlplatform: marked {line} as failed: its process is gone", file=sys.stderr)
-
-
-def _check_mlflow(write_probe_experiment: str | None) -> None:
-    from mlplatform.factory import mlflow_resource
-    from mlplatform.resources.mlflow import MlflowUnavailable
+def _check_mlflow(settings: Settings, write_probe_experiment: str | None) -> None:
+    from mlplatform.resources.mlflow import MlflowResource, MlflowUnavailable
 
     try:
-        mlflow_resource(load_settings()).check_reachable(write_probe_experiment)
+        MlflowResource.from_settings(settings).check_reachable(write_probe_experiment)
     except MlflowUnavailable as exc:
         raise UserError(f"{exc}; nothing was run") from None
 
 
-def _end_dead_mlflow_runs() -> None:
+def _end_dead_mlflow_runs(settings: Settings) -> None:
     """MLflow runs a killed process left RUNNING are ended as KILLED (the store answered just before)."""
     from mlplatform.recovery import existing_mlflow_client, kill_dead_mlflow_runs
+    from mlplatform.resources.mlflow import MlflowResource
 
-    client = existing_mlflow_client()
+    client = existing_mlflow_client(MlflowResource.from_settings(settings))
     if client is None:
         return
     for line in kill_dead_mlflow_runs(client, "the `mlplatform` command"):
         print(f"mlplatform: ended {line} as KILLED: its process is gone", file=sys.stderr)
 
 
-def create_instance_storage() -> None:
-    """Create (or migrate) the storage of the instance at $DAGSTER_HOME, once, in this process.
-
-    A `dagster-daemon` and a `dagster-webserver` started side by side on a fresh SQLite home both
-    create its tables and one of them dies on the race (a duplicate `alembic_version` row), so the
-    platform creates them first.
-    """
-    from dagster import DagsterInstance
-
-    with DagsterInstance.get():
-        pass
-
-
-def _load_definitions():  # type: ignore[no-untyped-def]
+def _load_definitions(settings: Settings) -> dg.Definitions:
+    from mlplatform.factory import build_definitions
     from mlplatform.specs.loader import SpecError
 
     try:
-        from mlplatform.factory import build_definitions
-
-        return build_definitions()
+        return build_definitions(settings=settings)
     except SpecError as exc:
         raise UserError(str(exc)) from None
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from mlplatform.factory import broken_specs
+    from mlplatform.home import open_instance
     from mlplatform.runner import dataset_names, print_summary, run_datasets
 
-    prepare_home(args.home)
+    _prepare_home(settings)
     for noisy in ("mlflow.store.db.utils", "alembic"):  # schema set-up chatter on a new MLflow store
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    stages = args.stage or list(MLFLOW_STAGES)
-    checked = any(stage in MLFLOW_STAGES for stage in stages)
+    # Stages that use MLflow are checked against the tracking server before running them, and the ones
+    # that write to it for writing (a read-only store fails before any data stage).
+    uses_mlflow = [stage for stage in mlflow_stages("read", "write") if stage in runnable_stages()]
+    stages = args.stage or uses_mlflow
+    checked = any(stage in uses_mlflow for stage in stages)
     if checked:
-        _check_mlflow(None)  # before loading definitions: an unreachable server fails in seconds
-    defs = _load_definitions()
-    if any(stage in MLFLOW_WRITE_STAGES for stage in stages):
+        _check_mlflow(settings, None)  # before loading definitions: an unreachable server fails in seconds
+    defs = _load_definitions(settings)
+    if any(stage in mlflow_stages("write") for stage in stages):
         known = dataset_names(defs)  # unknown names are refused by run_datasets, unprobed
         for name in [name for name in args.dataset or known if name in known]:
-            _check_mlflow(name)
+            _check_mlflow(settings, name)
     if checked:
-        _end_dead_mlflow_runs()
-    results = run_datasets(
-        defs, args.dataset or None, progress=print, stages=args.stage or None, allow_shrink=args.allow_shrink
-    )
-    print_summary(defs, results)
+        _end_dead_mlflow_runs(settings)
+    with open_instance(settings) as instance:
+        results = run_datasets(
+            defs,
+            args.dataset or None,
+            instance=instance,
+            progress=print,
+            stages=args.stage or None,
+            allow_shrink=args.allow_shrink,
+        )
+    print_summary(settings, defs, results)
     # A broken spec fails the command that was asked to run everything, after the good datasets ran.
     broken = [] if args.dataset else broken_specs(defs)
     for spec in broken:
@@ -153,12 +114,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(r.success for r in results) and not broken else 1
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
-    from mlplatform.factory import mlflow_resource
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     from mlplatform.models.registry import RegistryError, rollback
+    from mlplatform.resources.mlflow import MlflowResource
 
-    prepare_home(args.home)
-    resource = mlflow_resource(load_settings())
+    _prepare_home(settings)
+    resource = MlflowResource.from_settings(settings)
     try:
         change = rollback(resource, args.dataset, args.to)
     except RegistryError as exc:
@@ -174,7 +135,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_specs(args: argparse.Namespace) -> int:
+def cmd_specs(args: argparse.Namespace, settings: Settings) -> int:
     """Each dataset's line, or its error on stderr: a broken spec hides no other (exit 2 if any is broken).
 
     Builds each dataset as the code location does (probe, partitions, assets), so what this accepts loads.
@@ -182,7 +143,6 @@ def cmd_specs(args: argparse.Namespace) -> int:
     from mlplatform.factory import build_datasets
     from mlplatform.specs.loader import SpecError, read_specs
 
-    settings = load_settings()
     try:
         specs, broken = read_specs(settings.extra_spec_dirs)
     except SpecError as exc:  # a folder named in $MLPLATFORM_SPECS does not exist
@@ -198,6 +158,67 @@ def cmd_specs(args: argparse.Namespace) -> int:
         print(f"{failure.name}: {failure.path} | NOT LOADED (error below)")
         print(f"mlplatform: error: {failure.error}", file=sys.stderr)
     return 2 if broken or failed else 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from mlplatform.replay import ReplayConfig, check_config, replay
+    from mlplatform.specs.loader import read_specs
+
+    config = ReplayConfig(
+        dataset=args.dataset,
+        output=Path(args.output).expanduser().resolve(),
+        period_days=args.period_days,
+        initial_fraction=args.initial_fraction,
+        retrain_every_days=args.retrain_every_days,
+        policies=tuple(args.policy or POLICIES),
+        processes=args.processes,
+        max_periods=args.max_periods,
+        keep_homes=args.keep_homes,
+    )
+    try:
+        check_config(config)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    specs, broken = read_specs(settings.extra_spec_dirs)
+    known = [s.name for s in specs]
+    if config.dataset in {b.name for b in broken}:
+        raise UserError(next(b.error for b in broken if b.name == config.dataset))
+    if config.dataset not in known:
+        raise UserError(f"unknown dataset {config.dataset} (known: {', '.join(known)})")
+    replay(config, settings)
+    print(f"wrote {config.output / 'replay.csv'}, replay_summary.csv and replay.png")
+    return 0
+
+
+def add_replay_command(sub: argparse._SubParsersAction) -> None:
+    """The `replay` subcommand (its logic: mlplatform.replay)."""
+    parser = sub.add_parser(
+        "replay",
+        help="replay a dataset's history under static, scheduled and drift-triggered retraining",
+        description=(
+            "Replays the history of a dataset period by period through the real jobs and the real drift "
+            "sensor, each policy in its own temporary platform home, and writes replay.csv, "
+            "replay_summary.csv and replay.png to --output."
+        ),
+    )
+    parser.add_argument("--dataset", required=True, metavar="NAME")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--period-days", type=int, default=7, help="days per replayed period (default 7)")
+    parser.add_argument(
+        "--initial-fraction", type=float, default=0.25, help="share of the history to bootstrap on (0.25)"
+    )
+    parser.add_argument(
+        "--retrain-every-days", type=int, default=28, help="schedule of the scheduled policy (28)"
+    )
+    parser.add_argument(
+        "--policy", action="append", choices=POLICIES, help="only these policies (repeatable)"
+    )
+    parser.add_argument("--processes", type=int, default=2, help="policies replayed in parallel (2)")
+    parser.add_argument("--max-periods", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--keep-homes", action="store_true", help="keep each policy's platform home under DIR/_homes"
+    )
+    parser.set_defaults(func=cmd_replay)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="STAGE",
         help=(
-            "only this stage (repeatable): raw, clean, features, training_set, model, evaluation, "
-            "predictions; e.g. --stage predictions re-scores with the current champion"
+            f"only this stage (repeatable): {', '.join(runnable_stages())}; "
+            "e.g. --stage predictions re-scores with the current champion"
         ),
     )
     run.add_argument(
@@ -259,8 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
     specs = sub.add_parser("specs", help="validate the spec files and list the datasets they define")
     specs.set_defaults(func=cmd_specs)
 
-    from mlplatform.replay import add_replay_command  # `mlplatform replay` lives with its logic
-
     add_replay_command(sub)
     return parser
 
@@ -269,8 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     started = time.monotonic()
+    settings = process_settings(getattr(args, "home", None))
     try:
-        code = int(args.func(args))
+        code = int(args.func(args, settings))
     except UserError as exc:
         print(f"mlplatform: error: {exc}", file=sys.stderr)
         return 2

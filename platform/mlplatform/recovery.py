@@ -1,6 +1,6 @@
 """Ending runs whose process is gone: Dagster runs become FAILURE, MLflow runs KILLED.
 
-Who calls it: every `mlplatform` command that prepares the home (cli.prepare_home; MLflow runs once the
+Who calls it: every `mlplatform` command that prepares the home (home.prepare_home; MLflow runs once the
 tracking server answered, in `mlplatform run`) and the `mlplatform__recovery` sensor on each daemon tick.
 
 Dagster's run monitoring (on in the dagster.yaml we write) cannot see these runs: the DefaultRunLauncher
@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 import dagster as dg
@@ -31,7 +32,9 @@ from mlplatform.core.recovery import (
     owner_is_gone,
     owner_tags,
 )
-from mlplatform.settings import load_settings
+
+if TYPE_CHECKING:  # for the annotation only: the resource imports this module for the owner tags
+    from mlplatform.resources.mlflow import MlflowResource
 
 RUN_OWNER_PREFIX = "mlplatform/"  # Dagster run tags: mlplatform/owner_host, ...
 MLFLOW_OWNER_PREFIX = "mlplatform."  # MLflow run tags: mlplatform.owner_host, ...
@@ -129,11 +132,8 @@ def local_store_missing(tracking_uri: str) -> bool:
     return False
 
 
-def existing_mlflow_client() -> MlflowClient | None:
-    """The platform's MLflow store, or None while a local store does not exist yet (nothing to end)."""
-    from mlplatform.factory import mlflow_resource  # the factory builds the recovery sensor: import late
-
-    resource = mlflow_resource(load_settings())
+def existing_mlflow_client(resource: MlflowResource) -> MlflowClient | None:
+    """The client of the resource's store, or None while a local store does not exist yet (nothing to end)."""
     return None if local_store_missing(resource.tracking_uri) else resource.client()
 
 

@@ -20,7 +20,6 @@ retrains, mean_error, train_seconds) and replay.png.
 
 from __future__ import annotations
 
-import argparse
 import math
 import multiprocessing
 import shutil
@@ -29,10 +28,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from mlplatform.settings import Settings
 
+if TYPE_CHECKING:
+    import dagster as dg
+    import pandas as pd
+
+    from mlplatform.specs.model import DatasetSpec
+
+# Pandas, Dagster and MLflow are imported where they are used: `mlplatform --help` reads POLICIES.
 POLICIES = ("static", "scheduled", "drift")
 
 
@@ -59,15 +65,17 @@ def _range_tags(keys: list[str]) -> dict[str, str]:
     return {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
 
 
-def _period_error(spec: Any, start: datetime, end: datetime) -> tuple[str, float, int, int | None]:
+def _period_error(
+    settings: Settings, spec: DatasetSpec, start: datetime, end: datetime
+) -> tuple[str, float, int, int | None]:
     """Primary metric of the stored predictions on the period's labelled rows, and the scoring version."""
     import duckdb
+    import pandas as pd
 
-    from mlplatform.assets.drift_report import window_rows
     from mlplatform.core.drift_reference import primary_error
-    from mlplatform.settings import load_settings
+    from mlplatform.core.drift_windows import window_rows
 
-    with duckdb.connect(load_settings().warehouse_path, read_only=True) as conn:
+    with duckdb.connect(settings.warehouse_path, read_only=True) as conn:
         rows = window_rows(conn, spec, start, end)
     versions = rows["model_version"].dropna() if "model_version" in rows else pd.Series(dtype=float)
     version = int(versions.mode().iloc[0]) if len(versions) else None
@@ -75,48 +83,31 @@ def _period_error(spec: Any, start: datetime, end: datetime) -> tuple[str, float
     return metric, value, len(rows), version
 
 
-def _champion_version(spec: Any) -> int | None:
-    from mlplatform.factory import mlflow_resource
-    from mlplatform.models.registry import CHAMPION
-    from mlplatform.settings import load_settings
+def _champion_version(settings: Settings, spec: DatasetSpec) -> int | None:
+    from mlplatform.contracts import CHAMPION_ALIAS
+    from mlplatform.resources.mlflow import MlflowResource
 
-    found = mlflow_resource(load_settings()).get_alias_version(spec.name, CHAMPION)
+    found = MlflowResource.from_settings(settings).get_alias_version(spec.name, CHAMPION_ALIAS)
     return int(found.version) if found else None
 
 
-def run_policy(config: ReplayConfig, policy: str) -> list[dict[str, Any]]:
-    """Replay one policy in its own home; runs in a fresh process (the home is process-wide state)."""
-    import os
-
-    from mlplatform.cli import prepare_home
-    from mlplatform.settings import MLFLOW_REGISTRY_ENV, MLFLOW_TRACKING_ENV, WAREHOUSE_ENV
+def _policy_home(config: ReplayConfig, policy: str, settings: Settings) -> Settings:
+    """A fresh platform home for the policy: every location in it, whatever the caller's point at."""
+    from mlplatform.home import prepare_home
 
     home = config.output / "_homes" / policy
     shutil.rmtree(home, ignore_errors=True)
-    # Everything in the policy's own home, whatever the caller's environment points at.
-    for name in (WAREHOUSE_ENV, MLFLOW_TRACKING_ENV, MLFLOW_REGISTRY_ENV, "MLPLATFORM_MLFLOW_ARTIFACTS"):
-        os.environ.pop(name, None)
-    os.environ["DAGSTER_HOME"] = str(home / "dagster")
-    prepare_home(str(home))
-    import dagster as dg
+    policy_settings = settings.in_home(home)
+    prepare_home(policy_settings)
+    return policy_settings
 
-    from mlplatform.dagster_adapter import RUN_KEY_TAG, SENSOR_NAME_TAG
-    from mlplatform.factory import build_definitions, job_name
-    from mlplatform.jobs.dataset_jobs import ingest_job_name, retrain_job_name
-    from mlplatform.sensors.drift import build_drift_sensor
-    from mlplatform.settings import load_settings
-    from mlplatform.specs.loader import check_source, read_specs
 
-    specs, _ = read_specs(load_settings().extra_spec_dirs)  # another dataset's broken spec does not matter
-    spec = next(s for s in specs if s.name == config.dataset)
-    defs = build_definitions(specs=[spec])
-    # In-memory instance: the replay's runs and events are thrown away with its home anyway, and SQLite
-    # event storage would spend most of the replay syncing events to disk.
-    instance = dg.DagsterInstance.ephemeral()
-    whole, ingest, retrain = (
-        defs.resolve_job_def(n(spec)) for n in (job_name, ingest_job_name, retrain_job_name)
-    )
-    partitions = ingest.partitions_def
+def _replayed_partitions(
+    spec: DatasetSpec, partitions: Any, config: ReplayConfig
+) -> tuple[list[str], int, list[list[str]]]:
+    """The partitions up to the source's last record, how many bootstrap, and the replayed periods."""
+    from mlplatform.specs.loader import check_source
+
     last_time = check_source(spec).time_max
     keys = [
         k
@@ -124,42 +115,67 @@ def run_policy(config: ReplayConfig, policy: str) -> list[dict[str, Any]]:
         if partitions.time_window_for_partition_key(k).start.replace(tzinfo=None) <= last_time
     ]
     n_initial = max(1, round(len(keys) * config.initial_fraction))
-    grain_days = max(
-        1,
-        round(
-            (
-                partitions.time_window_for_partition_key(keys[0]).end
-                - partitions.time_window_for_partition_key(keys[0]).start
-            ).days
-        ),
-    )
+    first = partitions.time_window_for_partition_key(keys[0])
+    grain_days = max(1, round((first.end - first.start).days))
     periods = _chunks(keys[n_initial:], max(1, config.period_days // grain_days))[: config.max_periods]
+    return keys, n_initial, periods
 
-    def execute(job: Any, tags: dict[str, str]) -> float:
-        started = time.perf_counter()
-        result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
-        if not result.success:
-            failed = [e.step_key for e in result.all_events if e.is_step_failure]
-            print(f"[{policy}] run {job.name} failed in {failed}", flush=True)
-        return time.perf_counter() - started
 
-    execute(whole, _range_tags(keys[:n_initial]))
-    if _champion_version(spec) is None:
+def _policy_jobs(settings: Settings, dataset: str) -> tuple[DatasetSpec, Any, Any, Any]:
+    """The dataset's spec and its whole-graph, ingest and retrain jobs, built for the policy's home."""
+    from mlplatform.factory import build_definitions, job_name
+    from mlplatform.jobs.dataset_jobs import ingest_job_name, retrain_job_name
+    from mlplatform.specs.loader import read_specs
+
+    specs, _ = read_specs(settings.extra_spec_dirs)  # another dataset's broken spec does not matter
+    spec = next(s for s in specs if s.name == dataset)
+    defs = build_definitions(settings=settings, specs=[spec])
+    whole, ingest, retrain = (
+        defs.resolve_job_def(n(spec)) for n in (job_name, ingest_job_name, retrain_job_name)
+    )
+    return spec, whole, ingest, retrain
+
+
+def _execute(job: Any, instance: dg.DagsterInstance, tags: dict[str, str], policy: str) -> float:
+    """Run `job` in process; its seconds. A failed run is reported and the replay goes on."""
+    started = time.perf_counter()
+    result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+    if not result.success:
+        failed = [e.step_key for e in result.all_events if e.is_step_failure]
+        print(f"[{policy}] run {job.name} failed in {failed}", flush=True)
+    return time.perf_counter() - started
+
+
+def run_policy(config: ReplayConfig, policy: str, settings: Settings) -> list[dict[str, Any]]:
+    """Replay one policy in its own home (a fresh process each: MLflow's fluent API is process-wide)."""
+    import dagster as dg
+
+    from mlplatform.sensors.drift import build_drift_sensor
+
+    settings = _policy_home(config, policy, settings)
+    spec, whole, ingest, retrain = _policy_jobs(settings, config.dataset)
+    # In-memory instance: the replay's runs and events are thrown away with its home anyway, and SQLite
+    # event storage would spend most of the replay syncing events to disk.
+    instance = dg.DagsterInstance.ephemeral()
+    partitions = ingest.partitions_def
+    keys, n_initial, periods = _replayed_partitions(spec, partitions, config)
+    _execute(whole, instance, _range_tags(keys[:n_initial]), policy)
+    if _champion_version(settings, spec) is None:
         raise RuntimeError(
             f"[{policy}] the bootstrap over {keys[0]} .. {keys[n_initial - 1]} produced no champion (the first "
             "model did not beat the naive baseline): replay with a larger --initial-fraction"
         )
     clock = {"now": datetime.now(UTC)}
-    sensor = build_drift_sensor(spec, retrain, clock=lambda: clock["now"])
+    sensor = build_drift_sensor(spec, retrain, settings, clock=lambda: clock["now"])
     cursor: str | None = None
     last_training = partitions.time_window_for_partition_key(keys[n_initial - 1]).end
     rows = []
     for index, period in enumerate(periods):
         start = partitions.time_window_for_partition_key(period[0]).start
         end = partitions.time_window_for_partition_key(period[-1]).end
-        execute(ingest, _range_tags(period))
+        _execute(ingest, instance, _range_tags(period), policy)
         metric, error, n_rows, version = _period_error(
-            spec, start.replace(tzinfo=None), end.replace(tzinfo=None)
+            settings, spec, start.replace(tzinfo=None), end.replace(tzinfo=None)
         )
         tags: dict[str, str] | None = None
         note = ""
@@ -167,14 +183,8 @@ def run_policy(config: ReplayConfig, policy: str) -> list[dict[str, Any]]:
             tags, note = {"mlplatform/trigger": "schedule"}, f"every {config.retrain_every_days} days"
         elif policy == "drift":
             clock["now"] = end
-            result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
-            cursor = result.cursor
-            note = result.skip_reason.skip_message if result.skip_reason else ""
-            if result.run_requests:
-                request = result.run_requests[0]
-                tags = {**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: sensor.name}
-                note = request.tags.get("mlplatform/drift_reason", "")
-        seconds = execute(retrain, tags) if tags is not None else 0.0
+            tags, note, cursor = _drift_sensor_tick(sensor, instance, cursor)
+        seconds = _execute(retrain, instance, tags, policy) if tags is not None else 0.0
         if tags is not None:
             last_training = end
         rows.append(
@@ -186,7 +196,7 @@ def run_policy(config: ReplayConfig, policy: str) -> list[dict[str, Any]]:
                 "metric": metric,
                 "rows": n_rows,
                 "scored_by_version": version,
-                "champion_after": _champion_version(spec),
+                "champion_after": _champion_version(settings, spec),
                 "train_seconds": round(seconds, 2),
                 "note": note[:200],
             }
@@ -198,7 +208,24 @@ def run_policy(config: ReplayConfig, policy: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _run_policy_star(args: tuple[ReplayConfig, str]) -> list[dict[str, Any]]:
+def _drift_sensor_tick(
+    sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor: str | None
+) -> tuple[dict[str, str] | None, str, str | None]:
+    """One evaluation of the real drift sensor: the retrain run's tags (None: no run), a note, the cursor."""
+    import dagster as dg
+
+    from mlplatform.dagster_adapter import RUN_KEY_TAG, SENSOR_NAME_TAG
+
+    result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+    note = result.skip_reason.skip_message if result.skip_reason else ""
+    if not result.run_requests:
+        return None, note, result.cursor
+    request = result.run_requests[0]
+    tags = {**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: sensor.name}
+    return tags, request.tags.get("mlplatform/drift_reason", ""), result.cursor
+
+
+def _run_policy_star(args: tuple[ReplayConfig, str, Settings]) -> list[dict[str, Any]]:
     return run_policy(*args)
 
 
@@ -213,16 +240,23 @@ def summarise(replay: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index()
 
 
-def replay(config: ReplayConfig, progress: Any = print) -> pd.DataFrame:
-    """Run every policy (in parallel processes), write the three outputs, return the summary."""
+def replay(config: ReplayConfig, settings: Settings, progress: Any = print) -> pd.DataFrame:
+    """Run every policy (in parallel processes), write the three outputs, return the summary.
+
+    `settings` gives the spec folders (and sensor settings); each policy's state goes to its own home.
+    """
+    import pandas as pd
+
     from mlplatform.core.drift_plots import replay_errors
+    from mlplatform.core.metrics import PRIMARY_METRIC, higher_is_better
 
     config.output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     workers = max(1, min(config.processes, len(config.policies)))
-    # Spawned, not forked: each policy sets its own process-wide home before anything is imported.
+    # Spawned, not forked: a fresh interpreter per policy, with no MLflow or Dagster state inherited.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = list(pool.map(_run_policy_star, [(config, policy) for policy in config.policies]))
+        jobs = [(config, policy, settings) for policy in config.policies]
+        results = list(pool.map(_run_policy_star, jobs))
     frame = pd.DataFrame([row for rows in results for row in rows])
     frame.to_csv(config.output / "replay.csv", index=False)
     summary = summarise(frame)
@@ -231,9 +265,10 @@ def replay(config: ReplayConfig, progress: Any = print) -> pd.DataFrame:
     (config.output / "replay.png").write_bytes(replay_errors(frame, metric))
     if not config.keep_homes:
         shutil.rmtree(config.output / "_homes", ignore_errors=True)
+    lower_is_worse = metric in PRIMARY_METRIC.values() and higher_is_better(metric)
     progress(
         f"replay of {config.dataset} done in {time.perf_counter() - started:.0f} s ({metric}, lower is "
-        f"{'worse' if metric in ('roc_auc',) else 'better'})"
+        f"{'worse' if lower_is_worse else 'better'})"
     )
     progress(summary.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     return summary
@@ -247,66 +282,3 @@ def check_config(config: ReplayConfig) -> None:
     unknown = [p for p in config.policies if p not in POLICIES]
     if unknown:
         raise ValueError(f"unknown policies {unknown}; known: {', '.join(POLICIES)}")
-
-
-def cmd_replay(args: Any) -> int:
-    from mlplatform.cli import UserError
-
-    config = ReplayConfig(
-        dataset=args.dataset,
-        output=Path(args.output).expanduser().resolve(),
-        period_days=args.period_days,
-        initial_fraction=args.initial_fraction,
-        retrain_every_days=args.retrain_every_days,
-        policies=tuple(args.policy or POLICIES),
-        processes=args.processes,
-        max_periods=args.max_periods,
-        keep_homes=args.keep_homes,
-    )
-    try:
-        check_config(config)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    from mlplatform.settings import load_settings
-    from mlplatform.specs.loader import read_specs
-
-    specs, broken = read_specs(load_settings().extra_spec_dirs)
-    known = [s.name for s in specs]
-    if config.dataset in {b.name for b in broken}:
-        raise UserError(next(b.error for b in broken if b.name == config.dataset))
-    if config.dataset not in known:
-        raise UserError(f"unknown dataset {config.dataset} (known: {', '.join(known)})")
-    replay(config)
-    print(f"wrote {config.output / 'replay.csv'}, replay_summary.csv and replay.png")
-    return 0
-
-
-def add_replay_command(sub: Any) -> None:
-    """The `replay` subcommand, added to mlplatform's parser by cli.build_parser."""
-    parser = sub.add_parser(
-        "replay",
-        help="replay a dataset's history under static, scheduled and drift-triggered retraining",
-        description=(
-            "Replays the history of a dataset period by period through the real jobs and the real drift "
-            "sensor, each policy in its own temporary platform home, and writes replay.csv, "
-            "replay_summary.csv and replay.png to --output."
-        ),
-    )
-    parser.add_argument("--dataset", required=True, metavar="NAME")
-    parser.add_argument("--output", required=True, metavar="DIR")
-    parser.add_argument("--period-days", type=int, default=7, help="days per replayed period (default 7)")
-    parser.add_argument(
-        "--initial-fraction", type=float, default=0.25, help="share of the history to bootstrap on (0.25)"
-    )
-    parser.add_argument(
-        "--retrain-every-days", type=int, default=28, help="schedule of the scheduled policy (28)"
-    )
-    parser.add_argument(
-        "--policy", action="append", choices=POLICIES, help="only these policies (repeatable)"
-    )
-    parser.add_argument("--processes", type=int, default=2, help="policies replayed in parallel (2)")
-    parser.add_argument("--max-periods", type=int, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--keep-homes", action="store_true", help="keep each policy's platform home under DIR/_homes"
-    )
-    parser.set_defaults(func=cmd_replay)

@@ -12,20 +12,19 @@ from typing import Any
 
 import dagster as dg
 import duckdb
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from mlplatform.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, MlflowMetric, MlflowTag, Stage
 from mlplatform.core.warehouse import count_rows
 from mlplatform.dagster_adapter import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-from mlplatform.factory import broken_specs, mlflow_resource
-from mlplatform.models.registry import CHALLENGER, CHAMPION
+from mlplatform.errors import UserError
+from mlplatform.factory import broken_specs
 from mlplatform.recovery import run_owner_tags
 from mlplatform.resources.mlflow import MlflowResource
-from mlplatform.settings import SPECS_ENV, Settings, load_settings
+from mlplatform.settings import SPECS_ENV, Settings
+from mlplatform.stages import counted_stages, runnable_stages, step_stages
 
-STAGES = ("raw", "clean", "quarantine", "features", "training_set", "predictions")
-# Stages a run can be limited to; `clean` also writes `quarantine` (one step).
-RUNNABLE_STAGES = ("raw", "clean", "features", "training_set", "model", "evaluation", "predictions")
-_STAGE_KEYS = {"clean": ("clean", "quarantine")}
 # The terminal shows the stages' own progress lines; every Dagster event is still in the run's log.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -47,17 +46,17 @@ def dataset_names(defs: dg.Definitions) -> list[str]:
 def run_datasets(
     defs: dg.Definitions,
     names: list[str] | None,
+    *,
+    instance: dg.DagsterInstance,
     progress: Callable[[str], None] = lambda _: None,
     stages: list[str] | None = None,
     allow_shrink: bool = False,
 ) -> list[RunOutcome]:
-    """One run per dataset over all its partitions (a single-run backfill), in the current instance.
+    """One run per dataset over all its partitions (a single-run backfill), recorded in `instance`.
 
     `stages` limits each run to those stages (and their checks), e.g. ["predictions"] to re-score with
     a rolled-back champion without retraining. `allow_shrink` lets raw remove rows whose source is gone.
     """
-    from mlplatform.cli import UserError
-
     known = dataset_names(defs)
     unknown = [n for n in names or [] if n not in known]
     broken = {spec.name: spec.error for spec in broken_specs(defs)}
@@ -65,23 +64,19 @@ def run_datasets(
         raise UserError("; ".join(broken[name] for name in unknown))
     if unknown:
         raise UserError(f"unknown dataset {', '.join(unknown)} (known: {', '.join(known)})")
-    wrong = [s for s in stages or [] if s not in RUNNABLE_STAGES]
+    runnable = runnable_stages()
+    wrong = [s for s in stages or [] if s not in runnable]
     if wrong:
-        raise UserError(f"unknown stage {', '.join(wrong)} (stages: {', '.join(RUNNABLE_STAGES)})")
-    if allow_shrink and stages and "raw" not in stages:
+        raise UserError(f"unknown stage {', '.join(wrong)} (stages: {', '.join(runnable)})")
+    if allow_shrink and stages and Stage.RAW not in stages:
         raise UserError("--allow-shrink applies to the raw stage: add --stage raw")
     for noisy in ("mlflow.store.db.utils", "alembic"):  # schema set-up chatter on a new MLflow store
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    instance = dg.DagsterInstance.get()
     outcomes = []
     for name in names or known:
         job = defs.resolve_job_def(f"{name}__all")
         keys = job.partitions_def.get_partition_keys() if job.partitions_def else []
-        selection = (
-            [dg.AssetKey([name, key]) for stage in stages for key in _STAGE_KEYS.get(stage, (stage,))]
-            if stages
-            else None
-        )
+        selection = stage_selection(name, stages)
         what = f"{', '.join(stages)} of" if stages else "every asset of"
         progress(f"[{name}] materializing {what} {len(keys)} partitions ({keys[0]} .. {keys[-1]}) as one run")
         tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
@@ -106,6 +101,14 @@ def run_datasets(
         )
         progress(f"[{name}] run {result.run_id} {status}")
     return outcomes
+
+
+def stage_selection(dataset: str, stages: list[str] | None) -> list[dg.AssetKey] | None:
+    """The asset keys a run limited to `stages` materializes (None: all), e.g. clean also quarantine."""
+    if not stages:
+        return None
+    # str(): Dagster's serdes refuses a StrEnum member (a `Stage`) in a key's path.
+    return [dg.AssetKey([dataset, str(key)]) for stage in stages for key in step_stages(stage)]
 
 
 def shrink_config(dataset: str, allow_shrink: bool) -> dict[str, Any]:
@@ -134,7 +137,7 @@ def _raw_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
     """The metadata of the run's `raw` materialization (empty when the run did not load raw)."""
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
-        if materialization.asset_key is not None and materialization.asset_key.path[-1] == "raw":
+        if materialization.asset_key is not None and materialization.asset_key.path[-1] == Stage.RAW:
             return {key: value.value for key, value in materialization.metadata.items()}
     return {}
 
@@ -158,17 +161,17 @@ def _first_line(text: str, limit: int) -> str:
     return (lines[0] if lines else "no message")[:limit]
 
 
-def stage_counts(dataset: str) -> dict[str, int]:
-    settings = load_settings()
+def stage_counts(settings: Settings, dataset: str) -> dict[str, int]:
+    """Rows of each counted stage's table (mlplatform.stages), read from the warehouse."""
     with duckdb.connect(settings.warehouse_path, read_only=True) as conn:
-        return {stage: count_rows(conn, dataset, stage) for stage in STAGES}
+        return {stage: count_rows(conn, dataset, stage) for stage in counted_stages()}
 
 
 def model_summary(resource: MlflowResource, dataset: str) -> list[str]:
     """Champion, its test metrics beside the baseline's, and the latest evaluation, read from MLflow."""
     try:
-        champion = resource.get_alias_version(dataset, CHAMPION)
-        challenger = resource.get_alias_version(dataset, CHALLENGER)
+        champion = resource.get_alias_version(dataset, CHAMPION_ALIAS)
+        challenger = resource.get_alias_version(dataset, CHALLENGER_ALIAS)
     except MlflowException as error:
         return [f"  models: cannot read MLflow ({error.message.splitlines()[0]})"]
     lines: list[str] = []
@@ -180,22 +183,30 @@ def model_summary(resource: MlflowResource, dataset: str) -> list[str]:
         logged = run.data.metrics if run else {}
         tags = run.data.tags if run else {}
         lines.append(f"  champion: version {champion.version} (MLflow run {champion.run_id})")
-        names = [key.removeprefix("test_") for key in logged if key.startswith("test_")]
-        baseline = tags.get("evaluation.baseline", "baseline")
+        test_prefix = MlflowMetric.test("")
+        names = [key.removeprefix(test_prefix) for key in logged if key.startswith(test_prefix)]
+        baseline = tags.get(MlflowTag.EVALUATION_BASELINE, "baseline")
         lines.append(f"    {'test metric':<12} {'model':>12} {baseline:>20}")
         for metric in sorted(names):
-            base = logged.get(f"baseline_test_{metric}")
+            base = logged.get(MlflowMetric.baseline_test(metric))
             base_text = f"{base:>20.4g}" if base is not None else f"{'–':>20}"
-            lines.append(f"    {metric:<12} {logged[f'test_{metric}']:>12.4g} {base_text}")
+            lines.append(f"    {metric:<12} {logged[MlflowMetric.test(metric)]:>12.4g} {base_text}")
     if challenger is not None:
-        tags = challenger.tags or {}
-        if champion is None or challenger.version != champion.version:
-            decision = tags.get("promotion_decision", "not evaluated")
-            lines.append(
-                f"  latest model: version {challenger.version}, {decision}: {tags.get('promotion_reason', '')}"
-            )
-        if "evaluation_report" in tags:
-            lines.append(f"  evaluation report: {tags['evaluation_report']}")
+        lines += _latest_model_lines(challenger, champion)
+    return lines
+
+
+def _latest_model_lines(challenger: ModelVersion, champion: ModelVersion | None) -> list[str]:
+    """The newest model's promotion decision (when it is not the champion) and its evaluation report."""
+    tags = challenger.tags or {}
+    lines = []
+    if champion is None or challenger.version != champion.version:
+        decision = tags.get(MlflowTag.PROMOTION_DECISION.on_model_version, "not evaluated")
+        reason = tags.get(MlflowTag.PROMOTION_REASON.on_model_version, "")
+        lines.append(f"  latest model: version {challenger.version}, {decision}: {reason}")
+    report = tags.get(MlflowTag.EVALUATION_REPORT.on_model_version)
+    if report is not None:
+        lines.append(f"  evaluation report: {report}")
     return lines
 
 
@@ -214,17 +225,16 @@ def _specs_setting(settings: Settings) -> str:
     return f" {SPECS_ENV}={shlex.quote(os.pathsep.join(str(d) for d in settings.extra_spec_dirs))}"
 
 
-def print_summary(defs: dg.Definitions, outcomes: list[RunOutcome]) -> None:
-    settings = load_settings()
-    resource = mlflow_resource(settings)
-    dagster_home = os.environ.get("DAGSTER_HOME", str(settings.dagster_home))
+def print_summary(settings: Settings, defs: dg.Definitions, outcomes: list[RunOutcome]) -> None:
+    resource = MlflowResource.from_settings(settings)
+    dagster_home = settings.dagster_home
     print("\n== mlplatform summary ==")
     mlflow_answers = True
     for outcome in outcomes:
-        counts = stage_counts(outcome.dataset)
+        counts = stage_counts(settings, outcome.dataset)
         print(f"{outcome.dataset}: {'OK' if outcome.success else 'FAILED'} (run {outcome.run_id})")
-        print("  rows: " + ", ".join(f"{stage} {counts[stage]:,}" for stage in STAGES))
-        print(f"  quarantined: {counts['quarantine']:,} of {counts['raw']:,} raw rows")
+        print("  rows: " + ", ".join(f"{stage} {counts[stage]:,}" for stage in counts))
+        print(f"  quarantined: {counts[Stage.QUARANTINE]:,} of {counts[Stage.RAW]:,} raw rows")
         if outcome.source_accounting:
             print(f"  source: {outcome.source_accounting}")
         lines = model_summary(resource, outcome.dataset) if mlflow_answers else ["  models: MLflow not read"]

@@ -19,13 +19,15 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from mlflow import MlflowClient
 
 from mlplatform.cli import main as cli_main
-from mlplatform.cli import prepare_home
 from mlplatform.core.training import available_cpus
 from mlplatform.factory import build_definitions
-from mlplatform.runner import RUNNABLE_STAGES, RunOutcome, print_summary, run_datasets
+from mlplatform.home import prepare_home
+from mlplatform.resources.mlflow import MlflowResource
+from mlplatform.runner import RunOutcome, print_summary, run_datasets
 from mlplatform.settings import load_settings
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR, parse_spec
 from mlplatform.specs.model import ModelSpec
+from mlplatform.stages import runnable_stages
 from platform_tests.conftest import BIKE_ROWS
 
 pytestmark = pytest.mark.e2e
@@ -51,10 +53,11 @@ def bike(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BikeRun]:
         for name in (*_ENV, *_MLFLOW_ENV):
             os.environ.pop(name, None)
         os.environ.update(MLPLATFORM_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
-        prepare_home(None)
+        prepare_home(load_settings())
         defs = build_definitions()
         # The model graph raw .. predictions (the job also holds later stages, e.g. drift monitoring).
-        outcome = run_datasets(defs, [DATASET], stages=list(RUNNABLE_STAGES))[0]
+        instance = dg.DagsterInstance.get()
+        outcome = run_datasets(defs, [DATASET], instance=instance, stages=runnable_stages())[0]
         yield BikeRun(home, defs, outcome)
     finally:
         for name, value in saved.items():
@@ -144,10 +147,13 @@ def test_training_is_one_finished_mlflow_run_with_everything_logged(bike: BikeRu
     assert latest_metadata("model")["mlflow_run_id"].value == run.info.run_id
 
     # The registered model: signature and input example, LightGBM text inside, no pickle anywhere.
-    info = mlflow.models.get_model_info(f"models:/{DATASET}/1")
+    with MlflowResource.from_settings(load_settings()).fluent_api():  # the fluent API reads global URIs
+        info = mlflow.models.get_model_info(f"models:/{DATASET}/1")
+        root = Path(
+            mlflow.artifacts.download_artifacts(f"models:/{DATASET}/1", dst_path=str(bike.home / "dl"))
+        )
     assert info.signature is not None and "count_lag_7d" in info.signature.inputs.input_names()
     assert info.saved_input_example_info is not None
-    root = Path(mlflow.artifacts.download_artifacts(f"models:/{DATASET}/1", dst_path=str(bike.home / "dl")))
     files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
     assert "artifacts/lightgbm/model.txt" in files and not [
         f for f in files if f.endswith((".pkl", ".pickle"))
@@ -162,7 +168,8 @@ def test_training_is_one_finished_mlflow_run_with_everything_logged(bike: BikeRu
     expected = [
         row[0] for row in query("SELECT prediction FROM bike_sharing.predictions ORDER BY ts LIMIT 5")
     ]
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{DATASET}@champion")
+    with MlflowResource.from_settings(load_settings()).fluent_api():
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{DATASET}@champion")
     # Numbers go in as float64, as the signature says (MLflow's advice for integers that may be missing).
     inputs = features[info.signature.inputs.input_names()].astype("float64")
     assert list(pyfunc.predict(inputs)) == pytest.approx(expected)
@@ -181,7 +188,7 @@ def test_evaluation_report_and_summary_show_real_figures(
     run_id = client().get_model_version(DATASET, "1").run_id
     assert "evaluation/report.md" in {a.path for a in client().list_artifacts(run_id, "evaluation")}
 
-    print_summary(bike.defs, [bike.outcome])
+    print_summary(load_settings(), bike.defs, [bike.outcome])
     out = capsys.readouterr().out
     metrics = client().get_run(run_id).data.metrics
     assert f"training_set {BIKE_ROWS:,}, predictions {BIKE_ROWS:,}" in out
@@ -200,7 +207,8 @@ def test_worse_model_is_not_promoted_and_rollback_moves_the_champion(
         params={"num_leaves": 2, "learning_rate": 0.001}, num_boost_round=3, early_stopping_rounds=2
     )
     weak_defs = build_definitions(specs=[bundled.model_copy(update={"model": weak})])
-    outcome = run_datasets(weak_defs, [DATASET], stages=["model", "evaluation"])[0]
+    instance = dg.DagsterInstance.get()
+    outcome = run_datasets(weak_defs, [DATASET], instance=instance, stages=["model", "evaluation"])[0]
     assert outcome.success, outcome.failed_steps
 
     assert alias_version("challenger") == 2 and alias_version("champion") == 1
@@ -228,7 +236,7 @@ def test_worse_model_is_not_promoted_and_rollback_moves_the_champion(
     assert alias_version("champion") == 2
 
     # Evaluating again without a new model re-checks the champion and keeps its record as it was.
-    recheck = run_datasets(bike.defs, [DATASET], stages=["evaluation"])[0]
+    recheck = run_datasets(bike.defs, [DATASET], instance=dg.DagsterInstance.get(), stages=["evaluation"])[0]
     assert recheck.success and latest_metadata("evaluation")["decision"].value == "already champion"
     assert client().get_model_version(DATASET, "2").tags["promotion_decision"] == "not promoted"
     assert (load_settings().reports_dir / DATASET / "version_2" / "recheck" / "report.md").is_file()

@@ -17,9 +17,11 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from mlflow import MlflowClient
 
 from mlplatform.factory import build_definitions
-from mlplatform.runner import RUNNABLE_STAGES, run_datasets
+from mlplatform.resources.mlflow import MlflowResource
+from mlplatform.runner import run_datasets
 from mlplatform.settings import load_settings
 from mlplatform.specs.loader import parse_spec
+from mlplatform.stages import runnable_stages
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("restore_mlflow_env")]
 
@@ -83,7 +85,7 @@ def train_generated(
     generated_frame(task).to_parquet(source, index=False)
     use_extra_specs(write_spec(spec_for(task, name, source), f"{name}.yaml").parent)
     defs = build_definitions()
-    outcome = run_datasets(defs, [name], stages=list(RUNNABLE_STAGES))[0]
+    outcome = run_datasets(defs, [name], instance=dg.DagsterInstance.get(), stages=runnable_stages())[0]
     assert outcome.success, outcome.failed_steps
     return defs
 
@@ -100,7 +102,8 @@ def client() -> MlflowClient:
 
 def champion_inputs(name: str, features: pd.DataFrame) -> pd.DataFrame:
     """Feature columns as the registered signature wants them: numbers as float64, categories as text."""
-    schema = mlflow.models.get_model_info(f"models:/{name}@champion").signature.inputs
+    with MlflowResource.from_settings(load_settings()).fluent_api():  # the fluent API reads global URIs
+        schema = mlflow.models.get_model_info(f"models:/{name}@champion").signature.inputs
     types = {column.name: str(column.type) for column in schema.inputs}
     return features[list(types)].astype({c: "float64" for c, t in types.items() if t.endswith("double")})
 
@@ -143,7 +146,8 @@ def test_binary_dataset_trains_promotes_and_scores_probabilities(
 
     # The registered MLflow model (text LightGBM behind pyfunc) gives the table's probabilities.
     features = query_frame("SELECT * FROM toy_binary.features ORDER BY ts, store LIMIT 20")
-    pyfunc = mlflow.pyfunc.load_model("models:/toy_binary@champion")
+    with MlflowResource.from_settings(load_settings()).fluent_api():
+        pyfunc = mlflow.pyfunc.load_model("models:/toy_binary@champion")
     probabilities = pyfunc.predict(champion_inputs("toy_binary", features))
     assert list(probabilities) == pytest.approx(list(predictions["probability"][:20]))
 

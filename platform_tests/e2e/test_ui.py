@@ -8,14 +8,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlplatform.cli import prepare_home
 from mlplatform.factory import build_definitions
+from mlplatform.home import prepare_home
 from mlplatform.runner import run_datasets
+from mlplatform.settings import load_settings
 from platform_tests.browser import artifacts_dir, chromium, dismiss_dialogs, wait_for_text
 from platform_tests.conftest import REPO_ROOT, subprocess_env
 from platform_tests.servers import free_port, running, wait_for_asset_keys
@@ -49,8 +51,8 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
         patch.setenv("MLPLATFORM_HOME", str(home))
         patch.setenv("DAGSTER_HOME", str(home / "dagster"))
         patch.delenv("MLPLATFORM_SPECS", raising=False)
-        prepare_home(None)
-        outcomes = run_datasets(build_definitions(), ["bike_sharing"])
+        prepare_home(load_settings())
+        outcomes = run_datasets(build_definitions(), ["bike_sharing"], instance=dg.DagsterInstance.get())
         assert all(o.success for o in outcomes), outcomes
     # No daemon here (the automation tests run one): runs the UI submits start at once.
     (home / "dagster" / "dagster.yaml").write_text(IMMEDIATE_RUNS)

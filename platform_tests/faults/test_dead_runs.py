@@ -24,10 +24,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mlplatform import recovery
-from mlplatform.cli import DAGSTER_YAML, RUN_MONITORING_YAML, prepare_home
 from mlplatform.core.recovery import OwnerProcess, ProcessProbe, owner_from_tags, owner_is_gone, owner_tags
 from mlplatform.datasets.synthetic import generate_transactions, write_daily_parquet
-from mlplatform.factory import mlflow_resource
+from mlplatform.home import DAGSTER_YAML, RUN_MONITORING_YAML, prepare_home
 from mlplatform.recovery import (
     RUN_OWNER_PREFIX,
     current_owner,
@@ -143,7 +142,7 @@ def test_the_mlflow_resource_names_this_process_owner_over_copied_tags(platform_
     dead = OwnerProcess(this_host(), _dead_pid())
     copied = owner_tags(dead, RUN_OWNER_PREFIX, run_id=str(uuid.uuid4()))  # the parent's
 
-    @dg.job(resource_defs={"mlflow": mlflow_resource(load_settings())})
+    @dg.job(resource_defs={"mlflow": MlflowResource.from_settings(load_settings())})
     def retried() -> None:
         sweep_during_the_run()
 
@@ -157,10 +156,12 @@ def test_the_mlflow_resource_names_this_process_owner_over_copied_tags(platform_
 
 def test_the_sweeps_share_one_mlflow_client_that_never_creates_a_store(platform_home: Path) -> None:
     store = platform_home / "mlflow.db"
-    assert not store.exists() and existing_mlflow_client() is None
+    assert (
+        not store.exists() and existing_mlflow_client(MlflowResource.from_settings(load_settings())) is None
+    )
     assert not store.exists(), "a sweep must not create the store"
     MlflowClient(tracking_uri=f"sqlite:///{store}").search_experiments()  # the store now exists
-    client = existing_mlflow_client()
+    client = existing_mlflow_client(MlflowResource.from_settings(load_settings()))
     assert client is not None and client.search_experiments()[0].name == "Default"
 
 
@@ -168,7 +169,6 @@ def test_the_sweeps_share_one_mlflow_client_that_never_creates_a_store(platform_
 HANGING_JOB = """
 import sys, time, uuid
 import dagster as dg
-from mlplatform.factory import mlflow_resource
 from mlplatform.recovery import run_owner_tags
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.settings import load_settings
@@ -179,7 +179,7 @@ def hang(mlflow: MlflowResource) -> None:
         print("inside", flush=True)
         time.sleep(600)
 
-@dg.job(resource_defs={"mlflow": mlflow_resource(load_settings())})
+@dg.job(resource_defs={"mlflow": MlflowResource.from_settings(load_settings())})
 def stuck() -> None:
     hang()
 
@@ -197,6 +197,7 @@ def _wait_for_line(proc: subprocess.Popen, timeout: float) -> str:
     return proc.stdout.readline().strip()
 
 
+@pytest.mark.e2e  # starts a process that runs a job, then kills it
 @pytest.mark.parametrize("started_by", ["cli", "daemon worker"])
 def test_killed_process_run_is_failed_by_the_next_command_and_its_mlflow_run_killed(
     platform_home: Path, started_by: str
@@ -222,10 +223,11 @@ def test_killed_process_run_is_failed_by_the_next_command_and_its_mlflow_run_kil
     assert mlflow_run.info.status == "RUNNING"
 
     if started_by == "cli":
-        prepare_home(None)  # what every `mlplatform` command does first (MLflow: once it answered)
+        prepare_home(load_settings())  # what every `mlplatform` command does first (MLflow: once it answered)
         assert len(kill_dead_mlflow_runs(client, "test")) == 1
     else:
-        tick = build_recovery_sensor()(dg.build_sensor_context(instance=instance))  # one daemon tick
+        sensor = build_recovery_sensor(load_settings())
+        tick = sensor(dg.build_sensor_context(instance=instance))  # one daemon tick
         assert isinstance(tick, dg.SensorResult) and tick.skip_reason is not None
         assert tick.skip_reason.skip_message == "ended 2 run(s) of dead processes"
     failed = instance.get_run_by_id(run.run_id)
@@ -248,13 +250,13 @@ def test_an_old_instance_config_gets_run_monitoring(tmp_path: Path, monkeypatch:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLPLATFORM_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(config.parent))
-    prepare_home(None)
+    prepare_home(load_settings())
     text = config.read_text()
     assert text.startswith(old + "# my own note\n") and text.count("run_monitoring:") == 1
     with dg.DagsterInstance.get() as instance:
         assert instance.run_monitoring_enabled
         assert instance.run_monitoring_poll_interval_seconds == 30
-    prepare_home(None)
+    prepare_home(load_settings())
     assert config.read_text() == text, "migrated once"
 
 

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from mlplatform.factory import build_definitions
 from mlplatform.runner import failure_reason
 from mlplatform.sensors.recovery import build_recovery_sensor
+from mlplatform.settings import load_settings
 from platform_tests.conftest import subprocess_env
 from platform_tests.servers import free_port
 
@@ -134,7 +135,7 @@ def test_recovery_sensor_goes_on_without_mlflow_and_asks_it_again_later(
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    sensor, instance = build_recovery_sensor(), dg.DagsterInstance.get()
+    sensor, instance = build_recovery_sensor(load_settings()), dg.DagsterInstance.get()
     first = sensor(dg.build_sensor_context(instance=instance))
     assert (
         first.skip_reason is not None

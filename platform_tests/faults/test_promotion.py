@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlplatform.assets.training import version_materialized
+from mlplatform.contracts import CHALLENGER_ALIAS as CHALLENGER
+from mlplatform.contracts import CHAMPION_ALIAS as CHAMPION
+from mlplatform.contracts import MlflowTag
 from mlplatform.core.training import lightgbm_params, train_lightgbm
 from mlplatform.factory import build_definitions
+from mlplatform.materializations import version_materialized
 from mlplatform.models.registry import (
-    CHALLENGER,
-    CHAMPION,
-    HISTORY_TAG,
     PromotionError,
     champion_history,
     log_lightgbm_model,
@@ -28,7 +28,8 @@ from mlplatform.models.registry import (
     register_version,
 )
 from mlplatform.resources.mlflow import MlflowResource
-from mlplatform.runner import RUNNABLE_STAGES, run_datasets
+from mlplatform.runner import run_datasets
+from mlplatform.stages import runnable_stages
 from platform_tests.e2e.test_ml_classification import generated_frame, spec_for
 
 pytestmark = pytest.mark.usefixtures("restore_mlflow_env")
@@ -108,7 +109,7 @@ def _champion(resource: MlflowResource, model: str) -> int | None:
 @pytest.mark.parametrize(
     ("method", "key", "step"),
     [
-        ("set_registered_model_tag", HISTORY_TAG, "save the champion history"),
+        ("set_registered_model_tag", MlflowTag.CHAMPION_HISTORY.value, "save the champion history"),
         ("set_model_version_tag", "promoted_at", "tag promoted_at"),
     ],
 )
@@ -141,12 +142,14 @@ def test_a_failed_first_promotion_leaves_no_champion(
 ) -> None:
     resource = MlflowResource(**store)
     versions = _register(resource, model, 1, tmp_path)
-    failing = FailingMlflowResource(**store, fail_method="set_registered_model_tag", fail_key=HISTORY_TAG)
-    FAILURES_LEFT[HISTORY_TAG] = 1
+    failing = FailingMlflowResource(
+        **store, fail_method="set_registered_model_tag", fail_key=MlflowTag.CHAMPION_HISTORY.value
+    )
+    FAILURES_LEFT[MlflowTag.CHAMPION_HISTORY.value] = 1
     with pytest.raises(PromotionError, match=r"champion restored \(no champion\)"):
         promote(failing, model, versions[0])
     assert _champion(resource, model) is None
-    assert HISTORY_TAG not in resource.client().get_registered_model(model).tags
+    assert MlflowTag.CHAMPION_HISTORY.value not in resource.client().get_registered_model(model).tags
 
 
 def test_a_restore_that_fails_too_says_how_to_fix_it(
@@ -155,8 +158,10 @@ def test_a_restore_that_fails_too_says_how_to_fix_it(
     resource = MlflowResource(**store)
     first, second = _register(resource, model, 2, tmp_path)
     promote(resource, model, first)
-    failing = FailingMlflowResource(**store, fail_method="set_registered_model_tag", fail_key=HISTORY_TAG)
-    FAILURES_LEFT[HISTORY_TAG] = 2  # the history write and its undo
+    failing = FailingMlflowResource(
+        **store, fail_method="set_registered_model_tag", fail_key=MlflowTag.CHAMPION_HISTORY.value
+    )
+    FAILURES_LEFT[MlflowTag.CHAMPION_HISTORY.value] = 2  # the history write and its undo
     with pytest.raises(PromotionError) as failure:
         promote(failing, model, second)
     message = str(failure.value)
@@ -239,7 +244,8 @@ def test_evaluation_and_promotion_use_the_version_their_run_trained(
         resources={**defs.resources, "mlflow": ConcurrentTraining(**real.model_dump())},
         executor=dg.in_process_executor,
     )
-    outcome = run_datasets(interleaved, [name], stages=list(RUNNABLE_STAGES))[0]
+    instance = dg.DagsterInstance.get()
+    outcome = run_datasets(interleaved, [name], instance=instance, stages=runnable_stages())[0]
     assert outcome.success, outcome.failed_steps
 
     client = real.client()
@@ -253,7 +259,7 @@ def test_evaluation_and_promotion_use_the_version_their_run_trained(
     assert "promotion_decision" not in client.get_model_version(name, "2").tags
 
     # A run without the model step evaluates the latest model materialization's version, not `challenger`.
-    rerun = run_datasets(defs, [name], stages=["evaluation"])[0]
+    rerun = run_datasets(defs, [name], instance=dg.DagsterInstance.get(), stages=["evaluation"])[0]
     assert rerun.success, rerun.failed_steps
     evaluated = _evaluation_metadata(name)
     assert evaluated["challenger_version"] == 1 and evaluated["decision"] == "already champion"

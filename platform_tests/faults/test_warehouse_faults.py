@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 from mlflow import MlflowClient
@@ -23,8 +24,9 @@ from mlflow import MlflowClient
 from mlplatform.core.warehouse import explain_warehouse_error, replace_window
 from mlplatform.factory import build_definitions
 from mlplatform.resources.warehouse import WarehouseError, WarehouseResource
-from mlplatform.runner import RUNNABLE_STAGES, run_datasets
+from mlplatform.runner import run_datasets
 from mlplatform.settings import load_settings
+from mlplatform.stages import runnable_stages
 from platform_tests.e2e.test_ml_classification import generated_frame, spec_for
 
 HOLD_SCRIPT = """
@@ -179,7 +181,11 @@ def _mlflow() -> MlflowClient:
 
 def _run(progress: list[str]) -> tuple[bool, list[str]]:
     outcome = run_datasets(
-        build_definitions(), [DATASET], progress=progress.append, stages=list(RUNNABLE_STAGES)
+        build_definitions(),
+        [DATASET],
+        instance=dg.DagsterInstance.get(),
+        progress=progress.append,
+        stages=runnable_stages(),
     )
     return outcome[0].success, outcome[0].failed_steps
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,14 +17,12 @@ def resource(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowResourc
     # One database per module: creating MLflow's schema takes a few seconds.
     root = tmp_path_factory.mktemp("mlflow")
     with pytest.MonkeyPatch.context() as patch:
-        # Restored on exit, so the process-wide URIs the resource sets do not leak into other tests.
+        # No stray URI may point the resource elsewhere; the caller's variables come back on exit.
         for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
             patch.delenv(name, raising=False)
         yield MlflowResource(
             tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_location=(root / "artifacts").as_uri()
         )
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
 
 
 def test_experiment_is_created_once_under_the_artifact_location(resource: MlflowResource) -> None:
@@ -81,17 +80,16 @@ def test_aliases_point_at_registered_versions(resource: MlflowResource, tmp_path
     assert resource.get_alias_version("no_such_model", "champion") is None
 
     versions = []
+    resource.ensure_registered_model("bike_model")
     for attempt in range(2):
         (tmp_path / "model.txt").write_text(f"tree {attempt}")
         with resource.start_run("registry", run_name=f"train {attempt}") as run:
             mlflow.log_artifact(str(tmp_path / "model.txt"), artifact_path="model")
-        versions.append(
-            resource.register_model_version("bike_model", run.info.run_id, "model", tags={"n": attempt})
-        )
+        source = f"{run.info.artifact_uri}/model"
+        versions.append(resource.client().create_model_version("bike_model", source, run_id=run.info.run_id))
 
     # The store may report versions as int or str; compare as text.
     assert [str(version.version) for version in versions] == ["1", "2"]
-    assert versions[0].source.endswith("/artifacts/model")
     assert resource.get_alias_version("bike_model", "champion") is None
 
     resource.set_alias("bike_model", "champion", versions[0].version)
@@ -102,6 +100,33 @@ def test_aliases_point_at_registered_versions(resource: MlflowResource, tmp_path
     moved = resource.get_alias_version("bike_model", "champion")
     assert moved is not None and str(moved.version) == "2"
     resource.ensure_registered_model("bike_model")  # idempotent
+
+
+def test_the_fluent_api_points_at_the_store_only_inside_the_block(
+    resource: MlflowResource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", elsewhere)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    with resource.fluent_api():
+        assert mlflow.get_tracking_uri() == resource.tracking_uri
+        assert mlflow.get_registry_uri() == resource.effective_registry_uri
+        with resource.start_run("fluent") as run:  # nested: the run's block restores the outer one
+            assert mlflow.get_tracking_uri() == resource.tracking_uri
+        assert mlflow.get_tracking_uri() == resource.tracking_uri
+    assert mlflow.get_tracking_uri() == elsewhere, "the caller's URI is back"
+    assert os.environ["MLFLOW_TRACKING_URI"] == elsewhere and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert resource.client().get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_a_run_leaves_no_uri_behind(resource: MlflowResource, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(name, raising=False)
+    before = mlflow.get_tracking_uri()
+    with resource.start_run("no_leak"):
+        assert os.environ["MLFLOW_TRACKING_URI"] == resource.tracking_uri  # MLflow exports it meanwhile
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert mlflow.get_tracking_uri() == before != resource.tracking_uri
 
 
 def test_registry_defaults_to_the_tracking_store() -> None:

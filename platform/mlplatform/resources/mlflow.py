@@ -2,6 +2,11 @@
 
 We do not use dagster-mlflow: its run handling ties an MLflow run to the whole Dagster job, while each
 of our assets opens its own short run and must always close it, marked FAILED if the asset fails.
+
+The resource sets no process-wide state for good: its client gets the URIs as arguments, and the fluent
+API is pointed at the store only inside `fluent_api()` blocks. MLflow's HTTP timeouts, telemetry and
+progress bars are environment-only settings: they are defaulted at each process's entry point
+(settings.apply_mlflow_env_defaults), not here.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from mlflow.protos.databricks_pb2 import (
 from mlflow.tracking import MlflowClient
 
 from mlplatform.recovery import mlflow_owner_tags, run_owner_tags
-from mlplatform.settings import MLFLOW_HTTP_DEFAULTS, apply_mlflow_http_defaults
+from mlplatform.settings import MLFLOW_HTTP_DEFAULTS, MLFLOW_REGISTRY_ENV, MLFLOW_TRACKING_ENV, Settings
 
 _ALREADY_EXISTS = ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
 _DOES_NOT_EXIST = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
@@ -52,12 +57,19 @@ class MlflowResource(ConfigurableResource):
     # Where a browser reaches the MLflow UI, for links in Dagster metadata (`mlflow ui` listens here).
     ui_url: str = "http://127.0.0.1:5000"
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MlflowResource:
+        return cls(
+            tracking_uri=settings.mlflow_tracking_uri,
+            registry_uri=settings.mlflow_registry_uri,
+            artifact_location=settings.mlflow_artifact_location,
+        )
+
     @property
     def effective_registry_uri(self) -> str:
         return self.registry_uri or self.tracking_uri
 
     def client(self) -> MlflowClient:
-        apply_mlflow_http_defaults()
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.effective_registry_uri)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
@@ -97,17 +109,30 @@ class MlflowResource(ConfigurableResource):
             limits = f" ({limits})" if uri.startswith(("http://", "https://")) else ""
             raise MlflowUnavailable(f"cannot {doing} MLflow at {uri}: {detail}{limits}") from error
 
-    def activate(self) -> None:
-        """Point MLflow's fluent API (mlflow.log_metric, mlflow.artifacts, ...) at this store."""
-        apply_mlflow_http_defaults()
-        # The fluent API reads process-wide URIs; set them explicitly so a stray MLFLOW_* environment
-        # variable cannot send runs somewhere else.
+    @contextmanager
+    def fluent_api(self) -> Iterator[None]:
+        """Point MLflow's fluent API at this store for the block, then put back what was there before.
+
+        The fluent API (mlflow.start_run, mlflow.log_*, mlflow.pyfunc.log_model,
+        mlflow.artifacts.download_artifacts, mlflow.pyfunc.load_model) takes no client or URI argument:
+        it reads process-wide URIs, so they are set for the block, explicitly, so that a stray MLFLOW_*
+        variable cannot send runs elsewhere. MLflow's setters also export them as MLFLOW_TRACKING_URI /
+        MLFLOW_REGISTRY_URI (for subprocesses): those variables are put back too. Blocks nest.
+        """
+        saved = {name: os.environ.get(name) for name in (MLFLOW_TRACKING_ENV, MLFLOW_REGISTRY_ENV)}
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.effective_registry_uri)
-        # Progress bars of artifact downloads only clutter Dagster's run logs.
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        # Like the Dagster instance (telemetry: false), the platform sends no usage data unless asked.
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        try:
+            yield
+        finally:
+            # Back to "not set in code": the URIs come from the restored variables, as before the block.
+            mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+            mlflow.set_registry_uri(None)  # type: ignore[arg-type]
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     @property
     def browser_url(self) -> str:
@@ -145,22 +170,23 @@ class MlflowResource(ConfigurableResource):
     ) -> Iterator[mlflow.ActiveRun]:
         """Open an MLflow run and always close it: FINISHED on success, FAILED on any exception.
 
-        Inside the block the fluent API (mlflow.log_params, mlflow.log_artifact, ...) logs to this run.
+        Inside the block the fluent API (mlflow.log_params, mlflow.log_artifact, ...) logs to this run
+        (the block is a `fluent_api()` block).
         """
-        self.activate()
-        run = mlflow.start_run(
-            experiment_id=self.experiment_id(experiment_name),
-            run_name=run_name,
-            # The owner tags let a later command end this run as KILLED if this process is killed.
-            tags={**mlflow_owner_tags(), **{key: str(value) for key, value in (tags or {}).items()}},
-        )
-        run_id = run.info.run_id
-        status = "FAILED"
-        try:
-            yield run
-            status = "FINISHED"
-        finally:
-            self._end_run(run_id, status)
+        with self.fluent_api():
+            run = mlflow.start_run(
+                experiment_id=self.experiment_id(experiment_name),
+                run_name=run_name,
+                # The owner tags let a later command end this run as KILLED if this process is killed.
+                tags={**mlflow_owner_tags(), **{key: str(value) for key, value in (tags or {}).items()}},
+            )
+            run_id = run.info.run_id
+            status = "FAILED"
+            try:
+                yield run
+                status = "FINISHED"
+            finally:
+                self._end_run(run_id, status)
 
     def _end_run(self, run_id: str, status: str) -> None:
         # Close runs the block left open on top of ours (nested runs) so the fluent stack is clean,
@@ -181,26 +207,6 @@ class MlflowResource(ConfigurableResource):
         except MlflowException as error:
             if error.error_code != _ALREADY_EXISTS:
                 raise
-
-    def register_model_version(
-        self,
-        model_name: str,
-        run_id: str,
-        artifact_path: str,
-        tags: Mapping[str, Any] | None = None,
-        description: str | None = None,
-    ) -> ModelVersion:
-        """Register the artifacts under `artifact_path` of run `run_id` as a new version of `model_name`."""
-        self.ensure_registered_model(model_name)
-        client = self.client()
-        artifact_uri = client.get_run(run_id).info.artifact_uri
-        return client.create_model_version(
-            name=model_name,
-            source=f"{artifact_uri.rstrip('/')}/{artifact_path.strip('/')}",
-            run_id=run_id,
-            tags={key: str(value) for key, value in (tags or {}).items()},
-            description=description,
-        )
 
     def set_alias(self, model_name: str, alias: str, version: str | int) -> None:
         """Point `alias` (e.g. "champion") of `model_name` at `version`, moving it if already set."""

@@ -12,7 +12,8 @@ import time
 import dagster as dg
 
 from mlplatform.recovery import existing_mlflow_client, fail_dead_runs, kill_dead_mlflow_runs
-from mlplatform.sensors.common import sensor_interval
+from mlplatform.resources.mlflow import MlflowResource
+from mlplatform.settings import Settings
 
 RECOVERY_SENSOR = "mlplatform__recovery"
 MARKED_BY = f"the {RECOVERY_SENSOR} sensor"
@@ -21,22 +22,24 @@ MARKED_BY = f"the {RECOVERY_SENSOR} sensor"
 MLFLOW_RETRY_SECONDS = 600
 
 
-def _sweep_mlflow(cursor: str | None) -> tuple[list[str], str, str]:
+def _sweep_mlflow(resource: MlflowResource, cursor: str | None) -> tuple[list[str], str, str]:
     """MLflow runs ended, the next cursor (no MLflow call before that time) and a note for the tick."""
     now = time.time()
     if now < float(cursor or 0):
         return [], str(cursor), "; MLflow not checked: it was unreachable at the last check"
     try:
-        client = existing_mlflow_client()
+        client = existing_mlflow_client(resource)
         return (kill_dead_mlflow_runs(client, MARKED_BY) if client is not None else []), "0", ""
     except Exception as error:  # MLflow down must not turn every tick into an error: say it, go on
         return [], str(now + MLFLOW_RETRY_SECONDS), f"; MLflow not checked: {str(error).strip()[:300]}"
 
 
-def build_recovery_sensor() -> dg.SensorDefinition:
+def build_recovery_sensor(settings: Settings) -> dg.SensorDefinition:
+    resource = MlflowResource.from_settings(settings)
+
     @dg.sensor(
         name=RECOVERY_SENSOR,
-        minimum_interval_seconds=sensor_interval(),
+        minimum_interval_seconds=settings.sensor_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Marks runs whose process was killed FAILED (they would block the run queue) and ends the "
@@ -45,7 +48,7 @@ def build_recovery_sensor() -> dg.SensorDefinition:
     )
     def recovery_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         ended = fail_dead_runs(context.instance, MARKED_BY)
-        mlflow_ended, cursor, note = _sweep_mlflow(context.cursor)
+        mlflow_ended, cursor, note = _sweep_mlflow(resource, context.cursor)
         for line in ended + mlflow_ended:
             context.log.warning(f"ended {line}: its process is gone")
         count = len(ended + mlflow_ended)

@@ -1,0 +1,78 @@
+"""Process-wide state has owners: os.environ is written at entry points only, and MLflow's fluent URIs
+only inside a block that puts them back (resources/test_mlflow_resource.py checks that block)."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from mlplatform.settings import MLFLOW_ENV_DEFAULTS, apply_mlflow_env_defaults
+from platform_tests.test_import_cycles import all_modules
+
+# (module, function) allowed to write os.environ, and why.
+ENVIRON_WRITERS = {
+    # Puts back the MLFLOW_*_URI variables that mlflow.set_tracking_uri / set_registry_uri export.
+    ("mlplatform.resources.mlflow", "fluent_api"),
+}
+_WRITING_METHODS = {"setdefault", "pop", "update", "clear", "popitem", "__setitem__", "__delitem__"}
+
+
+def _is_os_environ(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr == "environ"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "os"
+    )
+
+
+def environ_writes(source: str) -> list[tuple[str, int]]:
+    """(enclosing function, line) of each write to os.environ: item assignment or deletion, a mutating
+    method, os.putenv / os.unsetenv."""
+    found: list[tuple[str, int]] = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            function = node.name
+        targets: list[ast.AST] = []
+        if isinstance(node, ast.Assign | ast.Delete):
+            targets = list(node.targets)
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        if any(isinstance(t, ast.Subscript) and _is_os_environ(t.value) for t in targets):
+            found.append((function, node.lineno))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            method = node.func
+            writes_environ = _is_os_environ(method.value) and method.attr in _WRITING_METHODS
+            os_call = isinstance(method.value, ast.Name) and method.value.id == "os"
+            if writes_environ or (os_call and method.attr in ("putenv", "unsetenv")):
+                found.append((function, node.lineno))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(ast.parse(source), "<module>")
+    return found
+
+
+def test_the_scanner_sees_each_kind_of_write() -> None:
+    source = (
+        "import os\n"
+        "os.environ['A'] = '1'\n"
+        "def f():\n    os.environ.setdefault('B', '2')\n    del os.environ['A']\n"
+        "def g():\n    os.putenv('C', '3')\n    os.environ.get('D')\n"
+    )
+    assert environ_writes(source) == [("<module>", 2), ("f", 4), ("f", 5), ("g", 7)]
+
+
+@pytest.mark.parametrize("module", sorted(all_modules()))
+def test_no_module_writes_the_environment_outside_its_entry_point(module: str) -> None:
+    writes = environ_writes(all_modules()[module].read_text())
+    assert [(function, line) for function, line in writes if (module, function) not in ENVIRON_WRITERS] == []
+
+
+def test_the_mlflow_defaults_never_override_the_users_values() -> None:
+    environ = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+    apply_mlflow_env_defaults(environ)
+    assert environ == {**MLFLOW_ENV_DEFAULTS, "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+    assert environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
