@@ -51,6 +51,11 @@ def parse_spec(path: Path) -> DatasetSpec:
         raise SpecError(f"spec file {path}: cannot read it: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise SpecError(f"spec file {path}: not valid YAML: {exc}") from exc
+    return validate_spec(raw, path)
+
+
+def validate_spec(raw: object, path: Path) -> DatasetSpec:
+    """Validate the keys of one spec read from `path` (the file relative source paths start from)."""
     if not isinstance(raw, dict):
         raise SpecError(f"spec file {path}: expected a mapping of keys, got {type(raw).__name__}")
     try:
