@@ -26,6 +26,7 @@ def test_platform_is_the_standard_library_module_in_the_test_run() -> None:
     assert platform.python_version().startswith("3.")
 
 
+@pytest.mark.e2e  # starts a Python process at the repo root
 def test_platform_is_the_standard_library_module_in_a_subprocess_at_the_repo_root(tmp_path: Path) -> None:
     probe = "import platform, mlplatform.definitions; print(platform.__file__); print(platform.system())"
     out = subprocess.run(
