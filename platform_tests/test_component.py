@@ -175,6 +175,19 @@ def test_a_second_component_of_one_dataset_name_is_broken_naming_the_first(
     assert str(spec_error_in(raised.value)) == expected
 
 
+def test_three_components_of_one_name_load_with_one_error_sensor_each(sandbox: DefsFolderSandbox) -> None:
+    first = scaffold(sandbox, "loans")
+    attributes = loans_attributes(first)
+    attributes["source"]["path"] = str(first / "loans.csv")
+    for folder in ("more_loans", "most_loans"):
+        write_defs(sandbox.defs_folder_path / folder, attributes)
+    with sandbox.build_all_defs() as defs:
+        dg.Definitions.validate_loadable(defs)
+    assert asset_keys(defs) == {f"loans/{stage}" for stage in Stage}
+    errors = sorted(s.name for s in defs.sensors or [] if "spec_error" in s.name)
+    assert errors == ["loans__spec_error", "loans__spec_error_"]
+
+
 def test_settings_default_to_a_home_in_the_project_root(tmp_path: Path) -> None:
     assert component_settings(tmp_path, {}).home == tmp_path / ".mlplatform"
     own = tmp_path / "elsewhere"

@@ -15,6 +15,13 @@ ENVIRON_WRITERS = {
     # Puts back the MLFLOW_*_URI variables that mlflow.set_tracking_uri / set_registry_uri export.
     ("mlplatform.resources.mlflow", "fluent_api"),
 }
+# The entry points that apply MLflow's environment defaults (settings.apply_mlflow_env_defaults writes
+# os.environ through a parameter, which the scanner above cannot follow).
+ENV_DEFAULTS_CALLERS = {
+    ("mlplatform.cli", "process_settings"),
+    ("mlplatform.definitions", "<module>"),
+    ("mlplatform.component", "build_defs"),
+}
 _WRITING_METHODS = {"setdefault", "pop", "update", "clear", "popitem", "__setitem__", "__delitem__"}
 
 
@@ -76,3 +83,30 @@ def test_the_mlflow_defaults_never_override_the_users_values() -> None:
     apply_mlflow_env_defaults(environ)
     assert environ == {**MLFLOW_ENV_DEFAULTS, "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
     assert environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+
+
+def env_defaults_calls(source: str) -> list[tuple[str, int]]:
+    """(enclosing function, line) of each `apply_mlflow_env_defaults()` that writes os.environ (no argument)."""
+    found: list[tuple[str, int]] = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            function = node.name
+        if isinstance(node, ast.Call) and not node.args and not node.keywords:
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name == "apply_mlflow_env_defaults":
+                found.append((function, node.lineno))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(ast.parse(source), "<module>")
+    return found
+
+
+def test_only_the_entry_points_apply_the_mlflow_environment_defaults() -> None:
+    calls = {
+        (module, function)
+        for module, path in all_modules().items()
+        for function, _ in env_defaults_calls(path.read_text())
+    }
+    assert calls == ENV_DEFAULTS_CALLERS

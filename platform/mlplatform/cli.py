@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 
 def process_settings(home: str | None) -> Settings:
-    """Set up this process and read its Settings: the only place `mlplatform` writes os.environ.
+    """Set up this process and read its Settings: the only place the `mlplatform` command writes
+    os.environ (the other entry points, mlplatform.definitions and the dg component, apply the same
+    MLflow defaults for the processes Dagster starts).
 
     MLflow's environment-only defaults (HTTP timeouts, telemetry, progress bars) go into the environment,
     which the replay's worker processes inherit; `--home` wins over $MLPLATFORM_HOME without being

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,15 +63,23 @@ def shared_resources(settings: Settings) -> Mapping[str, dg.ConfigurableResource
     return location_resources(settings)
 
 
-def _broken_definitions(broken: BrokenSpec, settings: Settings, location_wide: bool) -> dg.Definitions:
+def _broken_definitions(
+    broken: BrokenSpec, settings: Settings, location_wide: bool, earlier: Sequence[BrokenSpec] = ()
+) -> dg.Definitions:
+    """The `<name>__spec_error` sensor; `earlier`: broken specs of other components loaded before this
+    one, so two broken components of one name get sensors of different names (`<name>__spec_error_`)."""
     if os.environ.get(VALIDATION_CLI_ENV) == "1":
         raise SpecError(broken.error)
     recovery = [build_recovery_sensor(settings)] if location_wide else []
-    return dg.Definitions(sensors=[*spec_error_sensors([broken], settings), *recovery])
+    sensor = spec_error_sensors([*earlier, broken], settings)[-1]
+    return dg.Definitions(sensors=[sensor, *recovery])
 
 
 def dataset_definitions(
-    spec: DatasetSpec | BrokenSpec, settings: Settings, location_wide: bool = True
+    spec: DatasetSpec | BrokenSpec,
+    settings: Settings,
+    location_wide: bool = True,
+    earlier_broken: Sequence[BrokenSpec] = (),
 ) -> dg.Definitions:
     """One dataset's assets, checks, jobs, sensors and schedule, with the location's shared resources,
     and with `location_wide` the `mlplatform__recovery` sensor a code location has once.
@@ -80,10 +88,10 @@ def dataset_definitions(
     under `dg check defs`, a SpecError naming the file and the key.
     """
     if isinstance(spec, BrokenSpec):
-        return _broken_definitions(spec, settings, location_wide)
+        return _broken_definitions(spec, settings, location_wide, earlier_broken)
     built, broken = build_datasets([spec], settings)
     if broken:
-        return _broken_definitions(broken[0], settings, location_wide)
+        return _broken_definitions(broken[0], settings, location_wide, earlier_broken)
     dataset = built[0]
     recovery = [build_recovery_sensor(settings)] if location_wide else []
     return dg.Definitions(
@@ -171,4 +179,11 @@ class DatasetComponent(dg.Component):
         first = min((component.order_key for component in project), default=self.order_key)
         settings = component_settings(context.project_root)
         spec = _claim_name(self, project)
-        return dataset_definitions(spec, settings, location_wide=self.order_key == first)
+        earlier = [
+            claimed
+            for other in project
+            if other.order_key < self.order_key
+            and isinstance(claimed := _claim_name(other, project), BrokenSpec)
+            and claimed.name == spec.name
+        ]
+        return dataset_definitions(spec, settings, self.order_key == first, earlier)

@@ -56,10 +56,18 @@ class Table(StrEnum):
 
 
 class MaterializationKey(StrEnum):
-    """Metadata keys read back from the event log by another step, check or process."""
+    """Metadata keys read back from the event log by another step, check or process.
+
+    Write them with `.value`: Dagster refuses to serialize an Enum member as a metadata key."""
 
     MODEL_VERSION = "model_version"  # on `model`: the version this materialization registered
     CHALLENGER_VERSION = "challenger_version"  # on `evaluation`: the version it evaluated
+    ROWS_PENDING_PARTITION = "rows_pending_partition"  # on `raw`: rows waiting for their partition
+
+
+# The asset check on `clean` whose result the `mlplatform run` summary reads (a plain str: Dagster
+# refuses to serialize an Enum as a check name).
+SOURCE_ACCOUNTING_CHECK = "source_accounting"
 
 
 class MlflowTag(StrEnum):

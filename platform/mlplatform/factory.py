@@ -30,7 +30,7 @@ from mlplatform.sensors.recovery import build_recovery_sensor
 from mlplatform.settings import Settings, load_settings
 from mlplatform.specs.loader import BrokenSpec, SpecError, check_source, one_line, read_specs
 from mlplatform.specs.model import DatasetSpec
-from mlplatform.stages import STAGES, StageBuild, StageRow
+from mlplatform.stages import STAGES, StageBuild, StageRow, stage_row
 
 __all__ = ["DatasetDefinitions", "broken_specs", "build_dataset", "build_definitions", "job_name"]
 
@@ -65,8 +65,7 @@ def location_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]
 
 
 def build_stage_assets(stage: StageBuild, registry: Sequence[StageRow] = STAGES) -> list[dg.AssetsDefinition]:
-    """Each row's asset, with the group and kinds its registry row gives it."""
-    rows = {row.name: row for row in registry}
+    """Each row's asset, with the group and kinds its registry row gives it, partitioned as it says."""
     assets = []
     for row in registry:
         if row.build is None:
@@ -76,14 +75,16 @@ def build_stage_assets(stage: StageBuild, registry: Sequence[StageRow] = STAGES)
             # labels beta; we rely on it on purpose, so its warning would only be noise on every load.
             warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
             built = row.build(stage)
-        assets.append(
-            built.map_asset_specs(
-                lambda asset: asset.replace_attributes(
-                    group_name=rows[asset.key.path[-1]].group, kinds=set(rows[asset.key.path[-1]].kinds)
-                )
-            )
-        )
+        if (built.partitions_def is not None) != row.partitioned:
+            said = "partitioned" if row.partitioned else "unpartitioned"
+            raise ValueError(f"stage {row.name}: the registry says {said}, its builder disagrees")
+        assets.append(built.map_asset_specs(lambda asset: _with_row_attributes(asset, registry)))
     return assets
+
+
+def _with_row_attributes(asset: dg.AssetSpec, registry: Sequence[StageRow]) -> dg.AssetSpec:
+    row = stage_row(asset.key.path[-1], registry)
+    return asset.replace_attributes(group_name=row.group, kinds=set(row.kinds))
 
 
 def build_dataset(

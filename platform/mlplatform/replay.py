@@ -74,10 +74,12 @@ def _period_error(
 
     from mlplatform.core.drift_reference import primary_error
     from mlplatform.core.drift_windows import window_rows
+    from mlplatform.core.scoring import MODEL_VERSION_COLUMN
 
     with duckdb.connect(settings.warehouse_path, read_only=True) as conn:
         rows = window_rows(conn, spec, start, end)
-    versions = rows["model_version"].dropna() if "model_version" in rows else pd.Series(dtype=float)
+    has_versions = MODEL_VERSION_COLUMN in rows
+    versions = rows[MODEL_VERSION_COLUMN].dropna() if has_versions else pd.Series(dtype=float)
     version = int(versions.mode().iloc[0]) if len(versions) else None
     metric, value = primary_error(spec.target.task, rows[spec.target.column], rows)
     return metric, value, len(rows), version

@@ -15,11 +15,20 @@ import duckdb
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from mlplatform.contracts import CHALLENGER_ALIAS, CHAMPION_ALIAS, MlflowMetric, MlflowTag, Stage
+from mlplatform.contracts import (
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    SOURCE_ACCOUNTING_CHECK,
+    MaterializationKey,
+    MlflowMetric,
+    MlflowTag,
+    Stage,
+)
 from mlplatform.core.warehouse import count_rows
 from mlplatform.dagster_adapter import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from mlplatform.errors import UserError
 from mlplatform.factory import broken_specs
+from mlplatform.jobs.dataset_jobs import WHOLE_GRAPH_SUFFIX
 from mlplatform.recovery import run_owner_tags
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.settings import SPECS_ENV, Settings
@@ -40,7 +49,8 @@ class RunOutcome:
 
 
 def dataset_names(defs: dg.Definitions) -> list[str]:
-    return sorted(job.name.removesuffix("__all") for job in defs.jobs or [] if job.name.endswith("__all"))
+    jobs = [job.name for job in defs.jobs or []]
+    return sorted(name.removesuffix(WHOLE_GRAPH_SUFFIX) for name in jobs if name.endswith(WHOLE_GRAPH_SUFFIX))
 
 
 def run_datasets(
@@ -74,7 +84,7 @@ def run_datasets(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     outcomes = []
     for name in names or known:
-        job = defs.resolve_job_def(f"{name}__all")
+        job = defs.resolve_job_def(f"{name}{WHOLE_GRAPH_SUFFIX}")
         keys = job.partitions_def.get_partition_keys() if job.partitions_def else []
         selection = stage_selection(name, stages)
         what = f"{', '.join(stages)} of" if stages else "every asset of"
@@ -113,17 +123,17 @@ def stage_selection(dataset: str, stages: list[str] | None) -> list[dg.AssetKey]
 
 def shrink_config(dataset: str, allow_shrink: bool) -> dict[str, Any]:
     """Run config of the raw asset's `allow_shrink` (see mlplatform.assets.ingestion.RawConfig)."""
-    return {"ops": {f"{dataset}__raw": {"config": {"allow_shrink": True}}}} if allow_shrink else {}
+    return {"ops": {f"{dataset}__{Stage.RAW}": {"config": {"allow_shrink": True}}}} if allow_shrink else {}
 
 
 def source_accounting_line(result: dg.ExecuteInProcessResult) -> str | None:
     """The run's `source_accounting` check in one line: the source's records against what landed."""
     for evaluation in result.get_asset_check_evaluations():
-        if evaluation.check_name != "source_accounting":
+        if evaluation.check_name != SOURCE_ACCOUNTING_CHECK:
             continue
         meta = {key: value.value for key, value in evaluation.metadata.items()}
         if evaluation.passed:
-            pending = _raw_metadata(result).get("rows_pending_partition", 0)
+            pending = _raw_metadata(result).get(MaterializationKey.ROWS_PENDING_PARTITION, 0)
             waiting = f", {pending:,} waiting for a partition that does not exist yet" if pending else ""
             placed = "each one in clean or quarantine" if not pending else "the others in clean or quarantine"
             return (

@@ -76,30 +76,33 @@ def _builder(path: str) -> Builder:
 
 _INGEST, _RETRAIN = frozenset({Job.INGEST}), frozenset({Job.RETRAIN})
 _DUCKDB, _MLFLOW = frozenset({"duckdb"}), frozenset({"mlflow"})
-# name, group, kinds, partitioned, builder (`<module of mlplatform.assets>:<function>`), then the facts
-# the jobs and the CLI read.
+# build: `<module of mlplatform.assets>:<function>`, a function of StageBuild returning the asset.
 STAGES: tuple[StageRow, ...] = (
-    StageRow(Stage.RAW, "ingestion", _DUCKDB, True, _builder("ingestion:build_raw_asset"),
+    StageRow(Stage.RAW, "ingestion", _DUCKDB, partitioned=True,
+             build=_builder("ingestion:build_raw_asset"),
              jobs=_INGEST, runnable=True, counted=True),
-    StageRow(Stage.CLEAN, "cleaning", _DUCKDB | {"pandas", "pandera"}, True,
-             _builder("cleaning:build_clean_assets"), jobs=_INGEST, runnable=True, counted=True),
-    StageRow(Stage.QUARANTINE, "cleaning", _DUCKDB | {"pandera"}, True, None,
+    StageRow(Stage.CLEAN, "cleaning", _DUCKDB | {"pandas", "pandera"}, partitioned=True,
+             build=_builder("cleaning:build_clean_assets"), jobs=_INGEST, runnable=True, counted=True),
+    StageRow(Stage.QUARANTINE, "cleaning", _DUCKDB | {"pandera"}, partitioned=True, build=None,
              jobs=_INGEST, counted=True, written_by=Stage.CLEAN),
-    StageRow(Stage.FEATURES, "features", _DUCKDB, True, _builder("features:build_features_asset"),
+    StageRow(Stage.FEATURES, "features", _DUCKDB, partitioned=True,
+             build=_builder("features:build_features_asset"),
              jobs=_INGEST, runnable=True, counted=True),
-    StageRow(Stage.TRAINING_SET, "training", _DUCKDB | {"pandas"}, False,
-             _builder("training:build_training_set_asset"), jobs=_RETRAIN, runnable=True, counted=True),
-    StageRow(Stage.MODEL, "training", _MLFLOW | {"lightgbm"}, False, _builder("training:build_model_asset"),
+    StageRow(Stage.TRAINING_SET, "training", _DUCKDB | {"pandas"}, partitioned=False,
+             build=_builder("training:build_training_set_asset"), jobs=_RETRAIN, runnable=True, counted=True),
+    StageRow(Stage.MODEL, "training", _MLFLOW | {"lightgbm"}, partitioned=False,
+             build=_builder("training:build_model_asset"),
              jobs=_RETRAIN, runnable=True, mlflow="write"),
-    StageRow(Stage.EVALUATION, "evaluation", _MLFLOW, False, _builder("evaluation:build_evaluation_asset"),
+    StageRow(Stage.EVALUATION, "evaluation", _MLFLOW, partitioned=False,
+             build=_builder("evaluation:build_evaluation_asset"),
              jobs=_RETRAIN, runnable=True, mlflow="write"),
-    StageRow(Stage.PREDICTIONS, "scoring", _DUCKDB | {"lightgbm"}, True,
-             _builder("scoring:build_predictions_asset"), jobs=_INGEST, runnable=True, counted=True,
+    StageRow(Stage.PREDICTIONS, "scoring", _DUCKDB | {"lightgbm"}, partitioned=True,
+             build=_builder("scoring:build_predictions_asset"), jobs=_INGEST, runnable=True, counted=True,
              mlflow="read"),
-    StageRow(Stage.REFERENCE_PROFILE, "monitoring", _DUCKDB | _MLFLOW, False,
-             _builder("reference_profile:build_reference_profile_asset"), jobs=_RETRAIN, mlflow="read"),
-    StageRow(Stage.DRIFT_REPORT, "monitoring", _DUCKDB, True,
-             _builder("drift_report:build_drift_report_asset"), jobs=_INGEST),
+    StageRow(Stage.REFERENCE_PROFILE, "monitoring", _DUCKDB | _MLFLOW, partitioned=False,
+             build=_builder("reference_profile:build_reference_profile_asset"), jobs=_RETRAIN, mlflow="read"),
+    StageRow(Stage.DRIFT_REPORT, "monitoring", _DUCKDB, partitioned=True,
+             build=_builder("drift_report:build_drift_report_asset"), jobs=_INGEST),
 )  # fmt: skip
 
 

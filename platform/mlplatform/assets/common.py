@@ -103,18 +103,18 @@ def table_metadata(
     conn: duckdb.DuckDBPyConnection,
     schema: str,
     table: str,
-    window_rows: int,
+    rows_written: int,
     preview_where: str | None = None,
 ) -> dict[str, dg.MetadataValue | int | str]:
     """Row counts, column schema and a preview: what a user looks for on a materialization."""
     if not table_exists(conn, schema, table):
-        return {"dagster/row_count": window_rows}
+        return {"dagster/row_count": rows_written}
     name = table_name(schema, table)
     total = conn.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
     where = f" WHERE {preview_where}" if preview_where else ""
     preview = conn.sql(f"SELECT * FROM {name}{where} LIMIT 5").df()
     return {
-        "dagster/row_count": window_rows,
+        "dagster/row_count": rows_written,
         "rows_in_table": int(total),
         "dagster/column_schema": _table_schema(conn, name),
         "dagster/table_name": f"{schema}.{table}",

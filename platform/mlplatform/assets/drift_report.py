@@ -20,6 +20,7 @@ from mlplatform.contracts import DriftVerdictMetadata, Stage, Table, asset_key
 from mlplatform.core import drift_plots
 from mlplatform.core.drift_reference import Reference, read_reference
 from mlplatform.core.drift_windows import report_partition, window_length, window_partitions, window_rows
+from mlplatform.core.scoring import MODEL_VERSION_COLUMN
 from mlplatform.core.warehouse import replace_window, table_exists, table_name
 from mlplatform.specs.model import DatasetSpec
 
@@ -47,7 +48,8 @@ def _read_inputs(
             )
         stored = conn.sql(f"SELECT * FROM {table_name(spec.name, Stage.REFERENCE_PROFILE)}").df()
         rows = window_rows(conn, spec, start, end)
-    version = int(stored["model_version"].iloc[0]) if "model_version" in stored and len(stored) else None
+    has_version = MODEL_VERSION_COLUMN in stored and len(stored)
+    version = int(stored[MODEL_VERSION_COLUMN].iloc[0]) if has_version else None
     return read_reference(stored), version, rows
 
 

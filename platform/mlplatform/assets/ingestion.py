@@ -13,7 +13,7 @@ from mlplatform.assets.common import (
     table_metadata,
     time_window,
 )
-from mlplatform.contracts import Stage
+from mlplatform.contracts import MaterializationKey, Stage
 from mlplatform.core.accounting import accounts_markdown, count_source
 from mlplatform.core.ingestion import RawLoad, ShrinkRefusal, load_raw_window, with_spec_end
 from mlplatform.core.source import source_files
@@ -45,7 +45,7 @@ def _raw_metadata(load: RawLoad, table: Metadata) -> Metadata:
         "files_not_read_in_full": sum(1 for a in accounts if not a.read_in_full),
         "source_accounting": dg.MetadataValue.md(accounts_markdown(accounts, with_landed=False)),
         "malformed_lines": load.malformed_lines,
-        "rows_pending_partition": load.rows_pending_partition,
+        MaterializationKey.ROWS_PENDING_PARTITION.value: load.rows_pending_partition,
         "rows_removed_outside_partitions": sum(load.removed_outside.values()),
     }
 

@@ -21,6 +21,7 @@ from mlplatform.core.drift_reference import (
     nan_to_none,
     primary_error,
 )
+from mlplatform.core.scoring import MODEL_VERSION_COLUMN
 from mlplatform.core.sql import quote_ident
 from mlplatform.core.training import TrainedModel
 from mlplatform.core.training_data import MissingTableError, champion_training_rows, recorded_windows
@@ -96,7 +97,7 @@ def build_reference_profile_asset(stage: "StageBuild") -> dg.AssetsDefinition:
                 spec.target.task, test[spec.target.column], model_outputs(model, test), model.classes
             )
         frame = build_reference(train, columns, performance, spec)
-        frame["model_version"] = version
+        frame[MODEL_VERSION_COLUMN] = version
         frame["built_at"] = datetime.now(UTC).replace(tzinfo=None)
         _store(warehouse, spec, frame)
         context.log.info(

@@ -7,7 +7,7 @@ so they can be re-run from the UI at any time, not only right after a materializ
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from mlplatform.contracts import Stage, asset_key
+from mlplatform.contracts import SOURCE_ACCOUNTING_CHECK, Stage, asset_key
 from mlplatform.core.accounting import accounts_markdown, read_accounts
 from mlplatform.core.quality import (
     accounting_failure,
@@ -89,7 +89,7 @@ def _validity_rate_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
 def _source_accounting_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=asset_key(spec, Stage.CLEAN),
-        name="source_accounting",
+        name=SOURCE_ACCOUNTING_CHECK,
         blocking=True,
         description=(
             "Reconciliation from the source: each source file's records, counted without DuckDB (Python's "

@@ -40,9 +40,6 @@ from mlplatform.core.source_checks import (
 from mlplatform.core.sql import column_types, quote_ident, quote_literal, session_timezone, typed_column
 from mlplatform.specs.model import DatasetSpec
 
-LINEAGE_COLUMNS = ("_source_file", "_source_row", "_loaded_at", "_parse_error", "_partition_ts")
-
-
 P = ParamSpec("P")
 R = TypeVar("R")
 

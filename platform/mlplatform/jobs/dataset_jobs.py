@@ -45,13 +45,24 @@ def build_whole_graph_job(spec: DatasetSpec) -> UnresolvedAssetJobDefinition:
     )
 
 
-def _stage_job(
-    spec: DatasetSpec, job: Job, registry: Sequence[StageRow], description: str
+# What each job is for; `{name}` is the dataset, `{stages}` the job's stages from the registry.
+_PURPOSES = {
+    Job.INGEST: "New data of {name} through the graph ({stages}; predictions by the champion), for a range "
+    "of partitions in one run.",
+    Job.RETRAIN: "Retrain {name} ({stages}): a challenger, the promotion of the champion, and the reference "
+    "profile of whichever model is champion afterwards.",
+}
+
+
+def build_stage_job(
+    spec: DatasetSpec, job: Job, registry: Sequence[StageRow] = STAGES
 ) -> UnresolvedAssetJobDefinition:
+    """`<ds>__<job>`: the registry's stages of `job`."""
+    stages = job_stages(job, registry)
     return dg.define_asset_job(
         f"{spec.name}__{job}",
-        selection=dg.AssetSelection.assets(*stage_keys(spec, job_stages(job, registry))),
-        description=description,
+        selection=dg.AssetSelection.assets(*stage_keys(spec, stages)),
+        description=_PURPOSES[job].format(name=spec.name, stages=" -> ".join(stages)),
         tags={"mlplatform/dataset": spec.name, "mlplatform/purpose": str(job)},
     )
 
@@ -59,24 +70,10 @@ def _stage_job(
 def build_ingest_job(
     spec: DatasetSpec, registry: Sequence[StageRow] = STAGES
 ) -> UnresolvedAssetJobDefinition:
-    stages = " -> ".join(job_stages(Job.INGEST, registry))
-    return _stage_job(
-        spec,
-        Job.INGEST,
-        registry,
-        f"New data of {spec.name} through the graph ({stages}; predictions by the champion), for a range "
-        "of partitions in one run.",
-    )
+    return build_stage_job(spec, Job.INGEST, registry)
 
 
 def build_retrain_job(
     spec: DatasetSpec, registry: Sequence[StageRow] = STAGES
 ) -> UnresolvedAssetJobDefinition:
-    stages = " -> ".join(job_stages(Job.RETRAIN, registry))
-    return _stage_job(
-        spec,
-        Job.RETRAIN,
-        registry,
-        f"Retrain {spec.name} ({stages}): a challenger, the promotion of the champion, and the reference "
-        "profile of whichever model is champion afterwards.",
-    )
+    return build_stage_job(spec, Job.RETRAIN, registry)
