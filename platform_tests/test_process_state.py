@@ -4,6 +4,7 @@ only inside a block that puts them back (resources/test_mlflow_resource.py check
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 
 import pytest
 
@@ -34,32 +35,39 @@ def _is_os_environ(node: ast.AST) -> bool:
     )
 
 
+def nodes_in_functions(source: str) -> Iterator[tuple[str, ast.AST]]:
+    """Every node of `source` with the name of the function around it (`<module>` at the top)."""
+
+    def visit(node: ast.AST, function: str) -> Iterator[tuple[str, ast.AST]]:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            function = node.name
+        yield function, node
+        for child in ast.iter_child_nodes(node):
+            yield from visit(child, function)
+
+    return visit(ast.parse(source), "<module>")
+
+
+def _writes_environ(node: ast.AST) -> bool:
+    targets: list[ast.AST] = []
+    if isinstance(node, ast.Assign | ast.Delete):
+        targets = list(node.targets)
+    elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+        targets = [node.target]
+    if any(isinstance(t, ast.Subscript) and _is_os_environ(t.value) for t in targets):
+        return True
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        method = node.func
+        writes_environ = _is_os_environ(method.value) and method.attr in _WRITING_METHODS
+        os_call = isinstance(method.value, ast.Name) and method.value.id == "os"
+        return writes_environ or (os_call and method.attr in ("putenv", "unsetenv"))
+    return False
+
+
 def environ_writes(source: str) -> list[tuple[str, int]]:
     """(enclosing function, line) of each write to os.environ: item assignment or deletion, a mutating
     method, os.putenv / os.unsetenv."""
-    found: list[tuple[str, int]] = []
-
-    def visit(node: ast.AST, function: str) -> None:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            function = node.name
-        targets: list[ast.AST] = []
-        if isinstance(node, ast.Assign | ast.Delete):
-            targets = list(node.targets)
-        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
-            targets = [node.target]
-        if any(isinstance(t, ast.Subscript) and _is_os_environ(t.value) for t in targets):
-            found.append((function, node.lineno))
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            method = node.func
-            writes_environ = _is_os_environ(method.value) and method.attr in _WRITING_METHODS
-            os_call = isinstance(method.value, ast.Name) and method.value.id == "os"
-            if writes_environ or (os_call and method.attr in ("putenv", "unsetenv")):
-                found.append((function, node.lineno))
-        for child in ast.iter_child_nodes(node):
-            visit(child, function)
-
-    visit(ast.parse(source), "<module>")
-    return found
+    return [(function, node.lineno) for function, node in nodes_in_functions(source) if _writes_environ(node)]
 
 
 def test_the_scanner_sees_each_kind_of_write() -> None:
@@ -85,22 +93,19 @@ def test_the_mlflow_defaults_never_override_the_users_values() -> None:
     assert environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
 
 
+def _applies_env_defaults(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call) or node.args or node.keywords:
+        return False
+    return (getattr(node.func, "id", None) or getattr(node.func, "attr", None)) == "apply_mlflow_env_defaults"
+
+
 def env_defaults_calls(source: str) -> list[tuple[str, int]]:
     """(enclosing function, line) of each `apply_mlflow_env_defaults()` that writes os.environ (no argument)."""
-    found: list[tuple[str, int]] = []
-
-    def visit(node: ast.AST, function: str) -> None:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            function = node.name
-        if isinstance(node, ast.Call) and not node.args and not node.keywords:
-            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
-            if name == "apply_mlflow_env_defaults":
-                found.append((function, node.lineno))
-        for child in ast.iter_child_nodes(node):
-            visit(child, function)
-
-    visit(ast.parse(source), "<module>")
-    return found
+    return [
+        (function, node.lineno)
+        for function, node in nodes_in_functions(source)
+        if _applies_env_defaults(node)
+    ]
 
 
 def test_only_the_entry_points_apply_the_mlflow_environment_defaults() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -80,11 +79,10 @@ def _load_definitions(settings: Settings) -> dg.Definitions:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from mlplatform.factory import broken_specs
     from mlplatform.home import open_instance
-    from mlplatform.runner import dataset_names, print_summary, run_datasets
+    from mlplatform.runner import dataset_names, print_summary, quiet_store_setup_logs, run_datasets
 
     _prepare_home(settings)
-    for noisy in ("mlflow.store.db.utils", "alembic"):  # schema set-up chatter on a new MLflow store
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_store_setup_logs()  # before the MLflow check, which may create the store
     # Stages that use MLflow are checked against the tracking server before running them, and the ones
     # that write to it for writing (a read-only store fails before any data stage).
     uses_mlflow = [stage for stage in mlflow_stages("read", "write") if stage in runnable_stages()]

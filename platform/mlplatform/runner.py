@@ -53,6 +53,12 @@ def dataset_names(defs: dg.Definitions) -> list[str]:
     return sorted(name.removesuffix(WHOLE_GRAPH_SUFFIX) for name in jobs if name.endswith(WHOLE_GRAPH_SUFFIX))
 
 
+def quiet_store_setup_logs() -> None:
+    """Silence the schema set-up chatter of a new MLflow store (its warnings still show)."""
+    for noisy in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def run_datasets(
     defs: dg.Definitions,
     names: list[str] | None,
@@ -80,8 +86,7 @@ def run_datasets(
         raise UserError(f"unknown stage {', '.join(wrong)} (stages: {', '.join(runnable)})")
     if allow_shrink and stages and Stage.RAW not in stages:
         raise UserError("--allow-shrink applies to the raw stage: add --stage raw")
-    for noisy in ("mlflow.store.db.utils", "alembic"):  # schema set-up chatter on a new MLflow store
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_store_setup_logs()
     outcomes = []
     for name in names or known:
         job = defs.resolve_job_def(f"{name}{WHOLE_GRAPH_SUFFIX}")

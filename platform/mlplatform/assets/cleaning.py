@@ -7,13 +7,12 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from mlplatform.assets.common import (
-    asset_key,
     partition_bounds,
     spec_code_version,
     table_metadata,
     time_window,
 )
-from mlplatform.contracts import Stage
+from mlplatform.contracts import Stage, asset_key
 from mlplatform.core.cleaning import clean_window, drop_rows_outside, reason_counts_markdown
 from mlplatform.core.warehouse import window_column, window_predicate
 from mlplatform.specs.model import DatasetSpec

@@ -5,18 +5,28 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 import dagster as dg
 import duckdb
 import pandas as pd
+from dagster_duckdb import DuckDBResource
 
-from mlplatform.contracts import asset_key  # noqa: F401 (asset modules import it from here too)
+from mlplatform.contracts import Stage
 from mlplatform.core.grain import GRAIN_DAYS, grain_floor, next_grain
 from mlplatform.core.placement import PLAUSIBLE_START, PartitionBounds, plausible_end
 from mlplatform.core.source import SourceProbe
 from mlplatform.core.sql import column_types
-from mlplatform.core.warehouse import table_exists, table_name
+from mlplatform.core.training_data import (
+    MissingTableError,
+    model_feature_names,
+    read_training_set,
+    table_data_version,
+)
+from mlplatform.core.warehouse import table_exists, table_name, verify_tables
 from mlplatform.specs.model import DatasetSpec
 
 DUCKDB_TO_TABLE_TYPE = {"BIGINT": "int", "INTEGER": "int", "DOUBLE": "float", "VARCHAR": "string"}
@@ -71,6 +81,37 @@ def partition_bounds(partitions: dg.PartitionsDefinition) -> PartitionBounds | N
         last_start=last.start.replace(tzinfo=None),
         end=last.end.replace(tzinfo=None),
     )
+
+
+@contextmanager
+def missing_table_fails_the_step() -> Iterator[None]:
+    """A stage input that is not in the warehouse fails the step with core's message (which says
+    what to materialize first)."""
+    try:
+        yield
+    except MissingTableError as error:
+        raise dg.Failure(str(error)) from error
+
+
+@dataclass(frozen=True)
+class TrainingSetRead:
+    frame: pd.DataFrame  # in a total order: the same rows make the same model
+    features: list[str]  # the model inputs among its columns
+    data_version: str
+    verified: int  # warehouse tables verified first (0: not asked to)
+
+
+def read_training_step_input(spec: DatasetSpec, warehouse: DuckDBResource, verify: bool) -> TrainingSetRead:
+    """What the model and evaluation steps read: the training set, its features and data version;
+    with `verify`, every table of the dataset is checked for damage first."""
+    with warehouse.get_connection() as conn:
+        verified = len(verify_tables(conn, spec.name)) if verify else 0
+        with missing_table_fails_the_step():
+            frame = read_training_set(conn, spec)
+        features = model_feature_names(conn, spec)
+        return TrainingSetRead(
+            frame, features, table_data_version(conn, spec.name, Stage.TRAINING_SET), verified
+        )
 
 
 def lookback_partitions(spec: DatasetSpec) -> int:

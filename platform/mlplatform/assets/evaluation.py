@@ -17,7 +17,7 @@ from dagster_duckdb import DuckDBResource
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from mlplatform.assets.common import spec_code_version
+from mlplatform.assets.common import read_training_step_input, spec_code_version
 from mlplatform.contracts import CHAMPION_ALIAS, MaterializationKey, MlflowMetric, MlflowTag, Stage, asset_key
 from mlplatform.core.evaluation import (
     Challenger,
@@ -29,8 +29,6 @@ from mlplatform.core.evaluation import (
 )
 from mlplatform.core.report import render_markdown_report, write_evaluation_plots
 from mlplatform.core.training import TrainedModel, feature_importance
-from mlplatform.core.training_data import MissingTableError, read_training_set, table_data_version
-from mlplatform.core.warehouse import verify_tables
 from mlplatform.materializations import MaterializedVersion, version_materialized
 from mlplatform.models.registry import ChampionChange, load_version, promote, tag_value
 from mlplatform.resources.mlflow import MlflowResource
@@ -121,7 +119,9 @@ def build_evaluation_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, warehouse: DuckDBResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
         trained = _version_to_evaluate(context, spec, mlflow)
-        frame, data_version = _read_training_set(spec, warehouse, verify=not trained.same_run)
+        # The model step of the same run verified the warehouse already.
+        read = read_training_step_input(spec, warehouse, verify=not trained.same_run)
+        frame, data_version = read.frame, read.data_version
         challenger = _load_challenger(mlflow, spec, trained.version)
         result, scores = evaluate(spec, frame, challenger, _load_champion(mlflow, spec, challenger))
         test = split_rows(frame, "test")
@@ -154,21 +154,6 @@ def build_evaluation_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         )
 
     return evaluation
-
-
-def _read_training_set(
-    spec: DatasetSpec, warehouse: DuckDBResource, verify: bool
-) -> tuple[pd.DataFrame, str]:
-    """The training set and its data version; `verify`: check the warehouse first (the model step of
-    the same run did already)."""
-    with warehouse.get_connection() as conn:
-        if verify:
-            verify_tables(conn, spec.name)
-        try:
-            frame = read_training_set(conn, spec)
-        except MissingTableError as error:
-            raise dg.Failure(str(error)) from error
-        return frame, table_data_version(conn, spec.name, Stage.TRAINING_SET)
 
 
 def _details(

@@ -6,13 +6,12 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from mlplatform.assets.common import (
-    asset_key,
     lookback_partitions,
     spec_code_version,
     table_metadata,
     time_window,
 )
-from mlplatform.contracts import Stage
+from mlplatform.contracts import Stage, asset_key
 from mlplatform.core.features import write_features_window
 from mlplatform.core.warehouse import window_column, window_predicate
 

@@ -7,13 +7,12 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlplatform.assets.common import (
-    asset_key,
     partition_bounds,
     spec_code_version,
     table_metadata,
     time_window,
 )
-from mlplatform.contracts import MaterializationKey, Stage
+from mlplatform.contracts import MaterializationKey, Stage, asset_key
 from mlplatform.core.accounting import accounts_markdown, count_source
 from mlplatform.core.ingestion import RawLoad, ShrinkRefusal, load_raw_window, with_spec_end
 from mlplatform.core.source import source_files

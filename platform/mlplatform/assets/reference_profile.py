@@ -12,7 +12,7 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from mlplatform.assets.common import spec_code_version
+from mlplatform.assets.common import missing_table_fails_the_step, spec_code_version
 from mlplatform.contracts import CHAMPION_ALIAS, Stage, asset_key
 from mlplatform.core.drift_reference import (
     build_reference,
@@ -24,7 +24,7 @@ from mlplatform.core.drift_reference import (
 from mlplatform.core.scoring import MODEL_VERSION_COLUMN
 from mlplatform.core.sql import quote_ident
 from mlplatform.core.training import TrainedModel
-from mlplatform.core.training_data import MissingTableError, champion_training_rows, recorded_windows
+from mlplatform.core.training_data import champion_training_rows, recorded_windows
 from mlplatform.core.warehouse import table_name
 from mlplatform.models.registry import load_version
 from mlplatform.resources.mlflow import MlflowResource
@@ -47,11 +47,8 @@ def _champion_rows(
     windows = (
         recorded_windows(mlflow.client().get_run(champion.run_id).data.params) if champion.run_id else None
     )
-    with warehouse.get_connection() as conn:
-        try:
-            train, test = champion_training_rows(conn, spec, windows)
-        except MissingTableError as error:
-            raise dg.Failure(str(error)) from error
+    with warehouse.get_connection() as conn, missing_table_fails_the_step():
+        train, test = champion_training_rows(conn, spec, windows)
     if train.empty:
         raise dg.Failure(f"no training rows found for {spec.name} champion version {champion.version}")
     return int(champion.version), model, pd.concat([train, model_outputs(model, train)], axis=1), test

@@ -10,7 +10,7 @@ import mlflow as mlflow_module  # `mlflow` is the resource's name in the assets
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from mlplatform.assets.common import spec_code_version, table_metadata
+from mlplatform.assets.common import read_training_step_input, spec_code_version, table_metadata
 from mlplatform.contracts import (
     CHALLENGER_ALIAS,
     MODEL_ARTIFACT_KEY,
@@ -26,15 +26,12 @@ from mlplatform.core.splits import SPLIT_COLUMN, SPLIT_NAMES, assign_split, time
 from mlplatform.core.sql import quote_ident
 from mlplatform.core.training import TrainedModel, available_cpus, lightgbm_params, train_lightgbm
 from mlplatform.core.training_data import (
-    MissingTableError,
-    model_feature_names,
-    read_training_set,
     split_metrics,
     split_windows,
     table_data_version,
     train_metrics_step,
 )
-from mlplatform.core.warehouse import count_rows, read_frame, table_exists, table_name, verify_tables
+from mlplatform.core.warehouse import count_rows, read_frame, table_exists, table_name
 from mlplatform.models.registry import log_lightgbm_model, register_version
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.specs.model import DatasetSpec
@@ -105,22 +102,6 @@ def _input_example(model: TrainedModel, features: pd.DataFrame) -> pd.DataFrame:
         categorical = column in model.categorical_levels
         example[column] = example[column].astype(object if categorical else "float64")
     return example
-
-
-def _read_training_set(
-    spec: DatasetSpec, warehouse: DuckDBResource
-) -> tuple[pd.DataFrame, list[str], str, int]:
-    """(training set, model features, its data version, warehouse tables verified)."""
-    with warehouse.get_connection() as conn:
-        # A damaged block anywhere in the dataset must fail the run now, not after a promotion.
-        verified = verify_tables(conn, spec.name)
-        try:
-            frame = read_training_set(conn, spec)
-        except MissingTableError as error:
-            raise dg.Failure(str(error)) from error
-        features = model_feature_names(conn, spec)
-        data_version = table_data_version(conn, spec.name, Stage.TRAINING_SET)
-    return frame, features, data_version, len(verified)
 
 
 def _run_params(
@@ -238,7 +219,9 @@ def build_model_asset(stage: "StageBuild") -> dg.AssetsDefinition:
     def model(
         context: dg.AssetExecutionContext, warehouse: DuckDBResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        frame, features, data_version, verified = _read_training_set(spec, warehouse)
+        # A damaged block anywhere in the dataset must fail the run now, not after a promotion.
+        read = read_training_step_input(spec, warehouse, verify=True)
+        frame, features, data_version, verified = read.frame, read.features, read.data_version, read.verified
         parts = {name: frame[frame[SPLIT_COLUMN] == name] for name in SPLIT_NAMES}
         threads = available_cpus()
         params = lightgbm_params(task, None, spec.model.params, threads)
