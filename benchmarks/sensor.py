@@ -111,7 +111,9 @@ def prepare_home(
     columns = monitored_columns(spec, [*train.columns, "prediction", "probability"])
     reference = build_reference(pd.concat([train, train_outputs], axis=1), columns, ("roc_auc", 0.8), spec)
     reference = reference.assign(model_version=1, built_at=datetime.now())
-    with duckdb.connect(load_settings().warehouse_path) as conn:
+    database = Path(load_settings().warehouse_for(DATASET))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(database)) as conn:
         conn.execute(f"CREATE SCHEMA {DATASET}")
         for table, frame in (
             ("features", features),

@@ -33,7 +33,7 @@ def _run(command: list[str], home: Path, specs: Path) -> subprocess.CompletedPro
 
 
 def _raw_rows_per_file(home: Path) -> dict[str, int]:
-    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
+    with duckdb.connect(str(home / "warehouse" / f"{NAME}-warehouse.duckdb"), read_only=True) as conn:
         rows = conn.execute(f"SELECT _source_file, count(*) FROM {NAME}.raw GROUP BY 1").fetchall()
     return {Path(f).name: int(n) for f, n in rows}
 

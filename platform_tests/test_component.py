@@ -99,7 +99,7 @@ def test_a_scaffolded_component_yields_what_our_code_location_builds_for_its_spe
     assert {s.name for s in defs.sensors or []} == {s.name for s in ours.sensors or []}
     assert {s.name for s in defs.schedules or []} == {s.name for s in ours.schedules or []}
     assert set(defs.resources or {}) == {"warehouse", "mlflow"}
-    assert defs.resources["warehouse"].database == str(home / "warehouse.duckdb")
+    assert defs.resources["warehouse"].database == str(home / "warehouse" / "{dataset}-warehouse.duckdb")
 
 
 def test_the_sample_csv_is_deterministic_and_has_both_labels(sandbox: DefsFolderSandbox) -> None:
@@ -296,7 +296,7 @@ def test_a_team_project_scaffolds_lists_checks_and_materializes_datasets(tmp_pat
         project, home, "launch", "--assets", first_stages, "--partition-range", days, timeout=600
     )
     assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
-    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as conn:
+    with duckdb.connect(str(home / "warehouse" / "loans-warehouse.duckdb"), read_only=True) as conn:
         raw = conn.execute("SELECT count(*) FROM loans.raw").fetchone()
         kept = conn.execute(
             "SELECT (SELECT count(*) FROM loans.clean) + (SELECT count(*) FROM loans.quarantine)"

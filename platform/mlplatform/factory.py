@@ -27,7 +27,7 @@ from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.sensors.common import sensor_interval
 from mlplatform.sensors.recovery import build_recovery_sensor
-from mlplatform.settings import Settings, load_settings
+from mlplatform.settings import DATASET_PLACEHOLDER, Settings, load_settings
 from mlplatform.specs.loader import BrokenSpec, SpecError, check_source, one_line, read_specs
 from mlplatform.specs.model import DatasetSpec
 from mlplatform.stages import STAGES, StageBuild, StageRow, stage_row
@@ -55,9 +55,12 @@ BROKEN_SPECS_METADATA = "mlplatform/broken_specs"
 
 
 def location_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
-    """The resources every dataset's assets use: the DuckDB warehouse and the MLflow store."""
-    if "://" not in settings.warehouse_path and not settings.warehouse_path.startswith("md:"):
-        Path(settings.warehouse_path).parent.mkdir(parents=True, exist_ok=True)
+    """The resources every dataset's assets use: the DuckDB warehouse (a file per dataset, or one shared
+    file) and the MLflow store."""
+    folder = Path(settings.warehouse_path).parent
+    local = "://" not in settings.warehouse_path and not settings.warehouse_path.startswith("md:")
+    if local and DATASET_PLACEHOLDER not in str(folder):  # else each file's folder is made on first use
+        folder.mkdir(parents=True, exist_ok=True)
     return {
         "warehouse": WarehouseResource(database=settings.warehouse_path),
         "mlflow": MlflowResource.from_settings(settings),
@@ -97,9 +100,10 @@ def build_dataset(
     """One dataset's assets, checks, jobs, sensors and schedule, from the stage registry."""
     probe = check_source(spec, probe_conn)
     partitions = partitions_def(spec, probe)
-    assets = build_stage_assets(StageBuild(spec, partitions, settings), registry)
+    stage = StageBuild(spec, partitions, settings)
+    assets = build_stage_assets(stage, registry)
     job = build_whole_graph_job(spec)
-    checks = [*build_quality_checks(spec), *build_model_checks(spec)]
+    checks = [*build_quality_checks(spec, stage.pool), *build_model_checks(spec, stage.pool)]
     automation = build_automation(spec, partitions, assets, job, settings, registry)
     return DatasetDefinitions(spec, probe, partitions, assets, checks, job, automation)
 
@@ -183,7 +187,7 @@ def build_definitions(
         + [build_recovery_sensor(settings)],  # ends runs of killed processes (mlplatform.recovery)
         schedules=[s for d in datasets for s in d.automation.schedules],
         resources=resources,
-        executor=dg.in_process_executor,  # one DuckDB file has one writer: steps share the process
+        executor=dg.in_process_executor,  # a DuckDB file has one writer: a run's steps share the process
         metadata={
             BROKEN_SPECS_METADATA: dg.MetadataValue.json(
                 [{"name": b.name, "path": str(b.path), "error": b.error} for b in broken]

@@ -76,7 +76,7 @@ def _period_error(
     from mlplatform.core.drift_windows import window_rows
     from mlplatform.core.scoring import MODEL_VERSION_COLUMN
 
-    with duckdb.connect(settings.warehouse_path, read_only=True) as conn:
+    with duckdb.connect(settings.warehouse_for(spec.name), read_only=True) as conn:
         rows = window_rows(conn, spec, start, end)
     has_versions = MODEL_VERSION_COLUMN in rows
     versions = rows[MODEL_VERSION_COLUMN].dropna() if has_versions else pd.Series(dtype=float)

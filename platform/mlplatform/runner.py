@@ -8,6 +8,7 @@ import shlex
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -31,7 +32,7 @@ from mlplatform.factory import broken_specs
 from mlplatform.jobs.dataset_jobs import WHOLE_GRAPH_SUFFIX
 from mlplatform.recovery import run_owner_tags
 from mlplatform.resources.mlflow import MlflowResource
-from mlplatform.settings import SPECS_ENV, Settings
+from mlplatform.settings import SPECS_ENV, WAREHOUSE_ENV, Settings, default_warehouse
 from mlplatform.stages import counted_stages, runnable_stages, step_stages
 
 # The terminal shows the stages' own progress lines; every Dagster event is still in the run's log.
@@ -177,8 +178,12 @@ def _first_line(text: str, limit: int) -> str:
 
 
 def stage_counts(settings: Settings, dataset: str) -> dict[str, int]:
-    """Rows of each counted stage's table (mlplatform.stages), read from the warehouse."""
-    with duckdb.connect(settings.warehouse_path, read_only=True) as conn:
+    """Rows of each counted stage's table (mlplatform.stages), read from the dataset's warehouse file
+    (none yet: a run that failed before writing it)."""
+    database = settings.warehouse_for(dataset)
+    if "://" not in database and not database.startswith("md:") and not Path(database).exists():
+        return dict.fromkeys(counted_stages(), 0)
+    with duckdb.connect(database, read_only=True) as conn:
         return {stage: count_rows(conn, dataset, stage) for stage in counted_stages()}
 
 
@@ -240,6 +245,17 @@ def _specs_setting(settings: Settings) -> str:
     return f" {SPECS_ENV}={shlex.quote(os.pathsep.join(str(d) for d in settings.extra_spec_dirs))}"
 
 
+def sql_command(settings: Settings, dataset: str | None) -> str:
+    """`mlplatform sql` on these settings' warehouse, as a user types it: the quarantined rows of
+    `dataset`, or (None) the list of datasets and tables."""
+    words = ["mlplatform", "sql", "--home", str(settings.home)]
+    if dataset is not None:
+        words.append(f"SELECT * FROM {dataset}.{Stage.QUARANTINE} LIMIT 10")
+    custom = settings.warehouse_path != default_warehouse(settings.home)
+    setting = f"{WAREHOUSE_ENV}={shlex.quote(settings.warehouse_path)} " if custom else ""
+    return setting + shlex.join(words)
+
+
 def print_summary(settings: Settings, defs: dg.Definitions, outcomes: list[RunOutcome]) -> None:
     resource = MlflowResource.from_settings(settings)
     dagster_home = settings.dagster_home
@@ -249,6 +265,7 @@ def print_summary(settings: Settings, defs: dg.Definitions, outcomes: list[RunOu
         counts = stage_counts(settings, outcome.dataset)
         print(f"{outcome.dataset}: {'OK' if outcome.success else 'FAILED'} (run {outcome.run_id})")
         print("  rows: " + ", ".join(f"{stage} {counts[stage]:,}" for stage in counts))
+        print(f"  warehouse: {settings.warehouse_for(outcome.dataset)}")
         print(f"  quarantined: {counts[Stage.QUARANTINE]:,} of {counts[Stage.RAW]:,} raw rows")
         if outcome.source_accounting:
             print(f"  source: {outcome.source_accounting}")
@@ -266,4 +283,4 @@ def print_summary(settings: Settings, defs: dg.Definitions, outcomes: list[RunOu
         "dagster dev -m mlplatform.definitions"
     )
     print(f"MLflow UI:          {_mlflow_ui_command(resource)}")
-    print(f"query the tables:   duckdb -readonly {settings.warehouse_path}")
+    print(f"query the tables:   {sql_command(settings, outcomes[0].dataset if outcomes else None)}")

@@ -37,6 +37,12 @@ class StageBuild:
     partitions: dg.TimeWindowPartitionsDefinition
     settings: Settings
 
+    @property
+    def pool(self) -> str:
+        """The Dagster pool of the dataset's assets and checks (Settings.warehouse_pool): runs that
+        write one warehouse file wait for each other in the run queue."""
+        return self.settings.warehouse_pool(self.spec.name)
+
 
 Builder = Callable[[StageBuild], "dg.AssetsDefinition"]
 MlflowUse = Literal["none", "read", "write"]

@@ -83,3 +83,16 @@ def test_features_of_a_partition_read_the_history_of_the_one_before(tiny: TinyDa
     assert len(window) == 24
     [(rolled,)] = tiny.query("SELECT x_mean_1d FROM tiny.features WHERE ts = ?", [first])
     assert rolled == pytest.approx(sum(window) / len(window), abs=1e-9)
+
+
+@pytest.mark.parametrize(("stage", "missing"), [(Stage.CLEAN, Stage.RAW), (Stage.FEATURES, Stage.CLEAN)])
+def test_a_stage_run_before_its_input_fails_naming_what_to_materialize(
+    tiny: TinyDataset, stage: Stage, missing: Stage
+) -> None:
+    selection = [Stage.CLEAN, Stage.QUARANTINE] if stage == Stage.CLEAN else [stage]
+    result = tiny.materialize(selection, partition_key=JANUARY, raise_on_error=False)
+
+    assert not result.success
+    failures = [e for e in result.all_events if e.is_step_failure]
+    message = failures[0].step_failure_data.error.message  # type: ignore[union-attr]
+    assert f"tiny.{missing} does not exist: materialize tiny/{missing} first" in message

@@ -153,7 +153,7 @@ class TinyDataset:
         }
 
     def materialize(
-        self, stages: Iterable[Stage], partition_key: str | None = None
+        self, stages: Iterable[Stage], partition_key: str | None = None, raise_on_error: bool = True
     ) -> dg.ExecuteInProcessResult:
         return dg.materialize(
             self.assets,
@@ -161,6 +161,7 @@ class TinyDataset:
             partition_key=partition_key,
             resources=self.resources(),
             instance=self.instance,
+            raise_on_error=raise_on_error,
         )
 
     def query(self, sql: str, parameters: list[Any] | None = None) -> list[tuple]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dagster as dg
-import duckdb
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from mlplatform.settings import load_settings
+from mlplatform.warehouse_cli import warehouse_session
 
 SPINE = ("raw", "clean", "quarantine", "features")
 
@@ -41,5 +41,5 @@ def materialize_spine(
 
 
 def query(sql: str) -> list[tuple]:
-    with duckdb.connect(load_settings().warehouse_path, read_only=True) as conn:
+    with warehouse_session(load_settings()).conn as conn:  # every dataset's file, read-only
         return conn.execute(sql).fetchall()

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import mlflow
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -28,6 +27,7 @@ from mlplatform.settings import load_settings
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR, parse_spec
 from mlplatform.specs.model import ModelSpec
 from mlplatform.stages import runnable_stages
+from mlplatform.warehouse_cli import warehouse_session
 from platform_tests.conftest import BIKE_ROWS
 
 pytestmark = pytest.mark.e2e
@@ -72,7 +72,7 @@ def client() -> MlflowClient:
 
 
 def query(sql: str) -> list[tuple]:
-    with duckdb.connect(load_settings().warehouse_path, read_only=True) as conn:
+    with warehouse_session(load_settings()).conn as conn:  # every dataset's file, read-only
         return conn.execute(sql).fetchall()
 
 
@@ -163,7 +163,7 @@ def test_training_is_one_finished_mlflow_run_with_everything_logged(bike: BikeRu
     assert run_files == {"lightgbm/model.txt", "lightgbm/model.json"}
 
     # The pyfunc wrapper scores like the platform does.
-    with duckdb.connect(load_settings().warehouse_path, read_only=True) as conn:
+    with warehouse_session(load_settings()).conn as conn:
         features = conn.sql("SELECT * FROM bike_sharing.features ORDER BY ts LIMIT 5").df()
     expected = [
         row[0] for row in query("SELECT prediction FROM bike_sharing.predictions ORDER BY ts LIMIT 5")

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import mlflow
 import numpy as np
 import pandas as pd
@@ -22,6 +21,7 @@ from mlplatform.runner import run_datasets
 from mlplatform.settings import load_settings
 from mlplatform.specs.loader import parse_spec
 from mlplatform.stages import runnable_stages
+from mlplatform.warehouse_cli import warehouse_session
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("restore_mlflow_env")]
 
@@ -91,7 +91,7 @@ def train_generated(
 
 
 def query_frame(sql: str) -> pd.DataFrame:
-    with duckdb.connect(load_settings().warehouse_path, read_only=True) as conn:
+    with warehouse_session(load_settings()).conn as conn:  # every dataset's file, read-only
         return conn.sql(sql).df()
 
 

@@ -66,7 +66,7 @@ def test_held_lock_fails_within_seconds_naming_the_holder(tmp_path: Path) -> Non
     assert 1.0 <= waited < 4, waited  # dagster_duckdb's DuckDBResource retried for about 115 s
     assert f"warehouse {database} is held by" in message
     assert f"(PID {holder.pid})" in message and f"kill {holder.pid}" in message
-    assert "duckdb -readonly" in message
+    assert "use `mlplatform sql`" in message
     assert WarehouseResource(database=str(database)).lock_timeout_seconds <= 10
 
 
@@ -210,7 +210,7 @@ def test_a_damaged_warehouse_fails_before_training_and_promotes_nothing(
     assert _run([])[0]
     trained = _registry_state()
     assert trained[:2] == ([1], 1)
-    database = Path(load_settings().warehouse_path)
+    database = Path(load_settings().warehouse_for(DATASET))
     pristine = tmp_path / "pristine.duckdb"
     shutil.copy(database, pristine)
 

@@ -15,12 +15,12 @@ from typing import Any
 import dagster as dg
 import duckdb
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-from dagster_duckdb import DuckDBResource
 
 from mlplatform.assets.cleaning import build_clean_assets
 from mlplatform.assets.common import partitions_def
 from mlplatform.assets.ingestion import build_raw_asset
 from mlplatform.checks.data_quality import build_quality_checks
+from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.settings import load_settings
 from mlplatform.specs.loader import check_source
 from mlplatform.specs.model import DatasetSpec
@@ -89,7 +89,7 @@ def load(
     result = dg.materialize(
         [*assets, *checks],
         instance=instance or dg.DagsterInstance.ephemeral(),
-        resources={"warehouse": DuckDBResource(database=str(warehouse))},
+        resources={"warehouse": WarehouseResource(database=str(warehouse))},
         tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
         run_config=run_config,
         raise_on_error=raise_on_error,

@@ -4,9 +4,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from mlplatform.assets.common import (
+    missing_table_fails_the_step,
     partition_bounds,
     spec_code_version,
     table_metadata,
@@ -15,6 +15,7 @@ from mlplatform.assets.common import (
 from mlplatform.contracts import Stage, asset_key
 from mlplatform.core.cleaning import clean_window, drop_rows_outside, reason_counts_markdown
 from mlplatform.core.warehouse import window_column, window_predicate
+from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
 
 if TYPE_CHECKING:
@@ -55,18 +56,21 @@ def build_clean_assets(stage: "StageBuild") -> dg.AssetsDefinition:
 
     @dg.multi_asset(
         name=f"{spec.name}__{Stage.CLEAN}",
+        pool=stage.pool,
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         specs=_clean_specs(spec),
     )
-    def clean(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> Iterator[dg.MaterializeResult]:
+    def clean(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    ) -> Iterator[dg.MaterializeResult]:
         start, end = time_window(context)
         bounds = partition_bounds(partitions)
 
         def window_of(stage: Stage) -> str:
             return window_predicate(window_column(stage, spec.time_column), start, end)
 
-        with warehouse.get_connection() as conn:
+        with warehouse.get_connection(spec.name) as conn, missing_table_fails_the_step():
             # First: a row of a partition that no longer exists must not make a new row a duplicate.
             removed = drop_rows_outside(conn, spec, bounds.first_start, bounds.end) if bounds else 0
             if removed:

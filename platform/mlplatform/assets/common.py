@@ -13,7 +13,6 @@ from datetime import date, datetime, timedelta
 import dagster as dg
 import duckdb
 import pandas as pd
-from dagster_duckdb import DuckDBResource
 
 from mlplatform.contracts import Stage
 from mlplatform.core.grain import GRAIN_DAYS, grain_floor, next_grain
@@ -27,6 +26,7 @@ from mlplatform.core.training_data import (
     table_data_version,
 )
 from mlplatform.core.warehouse import table_exists, table_name, verify_tables
+from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
 
 DUCKDB_TO_TABLE_TYPE = {"BIGINT": "int", "INTEGER": "int", "DOUBLE": "float", "VARCHAR": "string"}
@@ -101,10 +101,12 @@ class TrainingSetRead:
     verified: int  # warehouse tables verified first (0: not asked to)
 
 
-def read_training_step_input(spec: DatasetSpec, warehouse: DuckDBResource, verify: bool) -> TrainingSetRead:
+def read_training_step_input(
+    spec: DatasetSpec, warehouse: WarehouseResource, verify: bool
+) -> TrainingSetRead:
     """What the model and evaluation steps read: the training set, its features and data version;
     with `verify`, every table of the dataset is checked for damage first."""
-    with warehouse.get_connection() as conn:
+    with warehouse.get_connection(spec.name) as conn:
         verified = len(verify_tables(conn, spec.name)) if verify else 0
         with missing_table_fails_the_step():
             frame = read_training_set(conn, spec)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import pandas as pd
-from dagster_duckdb import DuckDBResource
 
 from mlplatform.assets.common import spec_code_version, time_window
 from mlplatform.contracts import DriftVerdictMetadata, Stage, Table, asset_key
@@ -22,6 +21,7 @@ from mlplatform.core.drift_reference import Reference, read_reference
 from mlplatform.core.drift_windows import report_partition, window_length, window_partitions, window_rows
 from mlplatform.core.scoring import MODEL_VERSION_COLUMN
 from mlplatform.core.warehouse import replace_window, table_exists, table_name
+from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
 
 if TYPE_CHECKING:
@@ -38,10 +38,10 @@ def _png_markdown(png: bytes, caption: str) -> dg.MetadataValue:
 
 
 def _read_inputs(
-    spec: DatasetSpec, warehouse: DuckDBResource, start: datetime, end: datetime
+    spec: DatasetSpec, warehouse: WarehouseResource, start: datetime, end: datetime
 ) -> tuple[Reference, int | None, pd.DataFrame]:
     """The stored reference, the version of the model it profiles, and the rows of [start, end)."""
-    with warehouse.get_connection() as conn:
+    with warehouse.get_connection(spec.name) as conn:
         if not table_exists(conn, spec.name, Stage.REFERENCE_PROFILE):
             raise dg.Failure(
                 f"{spec.name}.{Stage.REFERENCE_PROFILE} does not exist: no champion profiled yet"
@@ -74,13 +74,13 @@ def _judge_partitions(
 
 def _store(
     spec: DatasetSpec,
-    warehouse: DuckDBResource,
+    warehouse: WarehouseResource,
     tables: dict[str, pd.DataFrame],
     start: datetime,
     end: datetime,
 ) -> pd.DataFrame:
     """Replace the run's partitions of each table; returns the newest verdicts (for the trend plot)."""
-    with warehouse.get_connection() as conn:
+    with warehouse.get_connection(spec.name) as conn:
         for name, frame in tables.items():
             conn.register(_FRAME_VIEW, frame)
             replace_window(
@@ -135,6 +135,7 @@ def build_drift_report_asset(stage: "StageBuild") -> dg.AssetsDefinition:
 
     @dg.asset(
         key=asset_key(spec, Stage.DRIFT_REPORT),
+        pool=stage.pool,
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[
@@ -153,7 +154,7 @@ def build_drift_report_asset(stage: "StageBuild") -> dg.AssetsDefinition:
             f"(spec `drift`). Tables `{spec.name}.{Stage.DRIFT_REPORT}` and `{spec.name}.{Table.DRIFT_VERDICT}`."
         ),
     )
-    def drift_report(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    def drift_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         start, end = time_window(context)
         keys = context.partition_keys
         inputs = _read_inputs(spec, warehouse, start - window_length(spec), end)

@@ -3,10 +3,10 @@
 from typing import TYPE_CHECKING
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from mlplatform.assets.common import (
     lookback_partitions,
+    missing_table_fails_the_step,
     spec_code_version,
     table_metadata,
     time_window,
@@ -14,6 +14,7 @@ from mlplatform.assets.common import (
 from mlplatform.contracts import Stage, asset_key
 from mlplatform.core.features import write_features_window
 from mlplatform.core.warehouse import window_column, window_predicate
+from mlplatform.resources.warehouse import WarehouseResource
 
 if TYPE_CHECKING:
     from mlplatform.stages import StageBuild  # the registry imports this module
@@ -25,6 +26,7 @@ def build_features_asset(stage: "StageBuild") -> dg.AssetsDefinition:
 
     @dg.asset(
         key=asset_key(spec, Stage.FEATURES),
+        pool=stage.pool,
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[
@@ -42,10 +44,10 @@ def build_features_asset(stage: "StageBuild") -> dg.AssetsDefinition:
             f"`{spec.target.column}`."
         ),
     )
-    def features(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    def features(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         start, end = time_window(context)
         in_window = window_predicate(window_column(Stage.FEATURES, spec.time_column), start, end)
-        with warehouse.get_connection() as conn:
+        with warehouse.get_connection(spec.name) as conn, missing_table_fails_the_step():
             written = write_features_window(conn, spec, start, end)
             metadata = table_metadata(conn, spec.name, Stage.FEATURES, written.rows, in_window)
         return dg.MaterializeResult(

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 import pandas as pd
-from dagster_duckdb import DuckDBResource
 
 from mlplatform.assets.common import missing_table_fails_the_step, spec_code_version
 from mlplatform.contracts import CHAMPION_ALIAS, Stage, asset_key
@@ -28,6 +27,7 @@ from mlplatform.core.training_data import champion_training_rows, recorded_windo
 from mlplatform.core.warehouse import table_name
 from mlplatform.models.registry import load_version
 from mlplatform.resources.mlflow import MlflowResource
+from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ _FRAME_VIEW = "_reference_rows"
 
 
 def _champion_rows(
-    spec: DatasetSpec, warehouse: DuckDBResource, mlflow: MlflowResource
+    spec: DatasetSpec, warehouse: WarehouseResource, mlflow: MlflowResource
 ) -> tuple[int, TrainedModel, pd.DataFrame, pd.DataFrame]:
     """(champion version, its model, its training rows with its outputs on them, its test rows)."""
     champion = mlflow.get_alias_version(spec.name, CHAMPION_ALIAS)
@@ -47,15 +47,15 @@ def _champion_rows(
     windows = (
         recorded_windows(mlflow.client().get_run(champion.run_id).data.params) if champion.run_id else None
     )
-    with warehouse.get_connection() as conn, missing_table_fails_the_step():
+    with warehouse.get_connection(spec.name) as conn, missing_table_fails_the_step():
         train, test = champion_training_rows(conn, spec, windows)
     if train.empty:
         raise dg.Failure(f"no training rows found for {spec.name} champion version {champion.version}")
     return int(champion.version), model, pd.concat([train, model_outputs(model, train)], axis=1), test
 
 
-def _store(warehouse: DuckDBResource, spec: DatasetSpec, frame: pd.DataFrame) -> None:
-    with warehouse.get_connection() as conn:
+def _store(warehouse: WarehouseResource, spec: DatasetSpec, frame: pd.DataFrame) -> None:
+    with warehouse.get_connection(spec.name) as conn:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(spec.name)}")
         conn.register(_FRAME_VIEW, frame)
         conn.execute(
@@ -70,6 +70,7 @@ def build_reference_profile_asset(stage: "StageBuild") -> dg.AssetsDefinition:
 
     @dg.asset(
         key=asset_key(spec, Stage.REFERENCE_PROFILE),
+        pool=stage.pool,
         deps=[asset_key(spec, Stage.TRAINING_SET), asset_key(spec, Stage.EVALUATION)],
         owners=spec.owners,
         tags=spec.tags,
@@ -84,7 +85,7 @@ def build_reference_profile_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         ),
     )
     def reference_profile(
-        context: dg.AssetExecutionContext, warehouse: DuckDBResource, mlflow: MlflowResource
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
         version, model, train, test = _champion_rows(spec, warehouse, mlflow)
         columns = monitored_columns(spec, list(train.columns))

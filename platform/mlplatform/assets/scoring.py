@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 import dagster as dg
 import duckdb
 import pandas as pd
-from dagster_duckdb import DuckDBResource
 
 from mlplatform.assets.common import spec_code_version, table_metadata, time_window
 from mlplatform.contracts import CHAMPION_ALIAS, Stage, asset_key
@@ -17,6 +16,7 @@ from mlplatform.core.training_data import model_feature_names
 from mlplatform.core.warehouse import read_frame, replace_window, table_exists, table_name, window_predicate
 from mlplatform.models.registry import load_version
 from mlplatform.resources.mlflow import MlflowResource
+from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ def build_predictions_asset(stage: "StageBuild") -> dg.AssetsDefinition:
 
     @dg.asset(
         key=asset_key(spec, Stage.PREDICTIONS),
+        pool=stage.pool,
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[asset_key(spec, Stage.FEATURES), asset_key(spec, Stage.EVALUATION)],
@@ -84,12 +85,12 @@ def build_predictions_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         ),
     )
     def predictions(
-        context: dg.AssetExecutionContext, warehouse: DuckDBResource, mlflow: MlflowResource
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
         start, end = time_window(context)
         version, model = _champion(spec, mlflow)
         in_window = window_predicate(spec.time_column, start, end)
-        with warehouse.get_connection() as conn:
+        with warehouse.get_connection(spec.name) as conn:
             if not table_exists(conn, spec.name, Stage.FEATURES):
                 raise dg.Failure(
                     f"{spec.name}.{Stage.FEATURES} does not exist: materialize {spec.name}/{Stage.FEATURES} first"

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 import mlflow as mlflow_module  # `mlflow` is the resource's name in the assets
 import pandas as pd
-from dagster_duckdb import DuckDBResource
 
 from mlplatform.assets.common import read_training_step_input, spec_code_version, table_metadata
 from mlplatform.contracts import (
@@ -34,6 +33,7 @@ from mlplatform.core.training_data import (
 from mlplatform.core.warehouse import count_rows, read_frame, table_exists, table_name
 from mlplatform.models.registry import log_lightgbm_model, register_version
 from mlplatform.resources.mlflow import MlflowResource
+from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ def build_training_set_asset(stage: "StageBuild") -> dg.AssetsDefinition:
 
     @dg.asset(
         key=asset_key(spec, Stage.TRAINING_SET),
+        pool=stage.pool,
         deps=[asset_key(spec, Stage.FEATURES)],
         owners=spec.owners,
         tags=spec.tags,
@@ -56,10 +57,10 @@ def build_training_set_asset(stage: "StageBuild") -> dg.AssetsDefinition:
             f"{split.test_fraction:.0%} of the time range). Split by time, never shuffled."
         ),
     )
-    def training_set(context: dg.AssetExecutionContext, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    def training_set(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         features, target = table_name(spec.name, Stage.FEATURES), quote_ident(spec.target.column)
         target_table = table_name(spec.name, Stage.TRAINING_SET)
-        with warehouse.get_connection() as conn:
+        with warehouse.get_connection(spec.name) as conn:
             if not table_exists(conn, spec.name, Stage.FEATURES):
                 raise dg.Failure(
                     f"{spec.name}.{Stage.FEATURES} does not exist: materialize {spec.name}/{Stage.FEATURES} first"
@@ -206,6 +207,7 @@ def build_model_asset(stage: "StageBuild") -> dg.AssetsDefinition:
 
     @dg.asset(
         key=asset_key(spec, Stage.MODEL),
+        pool=stage.pool,
         deps=[asset_key(spec, Stage.TRAINING_SET)],
         owners=spec.owners,
         tags=spec.tags,
@@ -217,7 +219,7 @@ def build_model_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         ),
     )
     def model(
-        context: dg.AssetExecutionContext, warehouse: DuckDBResource, mlflow: MlflowResource
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
         # A damaged block anywhere in the dataset must fail the run now, not after a promotion.
         read = read_training_step_input(spec, warehouse, verify=True)

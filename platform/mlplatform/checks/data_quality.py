@@ -5,7 +5,6 @@ so they can be re-run from the UI at any time, not only right after a materializ
 """
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from mlplatform.contracts import SOURCE_ACCOUNTING_CHECK, Stage, asset_key
 from mlplatform.core.accounting import accounts_markdown, read_accounts
@@ -17,28 +16,31 @@ from mlplatform.core.quality import (
     unique_columns,
 )
 from mlplatform.core.warehouse import count_rows, table_exists
+from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
 
 
-def build_quality_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
+def build_quality_checks(spec: DatasetSpec, pool: str | None = None) -> list[dg.AssetChecksDefinition]:
+    """`pool`: the dataset's Dagster pool (StageBuild.pool), which its assets have too."""
     return [
-        _row_accounting_check(spec),
-        _source_accounting_check(spec),
-        _validity_rate_check(spec),
-        _unique_keys_check(spec),
-        *not_empty_checks(spec, (Stage.RAW, Stage.CLEAN, Stage.FEATURES)),
+        _row_accounting_check(spec, pool),
+        _source_accounting_check(spec, pool),
+        _validity_rate_check(spec, pool),
+        _unique_keys_check(spec, pool),
+        *not_empty_checks(spec, (Stage.RAW, Stage.CLEAN, Stage.FEATURES), pool),
     ]
 
 
-def _row_accounting_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
+def _row_accounting_check(spec: DatasetSpec, pool: str | None) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=asset_key(spec, Stage.CLEAN),
+        pool=pool,
         name="row_accounting",
         blocking=True,
         description="Every raw row is either clean or quarantined: raw = clean + quarantine, per partition.",
     )
-    def row_accounting(warehouse: DuckDBResource) -> dg.AssetCheckResult:
-        with warehouse.get_connection() as conn:
+    def row_accounting(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.get_connection(spec.name) as conn:
             counts = reconcile_rows(conn, spec)
         mismatched = counts.mismatched
         return dg.AssetCheckResult(
@@ -56,11 +58,12 @@ def _row_accounting_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     return row_accounting
 
 
-def _validity_rate_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
+def _validity_rate_check(spec: DatasetSpec, pool: str | None) -> dg.AssetChecksDefinition:
     max_share = spec.quality.max_quarantine_share
 
     @dg.asset_check(
         asset=asset_key(spec, Stage.CLEAN),
+        pool=pool,
         name="validity_rate",
         blocking=True,
         description=(
@@ -68,8 +71,8 @@ def _validity_rate_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
             f"{max_share:.1%} of the rows are quarantined (spec `quality.max_quarantine_share`)."
         ),
     )
-    def validity_rate(warehouse: DuckDBResource) -> dg.AssetCheckResult:
-        with warehouse.get_connection() as conn:
+    def validity_rate(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.get_connection(spec.name) as conn:
             quarantined = quarantine_share(conn, spec)
         share = quarantined.share
         return dg.AssetCheckResult(
@@ -86,9 +89,10 @@ def _validity_rate_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     return validity_rate
 
 
-def _source_accounting_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
+def _source_accounting_check(spec: DatasetSpec, pool: str | None) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=asset_key(spec, Stage.CLEAN),
+        pool=pool,
         name=SOURCE_ACCOUNTING_CHECK,
         blocking=True,
         description=(
@@ -99,8 +103,8 @@ def _source_accounting_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
             "source)."
         ),
     )
-    def source_accounting(warehouse: DuckDBResource) -> dg.AssetCheckResult:
-        with warehouse.get_connection() as conn:
+    def source_accounting(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.get_connection(spec.name) as conn:
             accounts = read_accounts(conn, spec.name, spec.time_column)
         if not accounts:
             return dg.AssetCheckResult(
@@ -134,17 +138,18 @@ def _source_accounting_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     return source_accounting
 
 
-def _unique_keys_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
+def _unique_keys_check(spec: DatasetSpec, pool: str | None) -> dg.AssetChecksDefinition:
     declared = ", ".join(unique_columns(spec)) or "none declared"
 
     @dg.asset_check(
         asset=asset_key(spec, Stage.CLEAN),
+        pool=pool,
         name="unique_keys",
         blocking=True,
         description=f"No duplicate values in the unique columns ({declared}).",
     )
-    def unique_keys(warehouse: DuckDBResource) -> dg.AssetCheckResult:
-        with warehouse.get_connection() as conn:
+    def unique_keys(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.get_connection(spec.name) as conn:
             duplicates = duplicated_keys(conn, spec)
         return dg.AssetCheckResult(
             passed=not any(duplicates.values()),
@@ -155,19 +160,22 @@ def _unique_keys_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     return unique_keys
 
 
-def not_empty_checks(spec: DatasetSpec, stages: tuple[str, ...]) -> list[dg.AssetChecksDefinition]:
-    return [_not_empty_check(spec, stage) for stage in stages]
+def not_empty_checks(
+    spec: DatasetSpec, stages: tuple[str, ...], pool: str | None = None
+) -> list[dg.AssetChecksDefinition]:
+    return [_not_empty_check(spec, stage, pool) for stage in stages]
 
 
-def _not_empty_check(spec: DatasetSpec, stage: str) -> dg.AssetChecksDefinition:
+def _not_empty_check(spec: DatasetSpec, stage: str, pool: str | None) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=asset_key(spec, stage),
+        pool=pool,
         name="not_empty",
         blocking=True,
         description=f"`{spec.name}.{stage}` has at least one row.",
     )
-    def not_empty(warehouse: DuckDBResource) -> dg.AssetCheckResult:
-        with warehouse.get_connection() as conn:
+    def not_empty(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.get_connection(spec.name) as conn:
             exists = table_exists(conn, spec.name, stage)
             rows = count_rows(conn, spec.name, stage) if exists else 0
         return dg.AssetCheckResult(

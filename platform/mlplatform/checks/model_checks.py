@@ -7,7 +7,6 @@ so they are cheap to re-run from the UI.
 import math
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from mlplatform.checks.data_quality import not_empty_checks
 from mlplatform.contracts import MaterializationKey, MlflowMetric, Stage, asset_key
@@ -17,22 +16,25 @@ from mlplatform.core.sql import column_types, quote_ident
 from mlplatform.core.warehouse import count_rows, table_exists, table_name
 from mlplatform.materializations import version_materialized
 from mlplatform.resources.mlflow import MlflowResource
+from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
 
 
-def build_model_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
+def build_model_checks(spec: DatasetSpec, pool: str | None = None) -> list[dg.AssetChecksDefinition]:
+    """`pool`: the dataset's Dagster pool (StageBuild.pool), which its assets have too."""
     return [
-        _beats_baseline_check(spec),
-        _finite_predictions_check(spec),
-        *not_empty_checks(spec, (Stage.TRAINING_SET, Stage.PREDICTIONS)),
+        _beats_baseline_check(spec, pool),
+        _finite_predictions_check(spec, pool),
+        *not_empty_checks(spec, (Stage.TRAINING_SET, Stage.PREDICTIONS), pool),
     ]
 
 
-def _beats_baseline_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
+def _beats_baseline_check(spec: DatasetSpec, pool: str | None) -> dg.AssetChecksDefinition:
     metric = promotion_metric(spec)
 
     @dg.asset_check(
         asset=asset_key(spec, Stage.EVALUATION),
+        pool=pool,
         name="model_beats_baseline",
         # Not blocking: predictions use the champion, which a weak challenger does not replace.
         blocking=False,
@@ -79,16 +81,17 @@ def _beats_baseline_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
     return model_beats_baseline
 
 
-def _finite_predictions_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
+def _finite_predictions_check(spec: DatasetSpec, pool: str | None) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=asset_key(spec, Stage.PREDICTIONS),
+        pool=pool,
         name="finite_predictions",
         blocking=True,
         description="Every prediction and probability is a finite number (no NULL, NaN or infinity).",
     )
-    def finite_predictions(warehouse: DuckDBResource) -> dg.AssetCheckResult:
+    def finite_predictions(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         bad: dict[str, int] = {}
-        with warehouse.get_connection() as conn:
+        with warehouse.get_connection(spec.name) as conn:
             if not table_exists(conn, spec.name, Stage.PREDICTIONS):
                 return dg.AssetCheckResult(passed=False, description="no predictions table yet")
             table = table_name(spec.name, Stage.PREDICTIONS)

@@ -23,6 +23,7 @@ from mlplatform.core.validation import (
 from mlplatform.core.warehouse import (
     PARTITION_TIME,
     replace_window,
+    require_table,
     table_exists,
     table_name,
     window_column,
@@ -49,6 +50,7 @@ def clean_window(
     a fraction of the cost: converting 10M rows to pandas and checking them took longer than all the
     SQL of the spine. `prescreen=False` validates every row with Pandera.
     """
+    require_table(conn, spec.name, Stage.RAW)
     raw = table_name(spec.name, Stage.RAW)
     conn.execute(
         f"CREATE OR REPLACE TEMP TABLE _raw_window AS SELECT row_number() OVER () AS {ROW_ID}, * "

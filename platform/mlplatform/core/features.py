@@ -21,7 +21,7 @@ import duckdb
 
 from mlplatform.contracts import Stage
 from mlplatform.core.sql import column_types, quote_ident, quote_literal
-from mlplatform.core.warehouse import replace_window, table_name, window_column
+from mlplatform.core.warehouse import replace_window, require_table, table_name, window_column
 from mlplatform.specs.model import DatasetSpec, parse_duration
 
 CALENDAR_SQL = {
@@ -179,6 +179,7 @@ def write_features_window(
 ) -> FeaturesWrite:
     """Replace the features rows of [start, end) by those built from `clean` (which must hold the
     window and the `lookback` before it)."""
+    require_table(conn, spec.name, Stage.CLEAN)
     clean = table_name(spec.name, Stage.CLEAN)
     time_type = column_types(conn, clean)[spec.time_column]
     sql = features_sql(spec, clean, start, end, time_type)

@@ -17,17 +17,13 @@ from mlplatform.core.metrics import compute_metrics
 from mlplatform.core.splits import SPLIT_COLUMN
 from mlplatform.core.sql import column_types, quote_ident, total_order_sql
 from mlplatform.core.training import TrainedModel, predict
-from mlplatform.core.warehouse import read_frame, table_exists, table_name
+from mlplatform.core.warehouse import MissingTableError, read_frame, require_table, table_exists, table_name
 from mlplatform.specs.model import DatasetSpec
 
 TRAIN_METRICS_MAX_ROWS = 1_000_000
 
 # A recorded split window: (first, last) timestamp as stored, both included.
 SplitWindow = tuple[str, str]
-
-
-class MissingTableError(LookupError):
-    """A table a step reads has not been materialized yet; the message says what to run."""
 
 
 def model_feature_names(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> list[str]:
@@ -38,11 +34,7 @@ def model_feature_names(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> l
 
 def read_training_set(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> pd.DataFrame:
     """Every row of the training set, in a total order (LightGBM's result depends on row order)."""
-    if not table_exists(conn, spec.name, Stage.TRAINING_SET):
-        raise MissingTableError(
-            f"{spec.name}.{Stage.TRAINING_SET} does not exist: "
-            f"materialize {spec.name}/{Stage.TRAINING_SET} first"
-        )
+    require_table(conn, spec.name, Stage.TRAINING_SET)
     table = table_name(spec.name, Stage.TRAINING_SET)
     # A total order makes the same rows the same model.
     by = total_order_sql(spec.row_keys, list(column_types(conn, table)))

@@ -90,6 +90,17 @@ def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bo
     return bool(row and row[0])
 
 
+class MissingTableError(LookupError):
+    """A table a step reads has not been materialized yet; the message says what to run."""
+
+
+def require_table(conn: duckdb.DuckDBPyConnection, dataset: str, stage: str) -> None:
+    """Raise MissingTableError naming what to materialize first. Without it DuckDB's own error for a
+    missing table can be about a Python variable of the same name (its replacement scans)."""
+    if not table_exists(conn, dataset, stage):
+        raise MissingTableError(f"{dataset}.{stage} does not exist: materialize {dataset}/{stage} first")
+
+
 def window_column(stage: Stage, time_column: str) -> str:
     """The column that windows a data stage's table: `PARTITION_TIME` in raw and quarantine (their rows
     may not have a time of their own), the typed time column in clean and features."""
@@ -178,9 +189,10 @@ def _lock_message(database: str, detail: str) -> str:
         )
     return (
         f"warehouse {database} is held by {who}: {stop} and re-run; to look at the tables while the "
-        "platform runs, open them read-only (`duckdb -readonly`). DuckDB lets one process at a time "
-        "write a file; the holder may be a `duckdb` shell, a notebook, or another `mlplatform run` or "
-        "`dagster dev` of the same home."
+        "platform runs, use `mlplatform sql`, which opens the files read-only for one query only. DuckDB "
+        "lets one process at a time write a file, and none while another one reads it; the holder may be a "
+        "`duckdb` shell (even `duckdb -readonly`), a notebook, or another `mlplatform run` or `dagster dev` "
+        "of the same home."
     )
 
 

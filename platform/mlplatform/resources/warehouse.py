@@ -4,7 +4,10 @@ dagster_duckdb's DuckDBResource retries a held lock with backoff for about two m
 DuckDB's raw error. A file held by another process is rarely released by waiting that long, so this
 resource waits only `lock_timeout_seconds` (enough for a run that merely overlaps another one briefly),
 and turns DuckDB's low-level errors (lock held, damaged file, disk full) into messages that name the
-file, the holder where DuckDB reports it, and the fix. The `get_connection()` API is unchanged.
+file, the holder where DuckDB reports it, and the fix.
+
+`database` may be a template holding `{dataset}` (a file per dataset, see mlplatform.settings): then
+`get_connection(dataset)` opens that dataset's file, and each file has its own lock and messages.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -20,6 +24,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlplatform.core.warehouse import explain_warehouse_error, is_lock_conflict
+from mlplatform.settings import is_warehouse_template, warehouse_file
 
 _LOCK_RETRY_SECONDS = 0.2
 
@@ -39,31 +44,52 @@ class WarehouseResource(DuckDBResource):
     def _config(self) -> dict[str, Any]:
         return {"custom_user_agent": "dagster", **self.connection_config}
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
+    def database_for(self, dataset: str | None) -> str:
+        """The file `dataset`'s tables live in (`database` itself when it is one file for all)."""
+        if dataset is None:
+            if is_warehouse_template(self.database):
+                raise WarehouseError(
+                    description=(
+                        f"warehouse {self.database} is one DuckDB file per dataset: "
+                        "get_connection(dataset) needs the dataset's name"
+                    )
+                )
+            return self.database
+        try:
+            return warehouse_file(self.database, dataset)
+        except ValueError as error:
+            raise WarehouseError(description=str(error)) from None
+
+    def _connect(self, database: str) -> duckdb.DuckDBPyConnection:
+        if "://" not in database and not database.startswith(("md:", ":memory:")):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)  # a template's folders, per dataset
         deadline = time.monotonic() + self.lock_timeout_seconds
         while True:
             try:
-                return duckdb.connect(self.database, read_only=False, config=self._config())
+                return duckdb.connect(database, read_only=False, config=self._config())
             except duckdb.Error as error:
                 if not is_lock_conflict(error) or time.monotonic() >= deadline:
-                    self.raise_explained(error)
+                    self.raise_explained(error, database)
                     raise
             time.sleep(_LOCK_RETRY_SECONDS)
 
-    def raise_explained(self, error: duckdb.Error) -> None:
-        """Raise a WarehouseError saying what `error` means for the file; return if it is not about the
-        file (a SQL error stays a SQL error, raised by the caller)."""
-        message = explain_warehouse_error(error, self.database)
+    @staticmethod
+    def raise_explained(error: duckdb.Error, database: str) -> None:
+        """Raise a WarehouseError saying what `error` means for the file `database`; return if it is not
+        about the file (a SQL error stays a SQL error, raised by the caller)."""
+        message = explain_warehouse_error(error, database)
         if message is not None:
-            raise WarehouseError(description=message, metadata={"warehouse": self.database}) from error
+            raise WarehouseError(description=message, metadata={"warehouse": database}) from error
 
     @contextmanager
-    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        conn = self._connect()
+    def get_connection(self, dataset: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection to `dataset`'s file (required when `database` is a template)."""
+        database = self.database_for(dataset)
+        conn = self._connect(database)
         try:
             yield conn
         except duckdb.Error as error:
-            self.raise_explained(error)
+            self.raise_explained(error, database)
             raise
         finally:
             conn.close()
