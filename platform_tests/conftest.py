@@ -13,6 +13,7 @@ import yaml
 from mlplatform.home import DAGSTER_YAML, prepare_home
 from mlplatform.settings import apply_mlflow_env_defaults, load_settings
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR
+from platform_tests.postgres import postgres_cluster  # noqa: F401  (session fixture, for every folder)
 
 # The test process is an entry point too: MLflow's HTTP timeouts etc. as `mlplatform` sets them.
 apply_mlflow_env_defaults()

@@ -17,10 +17,26 @@ WAREHOUSE_ENV = "MLPLATFORM_WAREHOUSE"
 MLFLOW_TRACKING_ENV = "MLFLOW_TRACKING_URI"
 MLFLOW_REGISTRY_ENV = "MLFLOW_REGISTRY_URI"
 MLFLOW_ARTIFACTS_ENV = "MLPLATFORM_MLFLOW_ARTIFACTS"
+# The stores of the MLflow server `mlplatform up` starts (default: the home's SQLite file and mlartifacts/).
+MLFLOW_SERVER_BACKEND_ENV = "MLPLATFORM_MLFLOW_BACKEND_STORE_URI"
+MLFLOW_SERVER_ARTIFACTS_ENV = "MLPLATFORM_MLFLOW_ARTIFACTS_DESTINATION"
 REPORTS_ENV = "MLPLATFORM_REPORTS"
 SENSOR_INTERVAL_ENV = "MLPLATFORM_SENSOR_INTERVAL"
 AUTOMATION_ENV = "MLPLATFORM_AUTOMATION"
 DEFAULT_SENSOR_INTERVAL = 60
+# The Dagster UI's base URL, for the links in alerts (mlplatform.core.alerts).
+DAGSTER_URL_ENV = "MLPLATFORM_DAGSTER_URL"
+DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
+
+# The warehouse: one DuckDB file per dataset (a path template holding DATASET_PLACEHOLDER), so runs of
+# different datasets write side by side; or one file for all (a path without it: runs are serialized).
+DATASET_PLACEHOLDER = "{dataset}"
+WAREHOUSE_FOLDER = "warehouse"
+# `-warehouse`: DuckDB names a file's catalog after its name up to the first dot, and a catalog named
+# like the dataset's schema makes `<dataset>.<table>` ambiguous; a dataset name never holds a `-`.
+WAREHOUSE_FILE_TEMPLATE = f"{DATASET_PLACEHOLDER}-warehouse.duckdb"
+LEGACY_WAREHOUSE_FILE = "warehouse.duckdb"  # homes made before per-dataset files, until migrated
+SHARED_WAREHOUSE_POOL = "mlplatform/warehouse"
 
 # MLflow's own defaults (120 s per request, 7 retries with backoff) hang a run for minutes on an
 # unreachable tracking server; these end a call in about 35 s at most. The user's MLFLOW_HTTP_* win.
@@ -41,17 +57,21 @@ MLFLOW_ENV_DEFAULTS = {
 @dataclass(frozen=True)
 class Settings:
     home: Path
-    warehouse_path: str
+    warehouse_path: str  # a template with {dataset} (a file per dataset) or one file: see warehouse_for
     dagster_home: Path
     mlflow_tracking_uri: str
     mlflow_registry_uri: str | None
-    mlflow_artifact_location: str
+    mlflow_artifact_location: str | None  # None: the tracking server's default (its served artifacts)
     reports_dir: Path
     extra_spec_dirs: tuple[Path, ...]
     # Seconds between sensor ticks (tests use a few seconds).
     sensor_interval_seconds: int = DEFAULT_SENSOR_INTERVAL
     # Datasets whose sensors and schedules start RUNNING: "all", "none" or comma-separated names.
     automation: str = "all"
+    # Where alerts link to (MLPLATFORM_DAGSTER_URL).
+    dagster_url: str = DEFAULT_DAGSTER_URL
+    mlflow_server_backend_store_uri: str | None = None
+    mlflow_server_artifacts_destination: str | None = None
 
     def is_automated(self, dataset: str) -> bool:
         setting = self.automation.strip().lower()
@@ -59,23 +79,72 @@ class Settings:
             return True
         return dataset.lower() in {name.strip() for name in setting.split(",")}
 
+    @property
+    def warehouse_per_dataset(self) -> bool:
+        """Each dataset has a warehouse file of its own (the path is a template)."""
+        return is_warehouse_template(self.warehouse_path)
+
+    def warehouse_for(self, dataset: str) -> str:
+        """The DuckDB file holding `dataset`'s tables (its schema `<dataset>`)."""
+        return warehouse_file(self.warehouse_path, dataset)
+
+    def warehouse_pool(self, dataset: str) -> str:
+        """The Dagster pool of every asset and check of `dataset`: one per warehouse file, so runs that
+        write one file queue one after the other (the home's dagster.yaml limits each pool to 1 run)."""
+        return f"mlplatform/{dataset}" if self.warehouse_per_dataset else SHARED_WAREHOUSE_POOL
+
     def in_home(self, home: Path) -> Settings:
         """These settings with every location under `home`, as `load_settings` places them by default
         (the spec folders, sensor interval and automation stay)."""
         return replace(self, **_locations(home.expanduser().resolve()))
 
 
+def is_warehouse_template(path: str) -> bool:
+    return DATASET_PLACEHOLDER in path
+
+
+def warehouse_file(path: str, dataset: str) -> str:
+    """The file of `dataset` in the warehouse `path` (a template, or one file shared by all datasets)."""
+    if not is_warehouse_template(path):
+        return path
+    file = path.replace(DATASET_PLACEHOLDER, dataset)
+    catalog = Path(file).name.split(".")[0]
+    if catalog.lower() == dataset.lower():
+        raise ValueError(
+            f"warehouse file {file}: DuckDB would name its catalog {catalog!r}, like the dataset's schema, "
+            f"so `{dataset}.<table>` would be ambiguous; name the files differently up to the first dot "
+            f"(${WAREHOUSE_ENV}=.../{WAREHOUSE_FILE_TEMPLATE}, the default)"
+        )
+    return file
+
+
+def default_warehouse(home: Path) -> str:
+    """A file per dataset under `home/warehouse/`, except in a home made before them: there the one
+    `warehouse.duckdb` it has stays in use until `mlplatform warehouse migrate` splits it."""
+    legacy = home / LEGACY_WAREHOUSE_FILE
+    if legacy.exists() and not (home / WAREHOUSE_FOLDER).is_dir():
+        return str(legacy)
+    return str(home / WAREHOUSE_FOLDER / WAREHOUSE_FILE_TEMPLATE)
+
+
 def _locations(home: Path) -> dict[str, Any]:
     """Where each piece of state lives when only the home is given."""
     return {
         "home": home,
-        "warehouse_path": str(home / "warehouse.duckdb"),
+        "warehouse_path": default_warehouse(home),
         "dagster_home": home / "dagster",
         "mlflow_tracking_uri": f"sqlite:///{home / 'mlflow.db'}",
         "mlflow_registry_uri": None,
         "mlflow_artifact_location": (home / "mlartifacts").as_uri(),
         "reports_dir": home / "reports",
     }
+
+
+def _default_artifact_location(env: os._Environ[str] | dict[str, str], default: dict[str, Any]) -> str | None:
+    """The home's folder for a local store; a tracking server (http) decides itself: with
+    `--serve-artifacts` its artifacts are uploaded and downloaded through it, over HTTP."""
+    tracking = env.get(MLFLOW_TRACKING_ENV) or ""
+    return None if tracking.startswith(("http://", "https://")) else default["mlflow_artifact_location"]
 
 
 def load_settings(environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
@@ -91,11 +160,14 @@ def load_settings(environ: os._Environ[str] | dict[str, str] | None = None) -> S
         dagster_home=Path(env.get("DAGSTER_HOME") or default["dagster_home"]).expanduser().resolve(),
         mlflow_tracking_uri=env.get(MLFLOW_TRACKING_ENV) or default["mlflow_tracking_uri"],
         mlflow_registry_uri=env.get(MLFLOW_REGISTRY_ENV) or None,
-        mlflow_artifact_location=env.get(MLFLOW_ARTIFACTS_ENV) or default["mlflow_artifact_location"],
+        mlflow_artifact_location=env.get(MLFLOW_ARTIFACTS_ENV) or _default_artifact_location(env, default),
         reports_dir=Path(env.get(REPORTS_ENV) or default["reports_dir"]).expanduser().resolve(),
         extra_spec_dirs=extra,
         sensor_interval_seconds=int(env.get(SENSOR_INTERVAL_ENV) or DEFAULT_SENSOR_INTERVAL),
         automation=env.get(AUTOMATION_ENV) or "all",
+        dagster_url=env.get(DAGSTER_URL_ENV) or DEFAULT_DAGSTER_URL,
+        mlflow_server_backend_store_uri=env.get(MLFLOW_SERVER_BACKEND_ENV) or None,
+        mlflow_server_artifacts_destination=env.get(MLFLOW_SERVER_ARTIFACTS_ENV) or None,
     )
 
 

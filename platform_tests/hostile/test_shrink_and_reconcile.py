@@ -10,7 +10,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from mlplatform.assets import ingestion
+from mlplatform.assets import ingestion, landing
 from mlplatform.core.accounting import FileCount, describe_account, read_accounts, shrink_problem
 from mlplatform.core.cleaning import drop_rows_outside
 from mlplatform.specs.model import DatasetSpec
@@ -66,7 +66,7 @@ def test_a_file_appended_to_while_read_fails_source_accounting(
 ) -> None:
     # before: nothing compared a file's records with what the load read
     (tmp_path / "x.csv").write_text(rows("1,2024-01-01,a,1"))
-    counted = ingestion.count_source
+    counted = landing.count_source
 
     def count_then_append(path: str, source_format: str, delimiter: str = ",") -> FileCount:
         count = counted(path, source_format, delimiter)
@@ -74,13 +74,13 @@ def test_a_file_appended_to_while_read_fails_source_accounting(
             handle.write("2,2024-01-01,a,2\n")
         return count
 
-    monkeypatch.setattr(ingestion, "count_source", count_then_append)
+    monkeypatch.setattr(landing, "count_source", count_then_append)
     spec, warehouse = spec_for(tmp_path, **FIXED), tmp_path / "w.duckdb"
     outcome = load(spec, warehouse, raise_on_error=False)
     check = outcome.check("source_accounting")
     assert not check.passed
     assert check.description == "x.csv: the file holds 1 records but the load read 2" + FIX
-    monkeypatch.setattr(ingestion, "count_source", counted)
+    monkeypatch.setattr(landing, "count_source", counted)
     assert_accounted(load(spec, warehouse), {"x.csv": 2})  # the next run reconciles
 
 

@@ -3,7 +3,6 @@
 from typing import TYPE_CHECKING
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlplatform.assets.common import (
@@ -12,10 +11,12 @@ from mlplatform.assets.common import (
     table_metadata,
     time_window,
 )
+from mlplatform.assets.landing import files_spec, land_new_rows, source_counts, source_label
 from mlplatform.contracts import MaterializationKey, Stage, asset_key
-from mlplatform.core.accounting import accounts_markdown, count_source
+from mlplatform.core.accounting import accounts_markdown
 from mlplatform.core.ingestion import RawLoad, ShrinkRefusal, load_raw_window, with_spec_end
 from mlplatform.core.source import source_files
+from mlplatform.resources.warehouse import WarehouseResource
 
 if TYPE_CHECKING:
     from mlplatform.stages import StageBuild  # the registry imports this module
@@ -51,33 +52,36 @@ def _raw_metadata(load: RawLoad, table: Metadata) -> Metadata:
 
 def build_raw_asset(stage: "StageBuild") -> dg.AssetsDefinition:
     spec, partitions = stage.spec, stage.partitions
+    read_spec = files_spec(stage)  # a postgres source's landed files, read like any files
 
     @dg.asset(
         key=asset_key(spec, Stage.RAW),
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=stage.pool,
         owners=spec.owners,
         tags=spec.tags,
         code_version=spec_code_version(spec, "source", "derived", "time_column"),
         description=(
-            f"Rows of {spec.source.path} loaded as they are (text for CSV), with `derived` columns and lineage "
+            f"Rows of {source_label(spec)} loaded as they are (text for CSV), with `derived` columns and lineage "
             "(source file, source row, load time, parse error). Re-running a partition replaces exactly it, "
             "but never empties it silently (asset config `allow_shrink`). Each file's records are counted "
             "independently (`source_accounting`). " + (spec.description or "")
         ),
-        metadata={"source": spec.source_pattern, "format": spec.source_format},
+        metadata={"source": read_spec.source_pattern, "format": spec.source_format},
     )
     def raw(
-        context: dg.AssetExecutionContext, config: RawConfig, warehouse: DuckDBResource
+        context: dg.AssetExecutionContext, config: RawConfig, warehouse: WarehouseResource
     ) -> dg.MaterializeResult:
         start, end = time_window(context)
-        files = source_files(spec)
+        landed = land_new_rows(context, stage)
+        files = source_files(read_spec)
         context.log.info(f"loading {start} .. {end} of {spec.name} from {len(files)} file(s)")
-        counts = {f: count_source(f, spec.source_format, spec.source.delimiter) for f in files}
+        counts = source_counts(stage, files)
         bounds = with_spec_end(spec, partition_bounds(partitions))
         keys = f"{context.partition_keys[0]} .. {context.partition_keys[-1]}"
-        with warehouse.get_connection() as conn:
-            load = load_raw_window(conn, spec, counts, (start, end), bounds, config.allow_shrink, keys)
+        with warehouse.get_connection(spec.name) as conn:
+            load = load_raw_window(conn, read_spec, counts, (start, end), bounds, config.allow_shrink, keys)
             if isinstance(load, ShrinkRefusal):
                 table: Metadata = {}
             else:
@@ -91,6 +95,7 @@ def build_raw_asset(stage: "StageBuild") -> dg.AssetsDefinition:
             )
         for path, note in load.notes.items():
             context.log.warning(f"{spec.name}: {path}: {note}")
-        return dg.MaterializeResult(metadata={**_raw_metadata(load, table), "source_files": len(files)})
+        metadata = {**_raw_metadata(load, table), "source_files": len(files), **landed}
+        return dg.MaterializeResult(metadata=metadata)
 
     return raw

@@ -13,6 +13,9 @@ log, skip reason, the run's `mlplatform/skipped_files` tag); the good files go o
 listed file's signature and the errors of the bad ones, nothing else: removed files drop out, and a
 bad file is read again only once it changes.
 
+A postgres source is watched the same way through its table (max of the incremental column and row
+count, mlplatform.sensors.new_rows) instead of a folder listing.
+
 The daily schedule is the backstop: it requests the newest complete partition once, should a file
 have been missed (e.g. it landed while the daemon was down and its mtime was older than the cursor).
 """
@@ -28,6 +31,7 @@ import dagster as dg
 import duckdb
 
 from mlplatform.contracts import Stage, asset_key
+from mlplatform.core.database_source import landing_dir
 from mlplatform.core.source import probe_source, source_files
 from mlplatform.dagster_adapter import (
     ASSET_PARTITION_RANGE_END_TAG,
@@ -36,8 +40,9 @@ from mlplatform.dagster_adapter import (
 )
 from mlplatform.jobs.dataset_jobs import ingest_job_name
 from mlplatform.sensors.common import schedule_status, sensor_interval, sensor_status
+from mlplatform.sensors.new_rows import database_tick
 from mlplatform.settings import Settings
-from mlplatform.specs.model import DatasetSpec
+from mlplatform.specs.model import DatasetSpec, PostgresSourceSpec
 from mlplatform.stages import Job, job_stages
 
 MAX_ERROR_CHARS = 300  # per bad file, in the cursor and the messages
@@ -190,6 +195,8 @@ def build_new_data_sensor(
     settings: Settings,
 ) -> dg.SensorDefinition:
     raw_key = asset_key(spec, Stage.RAW)
+    if isinstance(spec.source, PostgresSourceSpec):
+        return _build_table_sensor(spec, partitions, ingest_job, bootstrap_job, settings)
 
     @dg.sensor(
         name=f"{spec.name}__new_data_sensor",
@@ -241,6 +248,39 @@ def build_new_data_sensor(
     return new_data_sensor
 
 
+def _build_table_sensor(
+    spec: DatasetSpec,
+    partitions: dg.TimeWindowPartitionsDefinition,
+    ingest_job: UnresolvedAssetJobDefinition,
+    bootstrap_job: UnresolvedAssetJobDefinition,
+    settings: Settings,
+) -> dg.SensorDefinition:
+    """A postgres source: the tick watches the table (mlplatform.sensors.new_rows)."""
+    source = spec.source
+    if not isinstance(source, PostgresSourceSpec):
+        raise TypeError(f"{spec.name}: not a postgres source")
+    landing = landing_dir(settings.home, spec.name)
+
+    @dg.sensor(
+        name=f"{spec.name}__new_data_sensor",
+        jobs=[ingest_job, bootstrap_job],
+        minimum_interval_seconds=sensor_interval(settings),
+        default_status=sensor_status(settings, spec.name),
+        description=(
+            f"Watches postgres {source.described} (max of {source.incremental_column!r} and row "
+            f"count); new rows request {ingest_job_name(spec)} ({' -> '.join(job_stages(Job.INGEST))}) for the "
+            f"partitions they cover, or {bootstrap_job.name} while no champion exists."
+        ),
+    )
+    def new_data_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        def request_for(keys: Sequence[str], run_key: str) -> dg.RunRequest:
+            return ingest_request(context.instance, spec, keys, run_key, bootstrap_job.name)
+
+        return database_tick(context, spec, partitions, landing, partition_keys_between, request_for)
+
+    return new_data_sensor
+
+
 def build_daily_schedule(
     spec: DatasetSpec,
     partitions: dg.TimeWindowPartitionsDefinition,
@@ -267,7 +307,7 @@ def build_daily_schedule(
             return dg.SkipReason("no champion yet: the new-data sensor trains the first one")
         if latest in context.instance.get_materialized_partitions(drift_key):
             return dg.SkipReason(f"partition {latest} is already reported")
-        if not source_files(spec):
+        if not isinstance(spec.source, PostgresSourceSpec) and not source_files(spec):
             return dg.SkipReason(f"no source files at {spec.source_pattern}")
         return ingest_request(context.instance, spec, [latest], f"daily:{latest}", ingest_job.name)
 

@@ -12,8 +12,10 @@ import duckdb
 import yaml
 from pydantic import ValidationError
 
+from mlplatform.core.database_source import probe_database
 from mlplatform.core.source import SourceError, SourceProbe, probe_source
-from mlplatform.specs.model import DatasetSpec
+from mlplatform.specs.model import DatasetSpec, PostgresSourceSpec
+from mlplatform.specs.sources import SOURCE_KINDS
 
 BUNDLED_SPECS_DIR = Path(__file__).parent
 
@@ -31,9 +33,26 @@ class BrokenSpec:
     error: str
 
 
+def _error_key(loc: tuple[Any, ...]) -> str:
+    """The YAML key of an error: without the source kind Pydantic puts in (source.postgres.table)."""
+    parts = list(loc)
+    if parts[:1] == ["source"] and len(parts) > 1 and parts[1] in SOURCE_KINDS:
+        del parts[1]
+    return ".".join(str(part) for part in parts)
+
+
 def _describe_error(error: Any) -> str:
-    key = ".".join(str(part) for part in error["loc"])
+    key = _error_key(tuple(error["loc"]))
     kind = error["type"]
+    if kind == "union_tag_invalid" and key == "source":
+        return (
+            f"key 'source.kind': unknown source kind {error['input'].get('kind')!r} (use files or postgres)"
+        )
+    if key == "source.dsn" and kind == "model_type":
+        return (
+            "key 'source.dsn': write `dsn: {env: VARIABLE}`: the DSN (a postgresql:// URI) is read from that "
+            "environment variable, so no password is ever written in a spec"
+        )
     if kind == "extra_forbidden":
         return f"key '{key}': unknown key"
     if kind == "missing":
@@ -67,7 +86,14 @@ def validate_spec(raw: object, path: Path) -> DatasetSpec:
 
 
 def check_source(spec: DatasetSpec, conn: duckdb.DuckDBPyConnection | None = None) -> SourceProbe:
-    """Probe the spec's source files; a missing file or unknown column becomes a SpecError."""
+    """Probe the spec's source; a missing file, table or unknown column becomes a SpecError."""
+    if isinstance(spec.source, PostgresSourceSpec):
+        try:
+            probe = probe_database(spec)
+        except SourceError as exc:
+            key, _, message = str(exc).partition(": ")
+            raise SpecError(f"spec file {spec.spec_path}: key '{key}': {message}") from None
+        return _with_start(spec, probe, spec.source.described)
     pattern = Path(spec.source_pattern)
     if spec.source.is_glob:
         base = next((p for p in pattern.parents if not any(ch in str(p) for ch in "*?[")), pattern.parent)
@@ -85,9 +111,13 @@ def check_source(spec: DatasetSpec, conn: duckdb.DuckDBPyConnection | None = Non
     finally:
         if own:
             conn.close()
+    return _with_start(spec, probe, str(pattern))
+
+
+def _with_start(spec: DatasetSpec, probe: SourceProbe, where: str) -> SourceProbe:
     if probe.time_min is None and spec.partitions.start is None:
         raise SpecError(
-            f"spec file {spec.spec_path}: key 'partitions.start': no data found in {pattern} "
+            f"spec file {spec.spec_path}: key 'partitions.start': no data found in {where} "
             "to start the partitions from; set partitions.start"
         )
     return probe
