@@ -6,6 +6,8 @@ Who drives what (see the README):
 * `<ds>__daily_ingest` schedule: backstop, newest complete partition once a day.
 * `<ds>__drift_sensor`: drifted verdict -> `<ds>__retrain` (training_set -> model -> evaluation ->
   reference_profile), cursor + run keys + cool-down + bounded retries.
+* `<ds>__alerts` (specs with `alerts:`): a message per failed run or check, drift retraining, promotion
+  or rollback (mlplatform.sensors.alerts).
 * `<ds>__automation` evaluates the AutomationConditions the assets declare (e.g. eager() on
   `<ds>/reference_profile`: the reference follows every evaluation, even one materialized by hand).
 """
@@ -17,6 +19,7 @@ import dagster as dg
 
 from mlplatform.dagster_adapter import UnresolvedAssetJobDefinition
 from mlplatform.jobs.dataset_jobs import build_ingest_job, build_retrain_job
+from mlplatform.sensors.alerts import build_alerts_sensor
 from mlplatform.sensors.common import sensor_interval, sensor_status
 from mlplatform.sensors.drift import build_drift_sensor
 from mlplatform.sensors.new_data import build_daily_schedule, build_new_data_sensor
@@ -50,6 +53,8 @@ def build_automation(
         build_new_data_sensor(spec, partitions, ingest, whole_graph_job, settings),
         build_drift_sensor(spec, retrain, settings),
     ]
+    if spec.alerts is not None:  # `<ds>__alerts`: messages on failures, drift, champion changes
+        sensors.append(build_alerts_sensor(spec, settings))
     conditioned = conditioned_keys(assets)
     if conditioned:
         sensors.append(

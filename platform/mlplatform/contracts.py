@@ -63,6 +63,11 @@ class MaterializationKey(StrEnum):
     MODEL_VERSION = "model_version"  # on `model`: the version this materialization registered
     CHALLENGER_VERSION = "challenger_version"  # on `evaluation`: the version it evaluated
     ROWS_PENDING_PARTITION = "rows_pending_partition"  # on `raw`: rows waiting for their partition
+    # On `evaluation` (read by the alerts sensor): `promoted`, `not promoted` or `already champion`.
+    DECISION = "decision"
+    CHAMPION_VERSION = "champion_version"  # on `evaluation`, and on a rollback's `model` observation
+    PREVIOUS_CHAMPION_VERSION = "previous_champion_version"
+    CHAMPION_CHANGE = "champion_change"  # on a `model` observation: `rollback` (mlplatform rollback)
 
 
 # The asset check on `clean` whose result the `mlplatform run` summary reads (a plain str: Dagster

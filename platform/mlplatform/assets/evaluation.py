@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 import numpy as np
 import pandas as pd
-from dagster_duckdb import DuckDBResource
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
@@ -32,6 +31,7 @@ from mlplatform.core.training import TrainedModel, feature_importance
 from mlplatform.materializations import MaterializedVersion, version_materialized
 from mlplatform.models.registry import ChampionChange, load_version, promote, tag_value
 from mlplatform.resources.mlflow import MlflowResource
+from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
 
 if TYPE_CHECKING:
@@ -103,6 +103,7 @@ def build_evaluation_asset(stage: "StageBuild") -> dg.AssetsDefinition:
 
     @dg.asset(
         key=asset_key(spec, Stage.EVALUATION),
+        pool=stage.pool,
         deps=[asset_key(spec, Stage.MODEL), asset_key(spec, Stage.TRAINING_SET)],
         owners=spec.owners,
         tags=spec.tags,
@@ -116,7 +117,7 @@ def build_evaluation_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         ),
     )
     def evaluation(
-        context: dg.AssetExecutionContext, warehouse: DuckDBResource, mlflow: MlflowResource
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
         trained = _version_to_evaluate(context, spec, mlflow)
         # The model step of the same run verified the warehouse already.
@@ -182,12 +183,12 @@ def _metadata(
     metric = result.metric
     champion_now = change.current if change else result.champion_version
     return {
-        "decision": verdict,
+        MaterializationKey.DECISION.value: verdict,
         "reason": result.decision.reason,
         MaterializationKey.CHALLENGER_VERSION.value: result.challenger_version,
         "challenger_source": trained.source,
-        "champion_version": champion_now if champion_now is not None else "none",
-        "previous_champion_version": result.champion_version or "none",
+        MaterializationKey.CHAMPION_VERSION.value: champion_now if champion_now is not None else "none",
+        MaterializationKey.PREVIOUS_CHAMPION_VERSION.value: result.champion_version or "none",
         "metric": metric,
         f"challenger_{metric}": result.challenger.get(metric, math.nan),
         f"baseline_{metric}": result.baseline.get(metric, math.nan),

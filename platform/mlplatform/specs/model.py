@@ -14,7 +14,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mlplatform.specs.alerts import AlertsSpec
 from mlplatform.specs.expressions import check_expression
+from mlplatform.specs.sources import AnySource, PostgresSourceSpec, SourceSpec
+
+__all__ = ["AnySource", "DatasetSpec", "PostgresSourceSpec", "SourceSpec"]
 
 ColumnType = Literal["int", "float", "bool", "string", "category", "date", "timestamp"]
 Task = Literal["regression", "binary", "multiclass"]
@@ -62,17 +66,6 @@ class ColumnSpec(_Strict):
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         return self
-
-
-class SourceSpec(_Strict):
-    path: str
-    format: Literal["csv", "parquet"] | None = None
-    # Explicit, not sniffed: a file with malformed lines can fool a delimiter sniffer.
-    delimiter: str = Field(default=",", min_length=1, max_length=1)
-
-    @property
-    def is_glob(self) -> bool:
-        return any(ch in self.path for ch in "*?[")
 
 
 class TargetSpec(_Strict):
@@ -183,7 +176,7 @@ class DatasetSpec(_Strict):
     description: str | None = None
     owners: list[str] = Field(default_factory=list)
     tags: dict[str, str] = Field(default_factory=dict)
-    source: SourceSpec
+    source: AnySource
     # Parsed, never run, at validation: one scalar SQL expression of the row each (specs/expressions.py).
     derived: dict[str, Annotated[str, AfterValidator(check_expression)]] = Field(default_factory=dict)
     time_column: str
@@ -201,6 +194,8 @@ class DatasetSpec(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
+    # Messages when runs or checks fail, drift retrains, a champion changes (specs/alerts.py).
+    alerts: AlertsSpec | None = None
     # Set by the loader, not by the YAML: where the spec came from, to resolve relative paths.
     spec_path: Path | None = Field(default=None, exclude=True)
 
@@ -300,8 +295,19 @@ class DatasetSpec(_Strict):
         return self
 
     # Derived facts the stages share, so no stage re-derives them differently.
+    @model_validator(mode="after")
+    def _database_time_column(self) -> DatasetSpec:
+        if isinstance(self.source, PostgresSourceSpec) and self.time_column in self.derived:
+            raise ValueError(
+                f"time_column: {self.time_column!r} is derived, but a postgres source needs a column of "
+                "the table (compute it in `query:` instead)"
+            )
+        return self
+
     @property
     def source_format(self) -> Literal["csv", "parquet"]:
+        if isinstance(self.source, PostgresSourceSpec):
+            return "parquet"  # the rows are landed as Parquet files (mlplatform.core.database_source)
         if self.source.format:
             return self.source.format
         return "parquet" if self.source.path.lower().endswith((".parquet", ".pq")) else "csv"
@@ -309,6 +315,9 @@ class DatasetSpec(_Strict):
     @property
     def source_pattern(self) -> str:
         """Absolute path or glob of the source files."""
+        if isinstance(self.source, PostgresSourceSpec):
+            # Its files are under the platform home, which the spec does not know.
+            raise ValueError(f"{self.name}: a postgres source has no file pattern; use its landed spec")
         path = Path(self.source.path).expanduser()
         if not path.is_absolute() and self.spec_path is not None:
             path = self.spec_path.parent / path
