@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 from mlplatform.errors import UserError
 from mlplatform.replay import POLICIES
 from mlplatform.settings import HOME_ENV, Settings, apply_mlflow_env_defaults, load_settings
+from mlplatform.stack import add_up_command
 from mlplatform.stages import mlflow_stages, runnable_stages
+from mlplatform.warehouse_cli import add_warehouse_command
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -124,6 +126,11 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
         change = rollback(resource, args.dataset, args.to)
     except RegistryError as exc:
         raise UserError(str(exc)) from None
+    from mlplatform.home import open_instance
+    from mlplatform.sensors.alert_events import record_rollback
+
+    with open_instance(settings) as instance:  # the event-log record the alerts sensor and the UI read
+        record_rollback(instance, args.dataset, change.previous, change.current)
     print(
         f"{args.dataset}: champion moved from version {change.previous} to version {change.current} "
         f"(MLflow registry {resource.effective_registry_uri})"
@@ -226,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlplatform",
         description=(
             "Spec-driven data and ML platform on Dagster. State lives in $MLPLATFORM_HOME "
-            "(default ./.mlplatform): warehouse.duckdb, the Dagster instance (dagster/), the MLflow store."
+            "(default ./.mlplatform): the warehouse (warehouse/, a DuckDB file per dataset), the Dagster "
+            "instance (dagster/), the MLflow store."
         ),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -281,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     specs.set_defaults(func=cmd_specs)
 
     add_replay_command(sub)
+    add_up_command(sub)
+    add_warehouse_command(sub)
     return parser
 
 
