@@ -125,6 +125,8 @@ def test_readme_main_command_runs_the_whole_graph(tmp_path: Path) -> None:
     assert (home / "warehouse" / "bike_sharing-warehouse.duckdb").is_file()
     assert f"warehouse (DuckDB): {home / 'warehouse' / '{dataset}-warehouse.duckdb'}" in result.stdout
     assert f"  warehouse: {home / 'warehouse' / 'transactions-warehouse.duckdb'}" in result.stdout
+    # The stack command it prints is up_command's, which e2e/test_up.py runs as printed.
+    assert f"both UIs + sensors: mlplatform up --home {home}" in result.stdout
     # The table-inspection command the summary prints, exactly as printed.
     printed = next(line for line in result.stdout.splitlines() if line.startswith("query the tables:"))
     command = printed.removeprefix("query the tables:").strip()

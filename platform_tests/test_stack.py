@@ -10,19 +10,13 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.settings import load_settings
-from mlplatform.stack import (
-    WORKSPACE_YAML,
-    Child,
-    StackPlan,
-    UpOptions,
-    check_ports,
-    plan_stack,
-    run_stack,
-)
+from mlplatform.stack import WORKSPACE_YAML, _start_tiers, run_stack
+from mlplatform.stack_plan import Child, StackPlan, UpOptions, check_ports, effective_options, plan_stack
 from mlplatform.supervisor import Supervisor
 from platform_tests.conftest import REPO_ROOT, subprocess_env
 from platform_tests.servers import descendants, free_port, is_running
@@ -96,6 +90,47 @@ def test_an_mlflow_server_already_named_is_used_not_started(tmp_path: Path) -> N
     assert [child.name for child in plan.children] == ["the Dagster daemon", "the Dagster webserver"]
     assert (plan.mlflow_url, plan.mlflow_started) == ("https://mlflow.internal", False)
     assert plan.env["MLFLOW_TRACKING_URI"] == "https://mlflow.internal"
+
+
+def test_a_tracking_url_with_a_backend_store_is_served_by_up_itself_on_its_port(tmp_path: Path) -> None:
+    """The deployment's environment names both: `up` serves the URL every other shell uses."""
+    environ = environ_for(
+        tmp_path,
+        MLFLOW_TRACKING_URI="http://127.0.0.1:5123/",
+        MLPLATFORM_MLFLOW_BACKEND_STORE_URI="postgresql://mlflow@db/mlflow",
+    )
+    settings = load_settings(environ)
+    plan = plan_stack(settings, environ, UpOptions())
+    assert plan.mlflow_started and plan.mlflow_url == "http://127.0.0.1:5123"
+    server = plan.children[0].command
+    assert server[server.index("--backend-store-uri") + 1] == "postgresql://mlflow@db/mlflow"
+    assert server[server.index("--port") + 1] == "5123"
+    assert plan.env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5123"
+    assert effective_options(settings, UpOptions()).mlflow_port == 5123  # the port `up` checks is free
+    assert load_settings(plan.env).mlflow_artifact_location is None  # the server's served artifacts
+
+
+def test_a_store_password_reaches_the_mlflow_server_by_its_environment_not_its_command_line(
+    tmp_path: Path,
+) -> None:
+    secret = "postgresql+psycopg2://mlflow:s3cret@db/mlflow"
+    environ = environ_for(tmp_path, MLPLATFORM_MLFLOW_BACKEND_STORE_URI=secret)
+    [server, *_] = plan_stack(load_settings(environ), environ, UpOptions()).children
+    assert "s3cret" not in " ".join(server.command) and "--backend-store-uri" not in server.command
+    assert server.secret_env == (("MLFLOW_BACKEND_STORE_URI", secret),)
+    printed: list[str] = []
+    stop = threading.Event()
+    stop.set()  # start the tier, then stop at once
+    with Supervisor({"PATH": os.environ["PATH"]}, grace_seconds=5, kill_wait_seconds=5) as supervisor:
+        seen = tmp_path / "seen"
+        writes = f'printf %s "$MLFLOW_BACKEND_STORE_URI" > {seen}'
+        echo = Child("the MLflow server", ("sh", "-c", writes), None, 0)
+        plan = StackPlan((replace(echo, secret_env=server.secret_env),), {}, "", "", True)
+        _start_tiers(plan, supervisor, stop, printed.append)
+        [started] = supervisor.started
+        assert started.process.wait(10) == 0
+    assert seen.read_text() == secret  # the child had the URI in its environment
+    assert printed and all("s3cret" not in line for line in printed), printed
 
 
 def test_production_stores_and_a_separate_registry_go_to_the_server(tmp_path: Path) -> None:

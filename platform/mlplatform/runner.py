@@ -256,6 +256,14 @@ def sql_command(settings: Settings, dataset: str | None) -> str:
     return setting + shlex.join(words)
 
 
+def up_command(settings: Settings) -> str:
+    """`mlplatform up` on these settings, as a user types it (the spec folders too, or the UI and the
+    daemon would not load the user's datasets)."""
+    return (
+        f"{_specs_setting(settings).strip()} mlplatform up --home {shlex.quote(str(settings.home))}".strip()
+    )
+
+
 def print_summary(settings: Settings, defs: dg.Definitions, outcomes: list[RunOutcome]) -> None:
     resource = MlflowResource.from_settings(settings)
     dagster_home = settings.dagster_home
@@ -283,4 +291,5 @@ def print_summary(settings: Settings, defs: dg.Definitions, outcomes: list[RunOu
         "dagster dev -m mlplatform.definitions"
     )
     print(f"MLflow UI:          {_mlflow_ui_command(resource)}")
+    print(f"both UIs + sensors: {up_command(settings)}")
     print(f"query the tables:   {sql_command(settings, outcomes[0].dataset if outcomes else None)}")

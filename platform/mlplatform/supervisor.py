@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,11 +118,14 @@ class Supervisor:
             set_subreaper(False)
             self.subreaper = False
 
-    def start(self, name: str, command: Sequence[str], tier: int) -> subprocess.Popen:
-        """Start `command` in a new session; its output goes to this process's stderr."""
+    def start(
+        self, name: str, command: Sequence[str], tier: int, extra_env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen:
+        """Start `command` in a new session (with `extra_env` added to the environment); its output goes
+        to this process's stderr."""
         process = subprocess.Popen(
             list(command),
-            env=self.env,
+            env={**self.env, **(extra_env or {})},
             stdin=subprocess.DEVNULL,
             stdout=2,
             start_new_session=True,
@@ -205,3 +212,25 @@ class Supervisor:
         if left:
             self.report(f"mlplatform up: error: processes {left} did not stop")
         return not left
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why a server could not listen on host:port, or None if it can (bound and released at once)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is already in use"
+            return f"cannot listen on {host}:{port}: {error.strerror}"
+    return None
+
+
+def answers(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False

@@ -71,6 +71,20 @@ def test_a_closed_port_fails_fast_and_the_error_does_not_show_the_secret_url() -
     assert error is not None and "did not answer" in error and "secret-token-xyz" not in error
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:1/services/secret-token-xyz x",
+        "http://127.0.0.1:port/secret-token-xyz",
+        "http://[::1/secret-token-xyz",
+    ],
+)
+def test_an_invalid_webhook_url_is_reported_without_the_secret_and_not_retried(url: str) -> None:
+    target = destinations(webhook_spec(), {"TEST_HOOK": url})["webhook"]
+    error = send_with_retries(target, ALERT)
+    assert error is not None and error.startswith("the webhook URL is not valid") and "xyz" not in error
+
+
 def test_a_missing_environment_variable_is_reported_without_retrying() -> None:
     target = destinations(webhook_spec(), {})["webhook"]
     started = time.monotonic()
@@ -99,9 +113,13 @@ def test_email_logs_in_with_the_user_and_password_from_the_environment() -> None
         started = time.monotonic()
         error = send_with_retries(bad, ALERT)
         elapsed = time.monotonic() - started
-    assert receiver.logins == ["alerts"] and len(receiver.messages) == 1
-    assert error == f"SMTP 127.0.0.1:{receiver.port} refused the login: 535"
-    assert elapsed < 2, "a refused login is not retried"
+        assert receiver.logins == ["alerts"] and len(receiver.messages) == 1
+        assert error == f"SMTP 127.0.0.1:{receiver.port} refused the login: 535"
+        assert elapsed < 2, "a refused login is not retried"
+        # smtplib cannot send a non-ASCII login: a configuration error, not a crash of the sensor
+        accented = destinations(spec, {"TEST_SMTP_USER": "alerts", "TEST_SMTP_PASSWORD": "s3crét"})["email"]
+        error = send_with_retries(accented, ALERT)
+    assert error == f"SMTP 127.0.0.1:{receiver.port}: the user or password is not ASCII"
 
 
 def test_a_destination_that_is_down_is_tried_once_per_tick_and_the_others_still_get_theirs() -> None:

@@ -145,6 +145,7 @@ def stack(
             "MLPLATFORM_HOME": str(tmp_path / "home"),
             "DAGSTER_HOME": str(tmp_path / "dagster"),
             "MLPLATFORM_DAGSTER_PG_URL": dagster_store,
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}",
             "MLPLATFORM_MLFLOW_BACKEND_STORE_URI": mlflow_store,
             "MLPLATFORM_MLFLOW_ARTIFACTS_DESTINATION": str(artifacts),
             "MLPLATFORM_SPECS": str(specs),
@@ -154,14 +155,7 @@ def stack(
         }
     )
     monkeypatch.setenv("MLPLATFORM_DAGSTER_PG_URL", dagster_store)  # the test reads the same instance
-    command = [
-        "mlplatform",
-        "up",
-        "--dagster-port",
-        str(ports["dagster"]),
-        "--mlflow-port",
-        str(ports["mlflow"]),
-    ]
+    command = ["mlplatform", "up", "--dagster-port", str(ports["dagster"])]  # MLflow's: the tracking URL
     with running([*command, "--mlflow-workers", "1"], env, tmp_path, log) as up:
 
         def assert_running() -> None:

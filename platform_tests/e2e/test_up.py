@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -23,6 +24,7 @@ import yaml
 from mlplatform.core.training import TrainedModel, lightgbm_params, predict, train_lightgbm
 from mlplatform.models.registry import load_version, log_lightgbm_model, register_version
 from mlplatform.resources.mlflow import MlflowResource
+from mlplatform.runner import up_command
 from mlplatform.settings import load_settings
 from platform_tests.conftest import BIKE_CSV, bike_spec_dict, subprocess_env
 from platform_tests.servers import (
@@ -189,9 +191,17 @@ def test_up_serves_the_home_on_the_printed_urls_and_sigterm_stops_every_process(
     versions = {"legacy": [log_and_register(legacy, "legacy", tmp_path / "work0")]}
     dagster_port, mlflow_port = free_port(), free_port()
     specs = user_spec_folder(tmp_path)
-    args = ("up", "--dagster-port", str(dagster_port), "--mlflow-port", str(mlflow_port))
-    env = {"MLPLATFORM_AUTOMATION": "none", "MLPLATFORM_SPECS": str(specs)}  # no sensor runs the graph
-    with mlplatform_up(platform_home, tmp_path, *args, **env) as up:
+    # The command as `mlplatform run`'s summary prints it (the README's `mlplatform up` plus the home
+    # and the user's spec folder), on free ports through their variables.
+    printed = shlex.split(
+        up_command(load_settings(subprocess_env(platform_home, MLPLATFORM_SPECS=str(specs))))
+    )
+    at = printed.index("mlplatform")
+    env = dict(assignment.split("=", 1) for assignment in printed[:at])
+    assert env == {"MLPLATFORM_SPECS": str(specs)}
+    env |= {"MLPLATFORM_AUTOMATION": "none"}  # no sensor runs the graph
+    env |= {"MLPLATFORM_DAGSTER_PORT": str(dagster_port), "MLPLATFORM_MLFLOW_PORT": str(mlflow_port)}
+    with mlplatform_up(platform_home, tmp_path, *printed[at + 1 :], **env) as up:
         up.wait_for_line("mlplatform up: running", STARTUP_SECONDS)
         dagster_url, mlflow_url = printed_urls(up)
         assert (dagster_url, mlflow_url) == (

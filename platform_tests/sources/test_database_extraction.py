@@ -5,13 +5,21 @@ Every count a test trusts is asked of Postgres itself (`SELECT count(*)`), never
 
 from __future__ import annotations
 
+import fcntl
+import threading
 from datetime import datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from mlplatform.core.database_landing import extract_new_rows, landed_batches, landed_counts, landed_watermark
+from mlplatform.core.database_landing import (
+    LOCK_FILE,
+    extract_new_rows,
+    landed_batches,
+    landed_counts,
+    landed_watermark,
+)
 from mlplatform.core.database_source import naive_utc, probe_database, table_state
 from mlplatform.core.source import SourceError
 from mlplatform.factory import build_datasets
@@ -49,7 +57,7 @@ def test_rows_land_in_bounded_batches_counted_by_the_database(trips: TripsTable,
         "batch_000002_2024-01-01-09-00-00_2024-01-01-19-00-00.parquet",
         "batch_000003_2024-01-01-19-00-00_2024-01-02-00-00-00.parquet",
     ]
-    assert not list(folder.glob(".*"))  # no temp file left behind
+    assert not list(folder.glob(".*.tmp"))  # no temp file left behind
     assert extract_new_rows(spec, folder) == []  # nothing new
 
     trips.append_hours(4)
@@ -70,6 +78,34 @@ def test_a_batch_without_its_sidecar_is_extracted_again_under_its_name(
     again = extract_new_rows(spec, folder)
     assert [b.path for b in again] == [last.path]
     assert landed_rows(folder) == trips.count()
+
+
+def test_a_batch_file_left_without_its_sidecar_is_not_read_twice(trips: TripsTable, tmp_path: Path) -> None:
+    # The run died between the renames of a last, partial batch; rows arrived before the next run, so
+    # the next batch ends later and gets another name: the orphan file must not stay beside it.
+    spec, folder = trips_spec(tmp_path / "specs", batch_rows=10), tmp_path / "landing"
+    last = extract_new_rows(spec, folder)[-1]
+    Path(last.path).with_suffix(".json").unlink()
+    trips.append_hours(3)
+    again = extract_new_rows(spec, folder)
+    assert [b.after for b in again] == [last.after] and again[0].path != last.path
+    assert landed_rows(folder) == trips.count() == 28
+    assert sum(c.rows for c in landed_counts(folder).values()) == trips.count()
+
+
+def test_extractions_of_one_folder_wait_for_each_other(trips: TripsTable, tmp_path: Path) -> None:
+    # Two at once would start from the same watermark and land overlapping batches.
+    spec, folder = trips_spec(tmp_path / "specs", batch_rows=10), tmp_path / "landing"
+    folder.mkdir()
+    with open(folder / LOCK_FILE, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as another process's extraction holds it
+        worker = threading.Thread(target=extract_new_rows, args=(spec, folder))
+        worker.start()
+        worker.join(1.0)
+        assert worker.is_alive() and not list(folder.glob("*.parquet"))
+        fcntl.flock(held, fcntl.LOCK_UN)
+    worker.join(30)
+    assert not worker.is_alive() and landed_rows(folder) == trips.count()
 
 
 def test_the_query_form_lands_what_the_query_selects(trips: TripsTable, tmp_path: Path) -> None:
@@ -119,6 +155,8 @@ def test_clear_errors_name_the_server_table_and_column(
     assert "key 'source.incremental_column': column 'zone' of table trips is string" in _probe_error(
         specs, incremental_column="zone"
     )
+    by_day = _probe_error(specs, query="SELECT *, ts::date AS day FROM trips", incremental_column="day")
+    assert "column 'day' of the source query is date32[day]; rows added to a landed day later" in by_day
     trips.sql("ALTER TABLE trips RENAME COLUMN rides TO trips_taken")
     assert "key 'columns': 'rides' not found in table trips" in _probe_error(specs)
 

@@ -39,5 +39,9 @@ def send_email(server: SmtpServer, subject: str, body: str, timeout: float) -> N
         raise NotConfiguredError(
             f"SMTP {server.host}:{server.port} refused the login: {error.smtp_code}"
         ) from None
+    except UnicodeEncodeError:  # smtplib sends the login as ASCII; the message would show a character of it
+        raise NotConfiguredError(
+            f"SMTP {server.host}:{server.port}: the user or password is not ASCII"
+        ) from None
     except (smtplib.SMTPException, OSError) as error:
         raise DeliveryError(f"SMTP {server.host}:{server.port}: {type(error).__name__}: {error}") from None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
 from typing import Any
 
-from mlplatform.alerts.errors import DeliveryError
+from mlplatform.alerts.errors import DeliveryError, NotConfiguredError
 
 
 def post_json(url: str, payload: dict[str, Any], timeout: float) -> None:
@@ -15,15 +16,17 @@ def post_json(url: str, payload: dict[str, Any], timeout: float) -> None:
     (its message never holds the URL: a webhook URL is a secret)."""
     if not url.startswith(("http://", "https://")):
         raise DeliveryError("the webhook URL must start with http:// or https://")
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json; charset=utf-8"},
-        method="POST",
-    )
     try:
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json; charset=utf-8"},
+            method="POST",
+        )
         with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()
+    except (http.client.InvalidURL, ValueError) as error:  # their message holds the URL: a secret
+        raise NotConfiguredError(f"the webhook URL is not valid ({type(error).__name__})") from None
     except urllib.error.HTTPError as error:
         raise DeliveryError(f"the webhook answered HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, OSError) as error:

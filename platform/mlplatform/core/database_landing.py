@@ -7,10 +7,12 @@ and the rows written. The last sidecar's `through` is the watermark the next ext
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,6 +68,29 @@ def landed_watermark(folder: Path) -> str | None:
     """The incremental column's last landed value (None before the first batch)."""
     batches = landed_batches(folder)
     return batches[-1].through if batches else None
+
+
+LOCK_FILE = ".extract.lock"
+
+
+@contextmanager
+def extraction_lock(folder: Path) -> Iterator[None]:
+    """One extraction of a folder at a time, across processes: two would start from the same watermark
+    and land overlapping batches (`mlplatform run` executes in its own process, outside the pools)."""
+    with open(folder / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_unfinished(folder: Path) -> None:
+    """Drop a batch file whose sidecar was never written (a run died between the two renames): it was
+    never accounted, its rows are extracted again, and under another name when rows arrived meanwhile."""
+    for path in folder.glob("batch_*.parquet"):
+        if not _sidecar(path).exists():
+            path.unlink()
 
 
 def _range_predicate(column: str, after: str | None, through: str) -> str:
@@ -141,6 +166,14 @@ def extract_new_rows(
         raise TypeError(f"{spec.name}: not a postgres source")
     folder.mkdir(parents=True, exist_ok=True)
     server = server_of(spec, environ)
+    with extraction_lock(folder):
+        _remove_unfinished(folder)
+        return _extract(spec, source, server, folder)
+
+
+def _extract(
+    spec: DatasetSpec, source: PostgresSourceSpec, server: Server, folder: Path
+) -> list[LandedBatch]:
     after = landed_watermark(folder)
     number = len(landed_batches(folder)) + 1
     new: list[LandedBatch] = []

@@ -31,7 +31,7 @@ from mlplatform.core.source import SourceError, SourceProbe
 from mlplatform.specs.model import DatasetSpec, PostgresSourceSpec, SourceSpec
 
 CONNECT_TIMEOUT_SECONDS = 10
-INCREMENTAL_TYPES = "a timestamp, date or integer column"
+INCREMENTAL_TYPES = "a timestamp or integer column"
 
 
 def _source(spec: DatasetSpec) -> PostgresSourceSpec:
@@ -159,9 +159,12 @@ def source_schema(cursor: Any, server: Server, spec: DatasetSpec) -> pa.Schema:
             f"{server.shown} (it has: {names})"
         )
     kind = schema.field(column).type
-    if not (pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_integer(kind)):
+    if not (pa.types.is_timestamp(kind) or pa.types.is_integer(kind)):
+        # A date cannot tell one day's rows apart: rows added later to the last landed day would never be
+        # extracted (extraction takes the rows past the watermark).
+        why = "; rows added to a landed day later would never be taken" if pa.types.is_date(kind) else ""
         raise SourceError(
-            f"source.incremental_column: column {column!r} of {source.described} is {kind}; use "
+            f"source.incremental_column: column {column!r} of {source.described} is {kind}{why}; use "
             f"{INCREMENTAL_TYPES}"
         )
     time_type = schema.field(spec.time_column).type

@@ -50,7 +50,7 @@ class PostgresSourceSpec(_Strict):
     dsn: EnvReference  # a postgresql:// URI in that environment variable
     table: str | None = None
     query: str | None = None
-    # Rows are taken when this column (a timestamp, date or integer) passes the last value landed.
+    # Rows are taken when this column (a timestamp or integer; not a date) passes the last value landed.
     incremental_column: str
     batch_rows: int = Field(default=100_000, gt=0)
 
