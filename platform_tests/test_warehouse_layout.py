@@ -287,6 +287,16 @@ def test_sql_reads_every_dataset_read_only_by_its_name(
     assert "Table with name missing does not exist" in capsys.readouterr().err
 
 
+def test_sql_piped_into_a_reader_that_stops_early_exits_quietly(tmp_path: Path, clean_env: None) -> None:
+    home, _ = _legacy_home(tmp_path)
+    piped = f"mlplatform sql --home {home} 'SELECT * FROM range(200000)' | head -n 3"
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", piped], capture_output=True, text=True, timeout=120
+    )
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr[-2000:]
+    assert len(result.stdout.splitlines()) == 3
+
+
 def test_sql_without_any_warehouse_file_says_what_to_run(
     tmp_path: Path, clean_env: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -307,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mlplatform: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mlplatform sql | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     if args.command == "run":
         print(f"done in {time.monotonic() - started:.1f} s")
     return code
