@@ -10,7 +10,6 @@ decision. The processes are always stopped.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -28,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from mlplatform.datasets.synthetic import DriftInjection, generate_transactions, write_daily_parquet
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR
 from platform_tests.conftest import subprocess_env
+from platform_tests.servers import free_port, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -38,24 +38,6 @@ DAGSTER_YAML = """telemetry:
 run_queue:
   max_concurrent_runs: 1  # one DuckDB writer at a time
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(what: str, condition: Callable[[], object], timeout: float, check: Callable[[], None]) -> object:
-    """Poll `condition` until truthy; `check` raises early if something already went wrong."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        check()
-        found = condition()
-        if found:
-            return found
-        time.sleep(2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture
@@ -179,7 +161,7 @@ def test_drift_triggers_retraining_through_the_daemon(
 
     for path in history:
         shutil.copy2(path, landing / path.name)
-    wait_for("the bootstrap run", lambda: successful_runs(f"{NAME}__all"), 150, no_failed_runs)
+    poll("the bootstrap run", lambda: successful_runs(f"{NAME}__all"), 150, no_failed_runs, every=2)
     assert int(mlflow.get_model_version_by_alias(NAME, "champion").version) == 1
     with urllib.request.urlopen(f"{daemon_and_webserver.url}/server_info", timeout=10) as response:
         assert response.status == 200
@@ -198,7 +180,7 @@ def test_drift_triggers_retraining_through_the_daemon(
             and r.tags.get("mlplatform/drift_reason", "").removeprefix("drift at ")[:10] >= shift.isoformat()
         ]
 
-    retraining = wait_for("a drift-triggered retraining", drift_retraining, 180, no_failed_runs)
+    retraining = poll("a drift-triggered retraining", drift_retraining, 180, no_failed_runs, every=2)
     print(f"drift retraining done after {time.monotonic() - started:.0f} s: {retraining[0].tags}")
     assert successful_runs(f"{NAME}__ingest"), "the shifted files went through the ingest job"
     newest = max(versions())

@@ -33,7 +33,7 @@ from mlplatform.datasets.synthetic import generate_transactions, write_daily_par
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR
 from platform_tests.conftest import REPO_ROOT
 from platform_tests.postgres import PostgresCluster, postgres_cluster_running
-from platform_tests.servers import free_port, graphql, running, wait_for_asset_keys
+from platform_tests.servers import free_port, graphql, poll, running, wait_for_asset_keys
 
 pytestmark = pytest.mark.e2e
 
@@ -62,17 +62,6 @@ class Stack:
     @property
     def instance(self) -> dg.DagsterInstance:
         return dg.DagsterInstance.from_config(self.env["DAGSTER_HOME"])
-
-
-def poll(what: str, condition: Callable[[], object], timeout: float, check: Callable[[], None], every=1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        check()
-        found = condition()
-        if found:
-            return found
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def wait_http(url: str, timeout: float, check: Callable[[], None]) -> None:

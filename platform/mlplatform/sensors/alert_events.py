@@ -196,20 +196,30 @@ def _scores(metadata: Mapping[str, Any]) -> str | None:
     return f"{metric}: {', '.join(shown)}" if shown else None
 
 
-def promotion_alerts(
-    instance: dg.DagsterInstance, spec: DatasetSpec, after: int, dagster_url: str
-) -> tuple[list[Alert], int]:
-    key = asset_key(spec, Stage.EVALUATION)
-    result = instance.fetch_materializations(
+def _asset_events(
+    fetch: Callable[..., dg.EventRecordsResult], key: dg.AssetKey, after: int
+) -> tuple[list[tuple[dg.EventLogRecord, dict[str, Any]]], int]:
+    """The materializations or observations (`fetch`) of `key` since `after`, oldest first, each with
+    its plain metadata, and the mark after them."""
+    result = fetch(
         dg.AssetRecordsFilter(asset_key=key, after_storage_id=after or None),
         limit=EVENTS_PER_TICK,
         ascending=True,
     )
-    alerts = []
+    events = []
     for record in result.records:
         after = max(after, record.storage_id)
-        materialization = record.asset_materialization
-        metadata = _plain(materialization.metadata) if materialization else {}
+        event = record.asset_materialization or record.asset_observation
+        events.append((record, _plain(event.metadata) if event else {}))
+    return events, after
+
+
+def promotion_alerts(
+    instance: dg.DagsterInstance, spec: DatasetSpec, after: int, dagster_url: str
+) -> tuple[list[Alert], int]:
+    events, after = _asset_events(instance.fetch_materializations, asset_key(spec, Stage.EVALUATION), after)
+    alerts = []
+    for record, metadata in events:
         if metadata.get(MaterializationKey.DECISION.value) != "promoted":
             continue
         change = ChampionChange(
@@ -228,18 +238,12 @@ def rollback_alerts(
     instance: dg.DagsterInstance, spec: DatasetSpec, after: int, dagster_url: str
 ) -> tuple[list[Alert], int]:
     key = asset_key(spec, Stage.MODEL)
-    result = instance.fetch_observations(
-        dg.AssetRecordsFilter(asset_key=key, after_storage_id=after or None),
-        limit=EVENTS_PER_TICK,
-        ascending=True,
-    )
+    events, after = _asset_events(instance.fetch_observations, key, after)
     alerts = []
-    for record in result.records:
-        after = max(after, record.storage_id)
-        observation = record.asset_observation
-        metadata = _plain(observation.metadata) if observation else {}
+    for record, metadata in events:
         if metadata.get(MaterializationKey.CHAMPION_CHANGE.value) != ROLLBACK:
             continue
+        observation = record.asset_observation
         change = ChampionChange(
             metadata.get(MaterializationKey.CHAMPION_VERSION.value, "?"),
             metadata.get(MaterializationKey.PREVIOUS_CHAMPION_VERSION.value),

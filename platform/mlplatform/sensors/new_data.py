@@ -22,7 +22,7 @@ have been missed (e.g. it landed while the daemon was down and its mtime was old
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -187,6 +187,23 @@ def ingest_request(
     )
 
 
+def _ingest_chain(spec: DatasetSpec) -> str:
+    return f"{ingest_job_name(spec)} ({' -> '.join(job_stages(Job.INGEST))})"
+
+
+def _new_data_sensor(
+    spec: DatasetSpec, jobs: Sequence[UnresolvedAssetJobDefinition], settings: Settings, description: str
+) -> Callable[[Callable[[dg.SensorEvaluationContext], dg.SensorResult]], dg.SensorDefinition]:
+    """The `<ds>__new_data_sensor` decorator, whatever the source watched."""
+    return dg.sensor(
+        name=f"{spec.name}__new_data_sensor",
+        jobs=list(jobs),
+        minimum_interval_seconds=sensor_interval(settings),
+        default_status=sensor_status(settings, spec.name),
+        description=description,
+    )
+
+
 def build_new_data_sensor(
     spec: DatasetSpec,
     partitions: dg.TimeWindowPartitionsDefinition,
@@ -198,16 +215,12 @@ def build_new_data_sensor(
     if isinstance(spec.source, PostgresSourceSpec):
         return _build_table_sensor(spec, partitions, ingest_job, bootstrap_job, settings)
 
-    @dg.sensor(
-        name=f"{spec.name}__new_data_sensor",
-        jobs=[ingest_job, bootstrap_job],
-        minimum_interval_seconds=sensor_interval(settings),
-        default_status=sensor_status(settings, spec.name),
-        description=(
-            f"Watches {spec.source_pattern}; a new or changed file requests {ingest_job_name(spec)} "
-            f"({' -> '.join(job_stages(Job.INGEST))}) for the partitions it covers, or {bootstrap_job.name} while "
-            "no champion exists."
-        ),
+    @_new_data_sensor(
+        spec,
+        (ingest_job, bootstrap_job),
+        settings,
+        f"Watches {spec.source_pattern}; a new or changed file requests {_ingest_chain(spec)} for the "
+        f"partitions it covers, or {bootstrap_job.name} while no champion exists.",
     )
     def new_data_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         seen, bad = read_cursor(context.cursor)
@@ -261,16 +274,13 @@ def _build_table_sensor(
         raise TypeError(f"{spec.name}: not a postgres source")
     landing = landing_dir(settings.home, spec.name)
 
-    @dg.sensor(
-        name=f"{spec.name}__new_data_sensor",
-        jobs=[ingest_job, bootstrap_job],
-        minimum_interval_seconds=sensor_interval(settings),
-        default_status=sensor_status(settings, spec.name),
-        description=(
-            f"Watches postgres {source.described} (max of {source.incremental_column!r} and row "
-            f"count); new rows request {ingest_job_name(spec)} ({' -> '.join(job_stages(Job.INGEST))}) for the "
-            f"partitions they cover, or {bootstrap_job.name} while no champion exists."
-        ),
+    @_new_data_sensor(
+        spec,
+        (ingest_job, bootstrap_job),
+        settings,
+        f"Watches postgres {source.described} (max of {source.incremental_column!r} and row count); new "
+        f"rows request {_ingest_chain(spec)} for the partitions they cover, or {bootstrap_job.name} while "
+        "no champion exists.",
     )
     def new_data_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         def request_for(keys: Sequence[str], run_key: str) -> dg.RunRequest:
