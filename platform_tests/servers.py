@@ -52,6 +52,22 @@ def _stop_group(proc: subprocess.Popen) -> None:
             continue
 
 
+def failure_messages(instance: Any, run_id: str) -> str:
+    """A failed run's status, the error of every failed step and of the run, and its last events."""
+    run = instance.get_run_by_id(run_id)
+    lines = [f"run {run_id}: {run.status.value if run else 'not found'}"]
+    records = instance.all_logs(run_id)
+    for record in records:
+        event = record.dagster_event
+        error = getattr(event.event_specific_data, "error", None) if event else None
+        if error is not None:
+            lines.append(f"{event.event_type_value} {event.step_key or ''}: {error.to_string()}")
+    lines += [
+        f"  {r.dagster_event_type or ''} {r.step_key or ''} {r.user_message[:300]}" for r in records[-12:]
+    ]
+    return "\n".join(lines)
+
+
 def poll(
     what: str, condition: Callable[[], T], timeout: float, check: Callable[[], None], every: float = 1.0
 ) -> T:

@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
+from mlplatform.mlflow_store import create_local_store
 from mlplatform.recovery import fail_dead_runs
 from mlplatform.settings import Settings
 
@@ -63,6 +64,7 @@ def prepare_home(settings: Settings) -> list[str]:
     # Opening the instance creates (or migrates) its storage, once, in this process: a `dagster-daemon`
     # and a `dagster-webserver` started side by side on a fresh SQLite home would both create its
     # tables and one of them would die on the race (a duplicate `alembic_version` row).
+    create_local_store(settings.mlflow_tracking_uri)  # the same race for MLflow's SQLite store
     with open_instance(settings) as instance:
         set_up_pools(instance, dataset_pools(settings))
         return fail_dead_runs(instance, MARKED_BY)

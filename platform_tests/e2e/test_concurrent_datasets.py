@@ -22,7 +22,7 @@ from mlplatform.home import prepare_home
 from mlplatform.settings import load_settings
 from platform_tests.assets.tiny import MONTHS, tiny_spec_dict, write_tiny_source
 from platform_tests.conftest import REPO_ROOT, subprocess_env
-from platform_tests.servers import running
+from platform_tests.servers import failure_messages, running
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +88,7 @@ def test_two_datasets_run_side_by_side_and_one_datasets_runs_wait(
         failed = [
             r.dagster_run.run_id for r in records if r.dagster_run.status != dg.DagsterRunStatus.SUCCESS
         ]
-        assert not failed, f"runs {failed} failed:\n{log.read_text()[-4000:]}"
+        assert not failed, "\n".join(failure_messages(instance, run_id) for run_id in failed)
     alpha = [r for r in records if r.dagster_run.job_name == "alpha__all"]
     beta = next(r for r in records if r.dagster_run.job_name == "beta__all")
     side_by_side = _overlap(alpha[0], beta)

@@ -154,8 +154,11 @@ def test_the_mlflow_resource_names_this_process_owner_over_copied_tags(platform_
     assert owner_from_tags(tags, RUN_OWNER_PREFIX, result.run_id) == current_owner()
 
 
-def test_the_sweeps_share_one_mlflow_client_that_never_creates_a_store(platform_home: Path) -> None:
-    store = platform_home / "mlflow.db"
+def test_the_sweeps_share_one_mlflow_client_that_never_creates_a_store(
+    platform_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = platform_home / "not-yet.db"  # prepare_home created the home's own store (mlflow_store.py)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     assert (
         not store.exists() and existing_mlflow_client(MlflowResource.from_settings(load_settings())) is None
     )
