@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from platform_tests.conftest import REPO_ROOT, subprocess_env
 from platform_tests.servers import free_port, running, wait_for_asset_keys
@@ -117,3 +123,52 @@ def test_dg_launch_and_asset_listing_work_as_documented(tmp_path: Path) -> None:
     )
     assert launch.returncode == 0, launch.stdout[-2000:] + launch.stderr[-3000:]
     assert "RUN_SUCCESS" in launch.stdout + launch.stderr
+
+
+def _freezer() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "freeze_constraints", REPO_ROOT / ".ci" / "freeze_constraints.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _declared_requirements() -> list[Requirement]:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"]]
+    for extra in project["optional-dependencies"].values():
+        declared += [text for text in extra if not text.startswith("mlplatform[")]
+    return [Requirement(text) for text in declared]
+
+
+def _pins() -> dict[str, Version]:
+    lines = (REPO_ROOT / ".ci" / "constraints.txt").read_text().splitlines()
+    pairs = [line.split("==") for line in lines if line and not line.startswith("#")]
+    return {canonicalize_name(name): Version(version) for name, version in pairs}
+
+
+def test_every_dependency_stops_before_its_next_major_and_is_pinned_inside_its_range() -> None:
+    pins = _pins()
+    for requirement in _declared_requirements():
+        uppers = [s for s in requirement.specifier if s.operator == "<"]
+        assert uppers, f"{requirement} has no upper bound"
+        name = canonicalize_name(requirement.name)
+        if name in pins:  # the bench extra is not part of what CI installs
+            assert requirement.specifier.contains(pins[name]), (
+                f"{name}=={pins[name]} is outside {requirement}"
+            )
+    for name in ("dagster", "mlflow", "pandas", "lightgbm", "duckdb", "pandera"):
+        assert name in pins, f"{name} is not pinned in .ci/constraints.txt"
+
+
+def test_the_constraints_pin_exactly_what_the_test_install_brought() -> None:
+    """CI installs with `-c .ci/constraints.txt`: afterwards the installed closure is the file, exactly."""
+    installed = {name: Version(version) for name, version in _freezer().installed_closure().items()}
+    pins = _pins()
+    assert installed == pins, {
+        "installed, not pinned": sorted(set(installed) - set(pins)),
+        "pinned, not installed": sorted(set(pins) - set(installed)),
+        "other version": sorted(n for n in set(installed) & set(pins) if installed[n] != pins[n]),
+    }
