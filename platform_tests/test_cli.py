@@ -109,37 +109,4 @@ def test_specs_lists_the_bundled_datasets(tmp_path: Path) -> None:
     assert "bike_sharing:" in result.stdout and "2011-01-01 00:00:00 .. 2012-12-31 23:00:00" in result.stdout
 
 
-@pytest.mark.e2e
-def test_readme_main_command_runs_the_whole_graph(tmp_path: Path) -> None:
-    """`mlplatform run`, as in the README, in a fresh folder: exits 0 and says where things are."""
-    home = tmp_path / ".mlplatform"
-    result = subprocess.run(
-        ["mlplatform", "run"],
-        cwd=tmp_path,
-        env={k: v for k, v in subprocess_env(home).items() if k not in ("MLPLATFORM_HOME", "DAGSTER_HOME")},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (home / "warehouse" / "bike_sharing-warehouse.duckdb").is_file()
-    assert f"warehouse (DuckDB): {home / 'warehouse' / '{dataset}-warehouse.duckdb'}" in result.stdout
-    assert f"  warehouse: {home / 'warehouse' / 'transactions-warehouse.duckdb'}" in result.stdout
-    # The stack command it prints is up_command's, which e2e/test_up.py runs as printed.
-    assert f"both UIs + sensors: mlplatform up --home {home}" in result.stdout
-    # The table-inspection command the summary prints, exactly as printed.
-    printed = next(line for line in result.stdout.splitlines() if line.startswith("query the tables:"))
-    command = printed.removeprefix("query the tables:").strip()
-    assert command == f"mlplatform sql --home {home} 'SELECT * FROM bike_sharing.quarantine LIMIT 10'"
-    env = {k: v for k, v in subprocess_env(home).items() if k not in ("MLPLATFORM_HOME", "DAGSTER_HOME")}
-    query = subprocess.run(
-        command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert query.returncode == 0, query.stderr
-    header, rule, *_, count = query.stdout.splitlines()  # the quarantine's columns, no row
-    assert "_quarantine_reason" in header.split() and set(rule) == {"-", " "} and count == "(0 rows)"
-    readme = 'mlplatform sql "SELECT * FROM bike_sharing.quarantine LIMIT 10"'  # the README's form
-    as_in_readme = subprocess.run(readme, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert as_in_readme.returncode == 0 and as_in_readme.stdout == query.stdout, as_in_readme.stderr
-    assert "bike_sharing: OK" in result.stdout and "transactions: OK" in result.stdout
-    assert "raw 17,379, clean 17,379, quarantine 0, features 17,379" in result.stdout
+# The README's `mlplatform run` and the commands its summary prints: platform_tests/test_readme_commands.py.

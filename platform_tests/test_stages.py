@@ -81,7 +81,7 @@ def test_the_registry_answers_what_the_cli_and_runner_ask() -> None:
     ]  # fmt: skip
     assert counted_stages() == ["raw", "clean", "quarantine", "features", "training_set", "predictions"]
     assert step_stages(Stage.CLEAN) == ["clean", "quarantine"]
-    assert mlflow_stages("write") == ["model", "evaluation"]
+    assert mlflow_stages("write") == ["model", "evaluation", "drift_report"]
     assert job_stages(Job.INGEST) == ["raw", "clean", "quarantine", "features", "predictions", "drift_report"]
     assert job_stages(Job.RETRAIN) == ["training_set", "model", "evaluation", "reference_profile"]
     assert runnable_stages((*STAGES, replace(EXTRA, runnable=True)))[-1] == "feature_rows"

@@ -6,6 +6,8 @@ Who drives what (see the README):
 * `<ds>__daily_ingest` schedule: backstop, newest complete partition once a day.
 * `<ds>__drift_sensor`: drifted verdict -> `<ds>__retrain` (training_set -> model -> evaluation ->
   reference_profile), cursor + run keys + cool-down + bounded retries.
+* `<ds>__rescore_sensor`: a change of champion (promotion or `mlplatform rollback`) -> `<ds>__rescore`
+  (reference_profile -> predictions -> drift_report) for the partitions scored by another version.
 * `<ds>__alerts` (specs with `alerts:`): a message per failed run or check, drift retraining, promotion
   or rollback (mlplatform.sensors.alerts).
 * `<ds>__automation` evaluates the AutomationConditions the assets declare (e.g. eager() on
@@ -18,11 +20,12 @@ from dataclasses import dataclass
 import dagster as dg
 
 from mlplatform.dagster_adapter import UnresolvedAssetJobDefinition
-from mlplatform.jobs.dataset_jobs import build_ingest_job, build_retrain_job
+from mlplatform.jobs.dataset_jobs import build_ingest_job, build_rescore_job, build_retrain_job
 from mlplatform.sensors.alerts import build_alerts_sensor
 from mlplatform.sensors.common import sensor_interval, sensor_status
 from mlplatform.sensors.drift import build_drift_sensor
 from mlplatform.sensors.new_data import build_daily_schedule, build_new_data_sensor
+from mlplatform.sensors.rescore import build_rescore_sensor
 from mlplatform.settings import Settings
 from mlplatform.specs.model import DatasetSpec
 from mlplatform.stages import STAGES, StageRow
@@ -49,9 +52,11 @@ def build_automation(
     registry: Sequence[StageRow] = STAGES,
 ) -> Automation:
     ingest, retrain = build_ingest_job(spec, registry), build_retrain_job(spec, registry)
+    rescore = build_rescore_job(spec)
     sensors = [
         build_new_data_sensor(spec, partitions, ingest, whole_graph_job, settings),
         build_drift_sensor(spec, retrain, settings),
+        build_rescore_sensor(spec, partitions, rescore, settings),
     ]
     if spec.alerts is not None:  # `<ds>__alerts`: messages on failures, drift, champion changes
         sensors.append(build_alerts_sensor(spec, settings))
@@ -67,4 +72,4 @@ def build_automation(
             )
         )
     schedules = [build_daily_schedule(spec, partitions, ingest, settings)]
-    return Automation([ingest, retrain], sensors, schedules)
+    return Automation([ingest, retrain, rescore], sensors, schedules)

@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlplatform.errors import UserError
+from mlplatform.home_config import HomeConfigError
 from mlplatform.replay import POLICIES
+from mlplatform.rescore_cli import add_rescore_command
 from mlplatform.settings import HOME_ENV, Settings, apply_mlflow_env_defaults, load_settings
+from mlplatform.specs_cli import add_specs_command
 from mlplatform.stack import add_up_command
 from mlplatform.stages import mlflow_stages, runnable_stages
 from mlplatform.warehouse_cli import add_warehouse_command
@@ -36,13 +39,18 @@ def process_settings(home: str | None) -> Settings:
     environ = dict(os.environ)
     if home:
         environ[HOME_ENV] = str(Path(home).expanduser().resolve())
-    return load_settings(environ)
+    try:
+        return load_settings(environ)
+    except HomeConfigError as exc:  # the home's config.yaml is unreadable
+        raise UserError(str(exc)) from None
 
 
 def _prepare_home(settings: Settings) -> None:
     """The Dagster instance of the home exists; runs left STARTED by a killed process are failed."""
     from mlplatform.home import prepare_home
+    from mlplatform.runner import quiet_store_setup_logs
 
+    quiet_store_setup_logs()  # prepare_home may create the MLflow store: no schema chatter on stderr
     for line in prepare_home(settings):
         print(f"mlplatform: marked {line} as failed: its process is gone", file=sys.stderr)
 
@@ -107,6 +115,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             progress=print,
             stages=args.stage or None,
             allow_shrink=args.allow_shrink,
+            settings=settings,
         )
     print_summary(settings, defs, results)
     # A broken spec fails the command that was asked to run everything, after the good datasets ran.
@@ -136,35 +145,10 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
         f"(MLflow registry {resource.effective_registry_uri})"
     )
     print(
-        f"re-score with it: mlplatform run --dataset {args.dataset} --stage predictions"
+        f"re-score with it: mlplatform rescore --dataset {args.dataset}"
         + (f" --home {args.home}" if args.home else "")
     )
     return 0
-
-
-def cmd_specs(args: argparse.Namespace, settings: Settings) -> int:
-    """Each dataset's line, or its error on stderr: a broken spec hides no other (exit 2 if any is broken).
-
-    Builds each dataset as the code location does (probe, partitions, assets), so what this accepts loads.
-    """
-    from mlplatform.factory import build_datasets
-    from mlplatform.specs.loader import SpecError, read_specs
-
-    try:
-        specs, broken = read_specs(settings.extra_spec_dirs)
-    except SpecError as exc:  # a folder named in $MLPLATFORM_SPECS does not exist
-        raise UserError(str(exc)) from None
-    datasets, failed = build_datasets(specs, settings)
-    for dataset in datasets:
-        spec, probe = dataset.spec, dataset.probe
-        print(
-            f"{spec.name}: {spec.spec_path} | {len(probe.files)} file(s) | "
-            f"{probe.time_min} .. {probe.time_max} | {spec.target.task} on {spec.target.column}"
-        )
-    for failure in [*broken, *failed]:
-        print(f"{failure.name}: {failure.path} | NOT LOADED (error below)")
-        print(f"mlplatform: error: {failure.error}", file=sys.stderr)
-    return 2 if broken or failed else 0
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
@@ -228,17 +212,8 @@ def add_replay_command(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cmd_replay)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mlplatform",
-        description=(
-            "Spec-driven data and ML platform on Dagster. State lives in $MLPLATFORM_HOME "
-            "(default ./.mlplatform): the warehouse (warehouse/, a DuckDB file per dataset), the Dagster "
-            "instance (dagster/), the MLflow store."
-        ),
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_run_command(sub: argparse._SubParsersAction) -> None:
+    """The `run` subcommand (its logic: mlplatform.runner)."""
     run = sub.add_parser(
         "run",
         help="materialize every asset of all (or the named) datasets through the Dagster instance",
@@ -269,13 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--home", help=f"platform home (default: ${HOME_ENV} or ./.mlplatform)")
     run.set_defaults(func=cmd_run)
 
+
+def add_rollback_command(sub: argparse._SubParsersAction) -> None:
+    """The `rollback` subcommand (its logic: mlplatform.models.registry)."""
     rollback = sub.add_parser(
         "rollback",
         help="point a dataset's `champion` model alias back at the previous champion (or --to a version)",
         description=(
             "Move the `champion` alias of the dataset's registered MLflow model back to the champion before "
             "the current one (promotions are undone one at a time), or to the version given with --to. "
-            "Predictions keep their old model_version until re-scored (`mlplatform run --stage predictions`)."
+            "Predictions keep their old model_version, and drift verdicts say insufficient_data, until "
+            "re-scored: by the daemon's <dataset>__rescore_sensor, or by `mlplatform rescore`."
         ),
     )
     rollback.add_argument(
@@ -285,9 +264,22 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--home", help=f"platform home (default: ${HOME_ENV} or ./.mlplatform)")
     rollback.set_defaults(func=cmd_rollback)
 
-    specs = sub.add_parser("specs", help="validate the spec files and list the datasets they define")
-    specs.set_defaults(func=cmd_specs)
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlplatform",
+        description=(
+            "Spec-driven data and ML platform on Dagster. State lives in $MLPLATFORM_HOME "
+            "(default ./.mlplatform): the warehouse (warehouse/, a DuckDB file per dataset), the Dagster "
+            "instance (dagster/), the MLflow store."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    add_run_command(sub)
+    add_rollback_command(sub)
+    add_specs_command(sub)
+    add_rescore_command(sub)
     add_replay_command(sub)
     add_up_command(sub)
     add_warehouse_command(sub)
@@ -298,8 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     started = time.monotonic()
-    settings = process_settings(getattr(args, "home", None))
     try:
+        settings = process_settings(getattr(args, "home", None))
         code = int(args.func(args, settings))
     except UserError as exc:
         print(f"mlplatform: error: {exc}", file=sys.stderr)

@@ -140,38 +140,71 @@ CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 
 
+class VerdictStatus(StrEnum):
+    """What a drift verdict says: `insufficient_data` means not (fully) judged, never "stable".
+
+    Insufficient: no or too few rows in the window (`drift.min_rows`), or no predictions by the
+    reference's model, so prediction drift and performance are unjudged (the reason says which part
+    and why). Sensors treat it as "do not retrain" without reporting it as stable."""
+
+    DRIFTED = "drifted"
+    STABLE = "stable"
+    INSUFFICIENT_DATA = "insufficient_data"
+
+
 @dataclass(frozen=True)
 class DriftVerdictMetadata:
     """The verdict a `drift_report` materialization carries, as the drift sensor reads it.
 
-    A ranged run writes one event per partition; `verdict_partition` names the partition whose
-    verdict the event carries (today the newest partition of the run).
+    A ranged run writes one event per partition, each with the verdict of its own partition, which
+    `verdict_partition` names (read in event order, the newest partition's is the last word). `drifted` is True only for
+    status `drifted`; events written before `status` existed read as drifted or stable.
     """
 
     drifted: bool
     verdict_partition: str
     reason: str
+    status: VerdictStatus = VerdictStatus.STABLE
 
     REASON_LIMIT = 300  # what a sensor keeps of the reason (cursor and run tags are small)
 
+    def __post_init__(self) -> None:
+        status = VerdictStatus(self.status)
+        if self.drifted and status == VerdictStatus.STABLE:  # the default: built without a status
+            status = VerdictStatus.DRIFTED
+        if self.drifted != (status == VerdictStatus.DRIFTED):
+            raise ValueError(f"drifted={self.drifted} contradicts status {status.value}")
+        object.__setattr__(self, "status", status)
+
     def to_metadata(self) -> dict[str, Any]:
-        return {"drifted": self.drifted, "verdict_partition": self.verdict_partition, "reason": self.reason}
+        return {
+            "drifted": self.drifted,
+            "status": self.status.value,
+            "verdict_partition": self.verdict_partition,
+            "reason": self.reason,
+        }
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> DriftVerdictMetadata | None:
         """The verdict in an event's metadata (values or Dagster MetadataValues); None if it has none."""
-        drifted = _plain(metadata.get("drifted"))
+        drifted = metadata_value(metadata.get("drifted"))
         if drifted is None:
             return None
-        partition = _plain(metadata.get("verdict_partition"))
-        reason = _plain(metadata.get("reason"))
+        partition = metadata_value(metadata.get("verdict_partition"))
+        reason = metadata_value(metadata.get("reason"))
+        status = metadata_value(metadata.get("status"))
         return cls(
             bool(drifted),
             str(partition) if partition is not None else "",
             str(reason)[: cls.REASON_LIMIT] if reason is not None else "",
+            VerdictStatus(status) if status is not None else _legacy_status(bool(drifted)),
         )
 
 
-def _plain(value: Any) -> Any:
+def _legacy_status(drifted: bool) -> VerdictStatus:
+    return VerdictStatus.DRIFTED if drifted else VerdictStatus.STABLE
+
+
+def metadata_value(value: Any) -> Any:
     """A Dagster MetadataValue's value (it has `.value`), or the value itself."""
     return getattr(value, "value", value)

@@ -23,7 +23,7 @@ from mlplatform.checks.model_checks import build_model_checks
 from mlplatform.core.source import SourceProbe
 from mlplatform.dagster_adapter import UnresolvedAssetJobDefinition
 from mlplatform.jobs.dataset_jobs import build_whole_graph_job, job_name
-from mlplatform.resources.mlflow import MlflowResource
+from mlplatform.resources.mlflow import MlflowPlotsResource, MlflowResource
 from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.sensors.common import sensor_interval
 from mlplatform.sensors.recovery import build_recovery_sensor
@@ -64,6 +64,7 @@ def location_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]
     return {
         "warehouse": WarehouseResource(database=settings.warehouse_path),
         "mlflow": MlflowResource.from_settings(settings),
+        "mlflow_plots": MlflowPlotsResource.from_settings(settings),
     }
 
 

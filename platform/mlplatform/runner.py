@@ -8,6 +8,7 @@ import shlex
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,20 @@ from mlplatform.core.warehouse import count_rows
 from mlplatform.dagster_adapter import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from mlplatform.errors import UserError
 from mlplatform.factory import broken_specs
+from mlplatform.home_config import stored_spec_folders
 from mlplatform.jobs.dataset_jobs import WHOLE_GRAPH_SUFFIX
 from mlplatform.recovery import run_owner_tags
 from mlplatform.resources.mlflow import MlflowResource
-from mlplatform.settings import SPECS_ENV, WAREHOUSE_ENV, Settings, default_warehouse
+from mlplatform.run_report import (
+    ConsoleNoise,
+    check_descriptions,
+    console_logger,
+    failed_blocking_checks,
+    gate_block,
+    materialized_line,
+    top_quarantine_reasons,
+)
+from mlplatform.settings import SPECS_ENV, WAREHOUSE_ENV, Settings, default_warehouse, warehouse_file
 from mlplatform.stages import counted_stages, runnable_stages, step_stages
 
 # The terminal shows the stages' own progress lines; every Dagster event is still in the run's log.
@@ -68,11 +79,13 @@ def run_datasets(
     progress: Callable[[str], None] = lambda _: None,
     stages: list[str] | None = None,
     allow_shrink: bool = False,
+    settings: Settings | None = None,
 ) -> list[RunOutcome]:
     """One run per dataset over all its partitions (a single-run backfill), recorded in `instance`.
 
     `stages` limits each run to those stages (and their checks), e.g. ["predictions"] to re-score with
     a rolled-back champion without retraining. `allow_shrink` lets raw remove rows whose source is gone.
+    `settings` (the CLI's): a failed gate's block names the `mlplatform sql` command of its rows.
     """
     known = dataset_names(defs)
     unknown = [n for n in names or [] if n not in known]
@@ -88,35 +101,74 @@ def run_datasets(
     if allow_shrink and stages and Stage.RAW not in stages:
         raise UserError("--allow-shrink applies to the raw stage: add --stage raw")
     quiet_store_setup_logs()
+    noise = ConsoleNoise()
+    # Dagster's console without the "Not executing" cascade of a failed gate (gate_block says it once).
+    quiet = dg.Definitions.merge(defs, dg.Definitions(loggers={"console": console_logger(noise)}))
     outcomes = []
     for name in names or known:
-        job = defs.resolve_job_def(f"{name}{WHOLE_GRAPH_SUFFIX}")
+        job = quiet.resolve_job_def(f"{name}{WHOLE_GRAPH_SUFFIX}")
         keys = job.partitions_def.get_partition_keys() if job.partitions_def else []
-        selection = stage_selection(name, stages)
         what = f"{', '.join(stages)} of" if stages else "every asset of"
         progress(f"[{name}] materializing {what} {len(keys)} partitions ({keys[0]} .. {keys[-1]}) as one run")
         tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
         run_id = str(uuid.uuid4())  # chosen here: the owner tags name the run they belong to
         tags |= run_owner_tags(run_id)  # the run executes in this process: a kill is detected by its absence
+        noise.skipped.clear()
         result = job.execute_in_process(
             instance=instance,
             run_id=run_id,
             tags=tags,
             raise_on_error=False,
-            asset_selection=selection,
+            asset_selection=stage_selection(name, stages),
             run_config={**QUIET_CONSOLE, **shrink_config(name, allow_shrink)},
         )
         failed = [e.step_key for e in result.all_events if e.is_step_failure and e.step_key]
         accounting = source_accounting_line(result)
         outcomes.append(RunOutcome(name, result.run_id, result.success, len(keys), failed, accounting))
-        done = {e.partition for e in result.get_asset_materialization_events() if e.partition}
-        status = (
-            f"succeeded ({len(done)}/{len(keys)} partitions materialized)"
-            if result.success
-            else f"FAILED in {', '.join(failed) or 'a check'}: {failure_reason(result)}"
-        )
-        progress(f"[{name}] run {result.run_id} {status}")
+        for line in run_status_lines(defs, name, result, keys, noise.skipped, settings):
+            progress(line)
     return outcomes
+
+
+def run_status_lines(
+    defs: dg.Definitions,
+    dataset: str,
+    result: dg.ExecuteInProcessResult,
+    keys: list[str],
+    skipped: list[str],
+    settings: Settings | None,
+) -> list[str]:
+    """The run's outcome: what it materialized, or why it failed (a failed gate as one block)."""
+    head = f"[{dataset}] run {result.run_id}"
+    if result.success:
+        return [f"{head} succeeded: {materialized_line(result, keys)}"]
+    gates = failed_blocking_checks(result, check_descriptions(defs))
+    failed = [e.step_key for e in result.all_events if e.is_step_failure and e.step_key]
+    if not gates:
+        return [f"{head} FAILED in {', '.join(failed) or 'a check'}: {failure_reason(result)}"]
+    # A step that failed on its own (not the check step of a gate) is said too, after the block.
+    others = [step for step in failed if not any(step.endswith(f"_{gate.name}") for gate in gates)]
+    also = (
+        [f"[{dataset}] also FAILED in {', '.join(others)}: {failure_reason(result, steps_of=others)}"]
+        if others
+        else []
+    )
+    warehouse = defs.resources["warehouse"].database if defs.resources else ""
+    file = warehouse_file(settings.warehouse_path if settings else warehouse, dataset)
+    command = sql_command(settings, dataset) if settings else None
+    window = run_window(defs, dataset, keys)
+    block = gate_block(
+        dataset, gates, skipped, lambda: top_quarantine_reasons(file, dataset, window), command
+    )
+    return [f"{head} FAILED: {materialized_line(result, keys)}", *block, *also]
+
+
+def run_window(defs: dg.Definitions, dataset: str, keys: list[str]) -> tuple[datetime, datetime]:
+    """[start, end) of the run's partitions, as naive UTC datetimes like the tables."""
+    partitions = defs.resolve_job_def(f"{dataset}{WHOLE_GRAPH_SUFFIX}").partitions_def
+    assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
+    first, last = (partitions.time_window_for_partition_key(key) for key in (keys[0], keys[-1]))
+    return first.start.replace(tzinfo=None), last.end.replace(tzinfo=None)
 
 
 def stage_selection(dataset: str, stages: list[str] | None) -> list[dg.AssetKey] | None:
@@ -158,9 +210,14 @@ def _raw_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
     return {}
 
 
-def failure_reason(result: dg.ExecuteInProcessResult, limit: int = 600) -> str:
-    """One line: the error of the first failed step, else of the run (e.g. a resource that failed)."""
-    steps = [e for e in result.all_events if e.is_step_failure]
+def failure_reason(
+    result: dg.ExecuteInProcessResult, limit: int = 600, steps_of: list[str] | None = None
+) -> str:
+    """One line: the error of the first failed step (of `steps_of`, if given), else of the run (e.g. a
+    resource that failed)."""
+    steps = [
+        e for e in result.all_events if e.is_step_failure and (steps_of is None or e.step_key in steps_of)
+    ]
     others = [e for e in result.all_events if e.is_resource_init_failure or e.is_run_failure]
     for event in steps + others:
         error = getattr(event.event_specific_data, "error", None)
@@ -235,14 +292,15 @@ def _mlflow_ui_command(resource: MlflowResource) -> str:
         return f"open {resource.tracking_uri}"
     separate = resource.effective_registry_uri != resource.tracking_uri
     registry = f" --registry-store-uri {resource.registry_uri}" if separate else ""
-    return f"mlflow ui --backend-store-uri {resource.tracking_uri}{registry}   # then {resource.ui_url}"
+    return f"mlflow ui --backend-store-uri {resource.tracking_uri}{registry}   # then {resource.browser_url}"
 
 
 def _specs_setting(settings: Settings) -> str:
-    """` MLPLATFORM_SPECS=...` when extra spec folders are in use: without it the UI would not show them."""
-    if not settings.extra_spec_dirs:
-        return ""
-    return f" {SPECS_ENV}={shlex.quote(os.pathsep.join(str(d) for d in settings.extra_spec_dirs))}"
+    """` MLPLATFORM_SPECS=...` for the spec folders the environment gave (without it the UI would not
+    show their datasets); the folders stored in the home (`mlplatform specs add`) need nothing."""
+    stored = stored_spec_folders(settings.home)
+    from_env = [str(folder) for folder in settings.extra_spec_dirs if folder not in stored]
+    return f" {SPECS_ENV}={shlex.quote(os.pathsep.join(from_env))}" if from_env else ""
 
 
 def sql_command(settings: Settings, dataset: str | None) -> str:
@@ -287,7 +345,8 @@ def print_summary(settings: Settings, defs: dg.Definitions, outcomes: list[RunOu
     print(f"Dagster instance:   {dagster_home}")
     print(f"MLflow tracking:    {resource.tracking_uri}")
     print(
-        f"Dagster UI:         MLPLATFORM_HOME={settings.home} DAGSTER_HOME={dagster_home}{_specs_setting(settings)} "
+        f"Dagster UI:         MLPLATFORM_HOME={shlex.quote(str(settings.home))} "
+        f"DAGSTER_HOME={shlex.quote(str(dagster_home))}{_specs_setting(settings)} "
         "dagster dev -m mlplatform.definitions"
     )
     print(f"MLflow UI:          {_mlflow_ui_command(resource)}")

@@ -1,4 +1,5 @@
-"""Where the platform keeps its state. Every location comes from an environment variable.
+"""Where the platform keeps its state. Every location comes from an environment variable; the spec
+folders also from the home's config.yaml (`mlplatform specs add`).
 
 All state lives under one folder, `$MLPLATFORM_HOME` (default `.mlplatform/` in the current
 directory), so a user can wipe or move it in one step. Each piece can be pointed elsewhere on its own.
@@ -10,6 +11,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from mlplatform.home_config import combined_spec_folders, stored_spec_folders
 
 HOME_ENV = "MLPLATFORM_HOME"
 SPECS_ENV = "MLPLATFORM_SPECS"
@@ -27,6 +30,11 @@ DEFAULT_SENSOR_INTERVAL = 60
 # The Dagster UI's base URL, for the links in alerts (mlplatform.core.alerts).
 DAGSTER_URL_ENV = "MLPLATFORM_DAGSTER_URL"
 DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
+# Where a browser reaches the MLflow UI (links and inline plots in Dagster metadata): this URL, else
+# an http(s) MLFLOW_TRACKING_URI, else the port of the server `mlplatform up` starts (MlflowResource).
+MLFLOW_UI_URL_ENV = "MLPLATFORM_MLFLOW_UI_URL"
+MLFLOW_PORT_ENV = "MLPLATFORM_MLFLOW_PORT"
+DEFAULT_MLFLOW_PORT = 5000
 
 # The warehouse: one DuckDB file per dataset (a path template holding DATASET_PLACEHOLDER), so runs of
 # different datasets write side by side; or one file for all (a path without it: runs are serialized).
@@ -72,6 +80,8 @@ class Settings:
     dagster_url: str = DEFAULT_DAGSTER_URL
     mlflow_server_backend_store_uri: str | None = None
     mlflow_server_artifacts_destination: str | None = None
+    mlflow_ui_url: str | None = None  # MLPLATFORM_MLFLOW_UI_URL; None: derived (see MLFLOW_UI_URL_ENV)
+    mlflow_port: int = DEFAULT_MLFLOW_PORT
 
     def is_automated(self, dataset: str) -> bool:
         setting = self.automation.strip().lower()
@@ -147,13 +157,19 @@ def _default_artifact_location(env: os._Environ[str] | dict[str, str], default: 
     return None if tracking.startswith(("http://", "https://")) else default["mlflow_artifact_location"]
 
 
+def spec_folders_from_env(env: os._Environ[str] | dict[str, str]) -> tuple[Path, ...]:
+    """The folders $MLPLATFORM_SPECS names (`os.pathsep`-separated)."""
+    return tuple(Path(p).expanduser().resolve() for p in (env.get(SPECS_ENV) or "").split(os.pathsep) if p)
+
+
 def load_settings(environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
-    """Settings from the environment (default os.environ). Call it at an entry point and pass the
-    result down: the CLI's main, the code location module, the Dagster component."""
+    """Settings from the environment (default os.environ) and the home's config.yaml (its stored spec
+    folders, mlplatform.home_config). Call it at an entry point and pass the result down: the CLI's
+    main, the code location module, the Dagster component."""
     env = os.environ if environ is None else environ
     home = Path(env.get(HOME_ENV) or ".mlplatform").expanduser().resolve()
     default = _locations(home)
-    extra = tuple(Path(p).expanduser().resolve() for p in (env.get(SPECS_ENV) or "").split(os.pathsep) if p)
+    extra = combined_spec_folders(spec_folders_from_env(env), stored_spec_folders(home))
     return Settings(
         home=home,
         warehouse_path=env.get(WAREHOUSE_ENV) or default["warehouse_path"],
@@ -168,6 +184,8 @@ def load_settings(environ: os._Environ[str] | dict[str, str] | None = None) -> S
         dagster_url=env.get(DAGSTER_URL_ENV) or DEFAULT_DAGSTER_URL,
         mlflow_server_backend_store_uri=env.get(MLFLOW_SERVER_BACKEND_ENV) or None,
         mlflow_server_artifacts_destination=env.get(MLFLOW_SERVER_ARTIFACTS_ENV) or None,
+        mlflow_ui_url=env.get(MLFLOW_UI_URL_ENV) or None,
+        mlflow_port=int(env.get(MLFLOW_PORT_ENV) or DEFAULT_MLFLOW_PORT),
     )
 
 

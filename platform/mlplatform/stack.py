@@ -20,13 +20,13 @@ from pathlib import Path
 from mlplatform.errors import UserError
 from mlplatform.settings import (
     HOME_ENV,
+    MLFLOW_PORT_ENV,
     Settings,
 )
 from mlplatform.stack_plan import (
     DAGSTER_PORT,
     DAGSTER_PORT_ENV,
     MLFLOW_PORT,
-    MLFLOW_PORT_ENV,
     Child,
     StackPlan,
     UpOptions,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mlplatform.settings import (
     DAGSTER_URL_ENV,
+    DEFAULT_MLFLOW_PORT,
     HOME_ENV,
     MLFLOW_ARTIFACTS_ENV,
     MLFLOW_REGISTRY_ENV,
@@ -19,9 +20,8 @@ from mlplatform.settings import (
 from mlplatform.supervisor import port_problem
 
 DAGSTER_PORT = 3000
-MLFLOW_PORT = 5000
+MLFLOW_PORT = DEFAULT_MLFLOW_PORT
 DAGSTER_PORT_ENV = "MLPLATFORM_DAGSTER_PORT"
-MLFLOW_PORT_ENV = "MLPLATFORM_MLFLOW_PORT"
 MLFLOW_JOBS_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 _WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 

@@ -70,7 +70,8 @@ def test_features_of_a_partition_read_the_history_of_the_one_before(tiny: TinyDa
     assert metadata["rows_in_table"] == metadata["dagster/row_count"]  # only February was built
     assert metadata["feature_columns"] == ["cal_hour", "cal_day_of_week", "kind", "x", "x_mean_1d"]
     columns = [c for c, *_ in tiny.query("DESCRIBE tiny.features")]
-    assert columns == ["ts", "cal_hour", "cal_day_of_week", "kind", "x", "x_mean_1d", "value"]
+    # `id` (unique, dropped as an input) is kept to name each row in the predictions.
+    assert columns == ["ts", "cal_hour", "cal_day_of_week", "kind", "x", "id", "x_mean_1d", "value"]
 
     # The first hour of February averages x over the 24 hours ending with it: 23 of them in January.
     first = datetime(2024, 2, 1)

@@ -9,7 +9,7 @@ that stage wrote. January and February are loaded and trained on; March (shifted
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from mlplatform.contracts import (
     MlflowTag,
     Stage,
 )
-from platform_tests.assets.tiny import BAD_RECORDS, MONTHS, TinyDataset, make_tiny_dataset, metadata_of
+from platform_tests.assets.tiny import MONTHS, TinyDataset, make_tiny_dataset, metadata_of
 
 JANUARY, FEBRUARY, MARCH = MONTHS
 DATA_STAGES = (Stage.RAW, Stage.CLEAN, Stage.QUARANTINE, Stage.FEATURES)
@@ -147,7 +147,14 @@ def test_predictions_score_every_row_of_their_partition_with_the_champion(
         metadata = metadata_of(result, home.key(Stage.PREDICTIONS))
         assert metadata["dagster/row_count"] == len(home.source.good_records_in(partition))
         assert metadata["model_version"] == 1
-    assert [c for c, *_ in home.query("DESCRIBE tiny.predictions")] == ["ts", "prediction", "model_version"]
+    # Each row named by its time and the spec's unique id, with the actual value (all labelled here).
+    columns = [c for c, *_ in home.query("DESCRIBE tiny.predictions")]
+    assert columns == ["ts", "id", "prediction", "model_version", "actual"]
+    unmatched = home.query(
+        "SELECT count(*) FROM tiny.predictions p LEFT JOIN tiny.clean c USING (id) "
+        "WHERE c.value IS DISTINCT FROM p.actual OR c.ts <> p.ts"
+    )
+    assert unmatched == [(0,)]
     per_month = home.query(
         "SELECT strftime(ts, '%Y-%m-01'), count(*), count(prediction), min(model_version), max(model_version) "
         "FROM tiny.predictions GROUP BY 1 ORDER BY 1"
@@ -204,16 +211,15 @@ def test_drift_report_flags_the_shifted_month_and_not_the_one_trained_on(
     assert [(p, d, r[: DriftVerdictMetadata.REASON_LIMIT]) for p, d, r, *_ in stored] == [
         (p, v.drifted, v.reason) for p, v in verdicts.items()
     ]
-    # Each partition is judged on the trailing 7 days of rows ending with it (the spec's drift.window).
+    # Each partition is judged on the trailing drift.window of rows ending with it: by default one
+    # partition on monthly partitions (1mo), so the whole calendar month.
+    assert home.spec.drift.window == "1mo"
     ends = {FEBRUARY: datetime(2024, 3, 1), MARCH: datetime(2024, 4, 1)}
     for partition, n_rows, columns in [(p, n, c) for p, _, _, n, c in stored]:
         in_window = [
             r
-            for r in home.source.records
-            if ends[partition] - timedelta(days=7)
-            <= datetime.strptime(r["stamp"], "%Y-%m-%d %H:%M")
-            < ends[partition]
-            and int(r["id"]) not in BAD_RECORDS
+            for r in home.source.good_records_in(partition)
+            if datetime.strptime(r["stamp"], "%Y-%m-%d %H:%M") < ends[partition]
         ]
-        assert n_rows == len(in_window) == 7 * 24
+        assert n_rows == len(in_window) == {FEBRUARY: 29 * 24 - 1, MARCH: 31 * 24}[partition]
         assert ("x" in columns.split(", ")) == (partition == MARCH)

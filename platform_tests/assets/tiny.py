@@ -21,7 +21,7 @@ import numpy as np
 
 from mlplatform.contracts import Stage
 from mlplatform.factory import DatasetDefinitions, build_dataset
-from mlplatform.resources.mlflow import MlflowResource
+from mlplatform.resources.mlflow import MlflowPlotsResource, MlflowResource
 from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.settings import Settings, load_settings
 from mlplatform.specs.model import DatasetSpec
@@ -144,12 +144,14 @@ class TinyDataset:
         return next(a for a in self.assets if self.key(stage) in a.keys)
 
     def resources(self) -> dict[str, Any]:
+        store = {
+            "tracking_uri": f"sqlite:///{self.mlflow_root / 'mlflow.db'}",
+            "artifact_location": (self.mlflow_root / "artifacts").as_uri(),
+        }
         return {
             "warehouse": WarehouseResource(database=str(self.warehouse_path)),
-            "mlflow": MlflowResource(
-                tracking_uri=f"sqlite:///{self.mlflow_root / 'mlflow.db'}",
-                artifact_location=(self.mlflow_root / "artifacts").as_uri(),
-            ),
+            "mlflow": MlflowResource(**store),
+            "mlflow_plots": MlflowPlotsResource(**store),
         }
 
     def materialize(

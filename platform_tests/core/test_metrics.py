@@ -9,6 +9,7 @@ from sklearn import metrics as skm
 
 from mlplatform.core.metrics import (
     PRIMARY_METRIC,
+    WEEK,
     baseline_predictions,
     best_baseline,
     compute_metrics,
@@ -123,21 +124,24 @@ def test_regression_baselines_use_last_week_per_entity_with_mean_fallback() -> N
         }
     )
     baselines = baseline_predictions(
-        "regression", [2.0, 4.0], test_frame, "ts", "y", history, entity_column="station"
+        "regression", [2.0, 4.0], test_frame, "ts", "y", history, entity_column="station", seasons=[WEEK]
     )
     assert baselines["training_mean"].tolist() == [3.0, 3.0, 3.0]
     # a@01-08 <- a@01-01 (5); b has no row a week earlier -> mean (3); a@01-15 <- a@01-08 (7).
-    assert baselines["same_hour_last_week"].tolist() == [5.0, 3.0, 7.0]
+    assert baselines["seasonal_lag_7d"].tolist() == [5.0, 3.0, 7.0]
+    assert "last_value" not in baselines  # no label delay given: recent labels are not assumed known
 
     name, scores = best_baseline("regression", test_frame["y"], baselines)
-    assert name == "same_hour_last_week"
+    assert name == "seasonal_lag_7d"
     assert scores["rmse"] == pytest.approx(math.sqrt((4 + 4 + 1) / 3))
 
 
 def test_last_week_baseline_without_history_looks_inside_the_test_frame() -> None:
     frame = pd.DataFrame({"ts": pd.date_range("2024-01-01", periods=15, freq="D"), "y": np.arange(15.0)})
     baselines = baseline_predictions("regression", [100.0], frame, "ts", "y", history=None)
-    assert baselines["same_hour_last_week"].tolist() == [100.0] * 7 + list(np.arange(8.0))
+    # Daily data: its natural seasons are a week and 52 weeks (none of these rows reach back a year).
+    assert baselines["seasonal_lag_7d"].tolist() == [100.0] * 7 + list(np.arange(8.0))
+    assert baselines["seasonal_lag_364d"].tolist() == [100.0] * 15
 
 
 def test_classification_baselines_use_training_frequencies() -> None:

@@ -70,7 +70,9 @@ def test_each_kind_of_bad_value_gets_its_reason_and_nothing_is_lost(tmp_path: Pa
     assert reasons[5] == "value: null in a non-nullable column"
     assert reasons[6] == "id: duplicate key 1"
     assert reasons[7] == "id: cannot parse '1.5' as int"
-    assert reasons[8] == "ts: null in a non-nullable column"
+    # It says the time did not parse, with the expression and the value (issue 15), not "null".
+    expected = "ts: did not parse: derived ts = strptime(day, '%Y-%m-%d') gave no value for day '2024-13-45'"
+    assert reasons[8] == expected
     placed = conn.execute("SELECT _partition_ts FROM toy.quarantine WHERE _source_row = 8").fetchall()[0][0]
     assert placed == datetime(2024, 1, 2)
     columns = dict(conn.execute("SELECT _source_row, _failed_columns FROM toy.quarantine").fetchall())

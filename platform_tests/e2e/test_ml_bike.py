@@ -111,7 +111,11 @@ def test_the_whole_graph_materializes_with_passing_checks(bike: BikeRun) -> None
     assert latest_metadata("training_set")["rows_test"].value == splits["test"]
 
     columns = [row[0] for row in query("DESCRIBE bike_sharing.predictions")]
-    assert columns == ["ts", "prediction", "model_version"]
+    assert columns == ["ts", "instant", "prediction", "model_version", "actual"]
+    assert query(
+        "SELECT count(*) FROM bike_sharing.predictions p JOIN bike_sharing.clean c USING (instant) "
+        'WHERE p.actual = c."count" AND p.ts = c.ts'
+    ) == [(BIKE_ROWS,)]
     assert query("SELECT count(*), min(model_version), max(model_version) FROM bike_sharing.predictions") == [
         (BIKE_ROWS, 1, 1)
     ]
@@ -138,6 +142,9 @@ def test_training_is_one_finished_mlflow_run_with_everything_logged(bike: BikeRu
     model_def = bike.defs.get_assets_def(dg.AssetKey([DATASET, "model"]))
     assert tags["dagster.code_version"] == model_def.code_versions_by_key[dg.AssetKey([DATASET, "model"])]
     assert tags["training_set.data_version"] == latest_metadata("training_set")["data_version"].value
+    (dataset_input,) = run.inputs.dataset_inputs  # MLflow's "Datasets": the training set, by its version
+    assert dataset_input.dataset.name == "bike_sharing.training_set"
+    assert dataset_input.dataset.digest == tags["training_set.data_version"]
     assert tags["promotion.decision"] == "promoted" and "beats baseline" in tags["promotion.reason"]
 
     version = mlflow_client.get_model_version(DATASET, "1")
@@ -181,7 +188,8 @@ def test_evaluation_report_and_summary_show_real_figures(
     report = load_settings().reports_dir / DATASET / "version_1" / "report.md"
     assert latest_metadata("evaluation")["report_path"].value == str(report)
     text = report.read_text()
-    assert "same_hour_last_week" in text and "**PROMOTE**" in text
+    # Same hour last week beats yesterday on the validation rows (weekday/weekend turns).
+    assert "seasonal_lag_7d" in text and "**PROMOTE**" in text
     for plot in ("predicted_vs_actual", "residuals_over_time", "feature_importance"):
         assert (report.parent / f"{plot}.png").stat().st_size > 1000
         assert f"({plot}.png)" in text

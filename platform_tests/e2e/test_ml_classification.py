@@ -135,7 +135,14 @@ def test_binary_dataset_trains_promotes_and_scores_probabilities(
     assert metrics["test_roc_auc"] > max(0.75, metrics["baseline_test_roc_auc"])
 
     predictions = query_frame("SELECT * FROM toy_binary.predictions ORDER BY ts, store")
-    assert list(predictions.columns) == ["ts", "store", "prediction", "probability", "model_version"]
+    assert list(predictions.columns) == [
+        "ts",
+        "store",
+        "prediction",
+        "probability",
+        "model_version",
+        "actual",
+    ]
     assert len(predictions) == DAYS * 24 * len(STORES) and set(predictions["model_version"]) == {1}
     assert predictions["probability"].between(0, 1).all()
     assert (predictions["prediction"] == (predictions["probability"] >= 0.5).astype(int)).all()
@@ -165,7 +172,14 @@ def test_multiclass_dataset_scores_class_probabilities_and_refuses_mismatched_fe
     predictions = query_frame("SELECT * FROM toy_multi.predictions")
     # Class columns follow the sorted labels the model was trained on.
     probability_columns = ["probability_high", "probability_low", "probability_mid"]
-    assert list(predictions.columns) == ["ts", "store", "prediction", *probability_columns, "model_version"]
+    assert list(predictions.columns) == [
+        "ts",
+        "store",
+        "prediction",
+        *probability_columns,
+        "model_version",
+        "actual",
+    ]
     assert predictions[probability_columns].sum(axis=1).to_numpy() == pytest.approx(1.0)
     best = predictions[probability_columns].idxmax(axis=1).str.removeprefix("probability_")
     assert (predictions["prediction"] == best).all()

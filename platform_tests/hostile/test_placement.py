@@ -156,7 +156,8 @@ def test_placement_rule_over_a_staged_table() -> None:
 def test_unparseable_time_borrows_its_neighbour(tmp_path: Path) -> None:
     outcome = load_with_good_file(tmp_path, "x.csv", rows("1,2024-01-01,a,1", "2,oops,a,1"))
     assert_accounted(outcome, {"x.csv": 2, "good.csv": 1})
-    assert outcome.reasons("x.csv") == {2: "ts: null in a non-nullable column"}
+    reason = "ts: did not parse: derived ts = strptime(day, '%Y-%m-%d') gave no value for day 'oops'"
+    assert outcome.reasons("x.csv") == {2: reason}
     assert outcome.query("SELECT _partition_ts FROM toy.quarantine") == [(datetime(2024, 1, 1),)]
 
 

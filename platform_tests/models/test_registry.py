@@ -162,7 +162,7 @@ def test_rollback_command_in_a_subprocess_moves_the_champion(
     assert back.returncode == 0, back.stderr
     assert back.stdout.splitlines() == [
         f"{name}: champion moved from version 2 to version 1 (MLflow registry {resource.tracking_uri})",
-        f"re-score with it: mlplatform run --dataset {name} --stage predictions",
+        f"re-score with it: mlplatform rescore --dataset {name}",
     ]
     assert int(resource.get_alias_version(name, CHAMPION_ALIAS).version) == 1
     assert champion_history(resource, name) == [1]
@@ -170,6 +170,6 @@ def test_rollback_command_in_a_subprocess_moves_the_champion(
     forward = mlplatform_rollback("--to", "2", "--home", str(home))
     assert forward.returncode == 0, forward.stderr
     assert "champion moved from version 1 to version 2" in forward.stdout
-    assert f"--stage predictions --home {home}" in forward.stdout
+    assert f"mlplatform rescore --dataset {name} --home {home}" in forward.stdout
     assert int(resource.get_alias_version(name, CHAMPION_ALIAS).version) == 2
     assert champion_history(resource, name) == [1, 2]

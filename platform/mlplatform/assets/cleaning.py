@@ -6,15 +6,24 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from mlplatform.assets.common import (
+    Metadata,
+    add_partition_metadata,
     missing_table_fails_the_step,
     partition_bounds,
+    partition_windows,
+    partitioned_table_metadata,
     spec_code_version,
-    table_metadata,
     time_window,
 )
 from mlplatform.contracts import Stage, asset_key
-from mlplatform.core.cleaning import clean_window, drop_rows_outside, reason_counts_markdown
-from mlplatform.core.warehouse import window_column, window_predicate
+from mlplatform.core.cleaning import (
+    CleanResult,
+    PartitionOutcome,
+    clean_window,
+    drop_rows_outside,
+    partition_outcomes,
+    reason_counts_markdown,
+)
 from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
 
@@ -50,6 +59,27 @@ def _clean_specs(spec: DatasetSpec) -> list[dg.AssetSpec]:
     ]
 
 
+def _outcome_metadata(outcome: PartitionOutcome) -> Metadata:
+    """One partition's split, on both its clean and its quarantine event."""
+    return {
+        "raw_rows": outcome.raw_rows,
+        "clean_rows": outcome.clean_rows,
+        "quarantined_rows": outcome.quarantined_rows,
+        "quarantine_share": outcome.quarantine_share,
+        "quarantine_reasons": dg.MetadataValue.md(reason_counts_markdown(outcome.reason_counts)),
+    }
+
+
+def _run_metadata(result: CleanResult) -> Metadata:
+    """The run's split (`run_*`), with the checks counted per failing column."""
+    return {
+        "run_raw_rows": result.raw_rows,
+        "run_clean_rows": result.clean_rows,
+        "run_quarantined_rows": result.quarantined_rows,
+        "run_quarantine_reasons": dg.MetadataValue.md(reason_counts_markdown(result.reason_counts)),
+    }
+
+
 def build_clean_assets(stage: "StageBuild") -> dg.AssetsDefinition:
     spec, partitions = stage.spec, stage.partitions
     clean_key, quarantine_key = asset_key(spec, Stage.CLEAN), asset_key(spec, Stage.QUARANTINE)
@@ -66,10 +96,7 @@ def build_clean_assets(stage: "StageBuild") -> dg.AssetsDefinition:
     ) -> Iterator[dg.MaterializeResult]:
         start, end = time_window(context)
         bounds = partition_bounds(partitions)
-
-        def window_of(stage: Stage) -> str:
-            return window_predicate(window_column(stage, spec.time_column), start, end)
-
+        windows = partition_windows(partitions, context.partition_keys)
         with warehouse.get_connection(spec.name) as conn, missing_table_fails_the_step():
             # First: a row of a partition that no longer exists must not make a new row a duplicate.
             removed = drop_rows_outside(conn, spec, bounds.first_start, bounds.end) if bounds else 0
@@ -82,19 +109,15 @@ def build_clean_assets(stage: "StageBuild") -> dg.AssetsDefinition:
                 f"{spec.name} {start} .. {end}: {result.raw_rows} raw = {result.clean_rows} clean "
                 f"+ {result.quarantined_rows} quarantined"
             )
-            clean_meta = table_metadata(
-                conn, spec.name, Stage.CLEAN, result.clean_rows, window_of(Stage.CLEAN)
-            )
-            quarantine_meta = table_metadata(
-                conn, spec.name, Stage.QUARANTINE, result.quarantined_rows, window_of(Stage.QUARANTINE)
-            )
-        shared = {
-            "raw_rows": result.raw_rows,
-            "quarantined_rows": result.quarantined_rows,
-            "quarantine_reasons": dg.MetadataValue.md(reason_counts_markdown(result.reason_counts)),
-            "rows_removed_outside_partitions": removed,
-        }
-        yield dg.MaterializeResult(asset_key=clean_key, metadata={**clean_meta, **shared})
-        yield dg.MaterializeResult(asset_key=quarantine_key, metadata={**quarantine_meta, **shared})
+            outcomes = partition_outcomes(conn, spec, windows)
+            tables = {
+                s: partitioned_table_metadata(conn, spec, s, windows) for s in (Stage.CLEAN, Stage.QUARANTINE)
+            }
+        run = _run_metadata(result)
+        for stage, key in ((Stage.CLEAN, clean_key), (Stage.QUARANTINE, quarantine_key)):
+            own = {p: {**m, **_outcome_metadata(outcomes[p])} for p, m in tables[stage].partitions.items()}
+            add_partition_metadata(context, key, own, {**tables[stage].run, **run})
+            metadata = {**tables[stage].table, "rows_removed_outside_partitions": removed}
+            yield dg.MaterializeResult(asset_key=key, metadata=metadata)
 
     return clean

@@ -5,17 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 import duckdb
 import pandas as pd
 
 from mlplatform.contracts import Stage
+from mlplatform.core.column_docs import ColumnDoc, column_docs
 from mlplatform.core.grain import GRAIN_DAYS, grain_floor, next_grain
+from mlplatform.core.partition_counts import preview_per_partition, rows_per_partition
 from mlplatform.core.placement import PLAUSIBLE_START, PartitionBounds, plausible_end
 from mlplatform.core.source import SourceProbe
 from mlplatform.core.sql import column_types
@@ -25,7 +28,7 @@ from mlplatform.core.training_data import (
     read_training_set,
     table_data_version,
 )
-from mlplatform.core.warehouse import table_exists, table_name, verify_tables
+from mlplatform.core.warehouse import table_exists, table_name, verify_tables, window_column
 from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
 
@@ -133,13 +136,94 @@ def time_window(context: dg.AssetExecutionContext) -> tuple[datetime, datetime]:
     return window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)
 
 
-def _table_schema(conn: duckdb.DuckDBPyConnection, table: str) -> dg.TableSchema:
-    return dg.TableSchema(
-        columns=[
-            dg.TableColumn(name, DUCKDB_TO_TABLE_TYPE.get(t, t.lower()))
-            for name, t in column_types(conn, table).items()
-        ]
-    )
+Metadata = dict[str, Any]  # metadata values: plain ints, floats, strs, bools or dg.MetadataValues
+PartitionWindows = dict[str, tuple[datetime, datetime]]  # partition key -> [start, end), naive UTC
+
+
+def partition_windows(partitions: dg.PartitionsDefinition, keys: Sequence[str]) -> PartitionWindows:
+    """Each partition's time window, to count what each partition of a ranged run holds."""
+    assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
+    windows = {}
+    for key in keys:
+        window = partitions.time_window_for_partition_key(key)
+        windows[key] = (window.start.replace(tzinfo=None), window.end.replace(tzinfo=None))
+    return windows
+
+
+def add_partition_metadata(
+    context: dg.AssetExecutionContext,
+    key: dg.AssetKey,
+    per_partition: Mapping[str, Metadata],
+    run_summary: Metadata | None = None,
+) -> None:
+    """Each partition's own metadata on its own event; the run's summary (keys named as the run's) on
+    the newest partition's event only, which is the asset's latest."""
+    newest = context.partition_keys[-1]
+    for partition, metadata in per_partition.items():
+        extra = run_summary if run_summary and partition == newest else {}
+        context.add_asset_metadata({**metadata, **extra}, asset_key=key, partition_key=partition)
+
+
+def run_summary(keys: Sequence[str], **counts: Any) -> Metadata:
+    """Run-level metadata: `run_partitions`, `run_first_partition`, `run_last_partition`, `run_<name>`."""
+    first_last = {"run_first_partition": keys[0], "run_last_partition": keys[-1]}
+    return {"run_partitions": len(keys), **first_last, **{f"run_{k}": v for k, v in counts.items()}}
+
+
+def _table_schema(
+    conn: duckdb.DuckDBPyConnection, table: str, docs: Mapping[str, ColumnDoc]
+) -> dg.TableSchema:
+    columns = []
+    for name, duckdb_type in column_types(conn, table).items():
+        doc = docs.get(name)
+        constraints = (
+            dg.TableColumnConstraints(nullable=doc.nullable, unique=doc.unique, other=doc.rules)
+            if doc and doc.spec_type
+            else None
+        )
+        description = doc.description if doc and doc.description else None
+        table_type = DUCKDB_TO_TABLE_TYPE.get(duckdb_type, duckdb_type.lower())
+        columns.append(dg.TableColumn(name, table_type, description=description, constraints=constraints))
+    return dg.TableSchema(columns=columns)
+
+
+@dataclass(frozen=True)
+class TableMetadata:
+    """A stage table's metadata after a run wrote its partitions."""
+
+    table: Metadata  # name, column schema, rows in the whole table: true on every partition's event
+    partitions: dict[str, Metadata]  # each partition's row count and preview
+    run: Metadata  # the run's summary (`run_*` keys)
+
+    def rows(self, partition: str) -> int:
+        return int(self.partitions[partition]["dagster/row_count"])
+
+
+def partitioned_table_metadata(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, stage: Stage, windows: PartitionWindows
+) -> TableMetadata:
+    """Row counts, column schema and a preview: what a user looks for on a partition's materialization.
+
+    Counted per partition in one query each over the run's rows (see mlplatform.core.partition_counts)."""
+    qualified = f"{spec.name}.{stage}"
+    if not table_exists(conn, spec.name, stage):
+        empty = {key: {"dagster/row_count": 0} for key in windows}
+        return TableMetadata({"dagster/table_name": qualified}, empty, run_summary(list(windows), rows=0))
+    name = table_name(spec.name, stage)
+    column = window_column(stage, spec.time_column)
+    counts = rows_per_partition(conn, name, column, windows)
+    previews = preview_per_partition(conn, name, column, windows)
+    total = conn.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
+    table = {
+        "rows_in_table": int(total),
+        "dagster/column_schema": _table_schema(conn, name, column_docs(spec, stage)),
+        "dagster/table_name": qualified,
+    }
+    partitions = {
+        key: {"dagster/row_count": counts[key], "preview": dg.MetadataValue.md(_markdown(previews[key]))}
+        for key in windows
+    }
+    return TableMetadata(table, partitions, run_summary(list(windows), rows=sum(counts.values())))
 
 
 def table_metadata(
@@ -147,21 +231,20 @@ def table_metadata(
     schema: str,
     table: str,
     rows_written: int,
-    preview_where: str | None = None,
-) -> dict[str, dg.MetadataValue | int | str]:
-    """Row counts, column schema and a preview: what a user looks for on a materialization."""
+    docs: Mapping[str, ColumnDoc] | None = None,
+) -> Metadata:
+    """Row counts, column schema (with `docs`, see mlplatform.core.column_docs) and a preview of an
+    unpartitioned table."""
     if not table_exists(conn, schema, table):
         return {"dagster/row_count": rows_written}
     name = table_name(schema, table)
     total = conn.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0]
-    where = f" WHERE {preview_where}" if preview_where else ""
-    preview = conn.sql(f"SELECT * FROM {name}{where} LIMIT 5").df()
     return {
         "dagster/row_count": rows_written,
         "rows_in_table": int(total),
-        "dagster/column_schema": _table_schema(conn, name),
+        "dagster/column_schema": _table_schema(conn, name, docs or {}),
         "dagster/table_name": f"{schema}.{table}",
-        "preview": dg.MetadataValue.md(_markdown(preview)),
+        "preview": dg.MetadataValue.md(_markdown(conn.sql(f"SELECT * FROM {name} LIMIT 5").df())),
     }
 
 

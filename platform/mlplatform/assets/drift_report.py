@@ -3,38 +3,42 @@
 Each partition is judged on the trailing `drift.window` of rows ending with it (a single day of hourly
 data is too few rows for PSI), so the verdict of a day is "the last week looks different from what the
 champion learned". Results go to `<ds>.drift_report` (per column) and `<ds>.drift_verdict` (one row per
-partition); the verdict of the newest partition is also materialization metadata, which is all the
-drift sensor reads.
+partition); each partition's verdict is also the metadata of its own materialization event, which is
+all the drift sensor reads (mlplatform.assets.drift_metadata).
 """
 
-import base64
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
-from mlplatform.assets.common import spec_code_version, time_window
-from mlplatform.contracts import DriftVerdictMetadata, Stage, Table, asset_key
+from mlplatform.assets.common import add_partition_metadata, spec_code_version, time_window
+from mlplatform.assets.drift_metadata import partitions_metadata, run_metadata
+from mlplatform.contracts import Stage, Table, asset_key
 from mlplatform.core import drift_plots
 from mlplatform.core.drift_reference import Reference, read_reference
-from mlplatform.core.drift_windows import report_partition, window_length, window_partitions, window_rows
+from mlplatform.core.drift_windows import (
+    empty_windows_warning,
+    report_partition,
+    spacing_hint,
+    window_partitions,
+    window_rows,
+    window_start,
+)
 from mlplatform.core.scoring import MODEL_VERSION_COLUMN
 from mlplatform.core.warehouse import replace_window, table_exists, table_name
+from mlplatform.plot_links import DRIFT_PLOTS_FOLDER, Plot, embedded_metadata, log_drift_plots, plot_metadata
+from mlplatform.resources.mlflow import MlflowPlotsResource, short_error
 from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
 
 if TYPE_CHECKING:
     from mlplatform.stages import StageBuild  # the registry imports this module
 
-# Embedding plots in metadata of a long backfill would copy them into every partition's event.
-_MAX_PARTITIONS_WITH_PLOTS = 14
 _HISTORY_PARTITIONS = 120
 _FRAME_VIEW = "_drift_rows"
-
-
-def _png_markdown(png: bytes, caption: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"![{caption}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
 def _read_inputs(
@@ -61,12 +65,14 @@ def _judge_partitions(
 ) -> tuple[list[pd.DataFrame], list[dict[str, Any]]]:
     """Per-column frames and verdict rows of each partition in `keys`, each on its trailing window."""
     reference, version, rows = inputs
-    window = window_length(spec)
+    spacing = spacing_hint(spec, rows[spec.time_column])  # once: the same for every empty window
     column_frames, verdicts = [], []
     for key in keys:
         partition = partitions.time_window_for_partition_key(key)  # type: ignore[attr-defined]
         p_start, p_end = partition.start.replace(tzinfo=None), partition.end.replace(tzinfo=None)
-        columns, verdict = report_partition(spec, reference, version, rows, p_start, p_end - window, p_end)
+        columns, verdict = report_partition(
+            spec, reference, version, rows, p_start, window_start(spec, p_end), p_end, spacing
+        )
         column_frames.append(columns)
         verdicts.append(verdict)
     return column_frames, verdicts
@@ -93,39 +99,51 @@ def _store(
         ).df()
 
 
-def _plots(spec: DatasetSpec, key: str, columns: pd.DataFrame, history: pd.DataFrame) -> dict[str, Any]:
+def _plots(spec: DatasetSpec, key: str, columns: pd.DataFrame, history: pd.DataFrame) -> list[Plot]:
     """Per-column drift of the newest partition and, with some history, the verdicts over time."""
-    bars = drift_plots.feature_drift_bars(
-        columns, spec.drift.psi_threshold, f"{spec.name} {key} (trailing {spec.drift.window})"
-    )
-    plots = {"feature_drift": _png_markdown(bars, "per-column drift")}
+    plots = []
+    if len(columns):
+        bars = drift_plots.feature_drift_bars(columns, f"{spec.name} {key} (trailing {spec.drift.window})")
+        plots.append(Plot("feature_drift", "per-column drift", bars))
     if len(history) > 1:
         trend = drift_plots.drift_history(
             history.sort_values("partition_start"),
             spec.drift.drifted_share_threshold,
             spec.drift.performance_drop_threshold,
         )
-        plots["drift_over_partitions"] = _png_markdown(trend, "drift over partitions")
+        plots.append(Plot("drift_over_partitions", "drift over partitions", trend))
     return plots
 
 
-def _metadata(
-    spec: DatasetSpec, keys: list[str], verdicts: list[dict[str, Any]], rows: int
-) -> dict[str, Any]:
-    """The newest partition's verdict (as the drift sensor reads it) and the run's summary."""
-    latest = verdicts[-1]
-    return {
-        **DriftVerdictMetadata(latest["drifted"], keys[-1], latest["reason"]).to_metadata(),
-        "drifted_share": latest["drifted_share"],
-        "performance_drop": latest["performance_drop"],
-        "current_error": latest["current_error"],
-        "reference_error": latest["reference_error"],
-        "reference_version": latest["reference_version"],
-        "drifted_partitions_in_run": int(sum(v["drifted"] for v in verdicts)),
-        "window": spec.drift.window,
-        "dagster/row_count": rows,
-        "dagster/table_name": f"{spec.name}.{Stage.DRIFT_REPORT}",
-    }
+def _show_plots(
+    context: dg.AssetExecutionContext,
+    mlflow: MlflowPlotsResource,
+    spec: DatasetSpec,
+    columns: pd.DataFrame,
+    history: pd.DataFrame,
+) -> None:
+    """The plots as artifacts of an MLflow run of their own, shown inline on the newest partition's event
+    only (which is the asset's latest): a long backfill does not copy them into every partition's."""
+    key = context.partition_keys[-1]
+    plots = _plots(spec, key, columns, history)
+    if not plots:
+        return
+    try:
+        run_id = log_drift_plots(mlflow, spec.name, context.run.run_id, key, plots)
+        metadata = plot_metadata(mlflow, run_id, DRIFT_PLOTS_FOLDER, plots)
+    except (MlflowException, OSError) as error:  # OSError: requests' connection errors among them
+        # The verdict is what the drift sensor needs: without MLflow the plots are only embedded.
+        context.log.warning(
+            f"{spec.name} drift {key}: could not log the plots to MLflow at {mlflow.tracking_uri} "
+            f"({short_error(error)}); the images are embedded in the metadata instead"
+        )
+        metadata = embedded_metadata(plots)
+    context.add_asset_metadata(metadata, partition_key=key)
+
+
+def _metadata(spec: DatasetSpec) -> dict[str, Any]:
+    """What every partition's event carries besides its own verdict (mlplatform.assets.drift_metadata)."""
+    return {"window": spec.drift.window, "dagster/table_name": f"{spec.name}.{Stage.DRIFT_REPORT}"}
 
 
 def build_drift_report_asset(stage: "StageBuild") -> dg.AssetsDefinition:
@@ -154,22 +172,28 @@ def build_drift_report_asset(stage: "StageBuild") -> dg.AssetsDefinition:
             f"(spec `drift`). Tables `{spec.name}.{Stage.DRIFT_REPORT}` and `{spec.name}.{Table.DRIFT_VERDICT}`."
         ),
     )
-    def drift_report(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    def drift_report(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow_plots: MlflowPlotsResource
+    ) -> dg.MaterializeResult:
         start, end = time_window(context)
         keys = context.partition_keys
-        inputs = _read_inputs(spec, warehouse, start - window_length(spec), end)
+        inputs = _read_inputs(spec, warehouse, window_start(spec, start), end)
         column_frames, verdicts = _judge_partitions(spec, partitions, keys, inputs)
+        empty_windows = empty_windows_warning(spec, verdicts, inputs[2][spec.time_column])
+        if empty_windows:  # once per run, however many partitions it judged
+            context.log.warning(empty_windows)
         column_table = pd.concat(column_frames, ignore_index=True)
         verdict_table = pd.DataFrame(verdicts).assign(computed_at=datetime.now(UTC).replace(tzinfo=None))
         tables = {Stage.DRIFT_REPORT.value: column_table, Table.DRIFT_VERDICT.value: verdict_table}
         history = _store(spec, warehouse, tables, start, end)
-        metadata = _metadata(spec, keys, verdicts, len(column_table))
+        run = run_metadata(keys, verdicts)
+        own = partitions_metadata(keys, verdicts, column_frames)
+        add_partition_metadata(context, asset_key(spec, Stage.DRIFT_REPORT), own, run)
         context.log.info(
-            f"{spec.name} drift {keys[0]} .. {keys[-1]}: {metadata['drifted_partitions_in_run']}/{len(keys)} "
+            f"{spec.name} drift {keys[0]} .. {keys[-1]}: {run['drifted_partitions_in_run']}/{len(keys)} "
             f"drifted; latest: {verdicts[-1]['reason']}"
         )
-        if len(keys) <= _MAX_PARTITIONS_WITH_PLOTS:
-            metadata.update(_plots(spec, keys[-1], column_frames[-1], history))
-        return dg.MaterializeResult(metadata={k: v for k, v in metadata.items() if v is not None})
+        _show_plots(context, mlflow_plots, spec, column_frames[-1], history)
+        return dg.MaterializeResult(metadata=_metadata(spec))
 
     return drift_report

@@ -26,10 +26,12 @@ from mlplatform.core.evaluation import (
     promotion_metric,
     split_rows,
 )
+from mlplatform.core.html_report import render_html_report
 from mlplatform.core.report import render_markdown_report, write_evaluation_plots
 from mlplatform.core.training import TrainedModel, feature_importance
 from mlplatform.materializations import MaterializedVersion, version_materialized
 from mlplatform.models.registry import ChampionChange, load_version, promote, tag_value
+from mlplatform.plot_links import Plot, plot_metadata
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
     from mlplatform.stages import StageBuild  # the registry imports this module
 
 REPORT_FILE = "report.md"
+HTML_REPORT_FILE = "report.html"  # the report with its plots embedded: renders in MLflow's artifact viewer
+ARTIFACT_FOLDER = "evaluation"  # of the challenger's training run
+RECHECK_FOLDER = "recheck"  # a re-evaluated champion's report, beside its promotion report
 
 
 def _write_report(
@@ -48,8 +53,9 @@ def _write_report(
     scores: np.ndarray,
     folder: Path,
     details: dict[str, str],
-) -> tuple[Path, str]:
-    """Plots and report.md into `folder`; returns the report's path and a variant for Dagster's UI."""
+) -> tuple[Path, str, dict[str, Path]]:
+    """Plots, report.md and report.html into `folder`; returns report.md's path, a variant for Dagster's
+    UI (without the plots: they are metadata entries of their own) and the plots by name."""
     plots = write_evaluation_plots(
         spec.target.task,
         folder,
@@ -71,10 +77,11 @@ def _write_report(
         "details": details,
     }
     report_path = folder / REPORT_FILE
-    report_path.write_text(render_markdown_report(**arguments, images=plots))
-    # Dagster's UI cannot load the PNGs next to the file; it gets the text and where the plots are.
-    for_ui = render_markdown_report(**arguments) + f"\nPlots: `{folder}`\n"
-    return report_path, for_ui
+    markdown = render_markdown_report(**arguments, images=plots)
+    report_path.write_text(markdown)
+    images = {path.name: path for path in plots.values()}
+    (folder / HTML_REPORT_FILE).write_text(render_html_report(markdown, images, arguments["title"]))
+    return report_path, render_markdown_report(**arguments), plots
 
 
 def _load_challenger(resource: MlflowResource, spec: DatasetSpec, version: int) -> Challenger:
@@ -109,8 +116,9 @@ def build_evaluation_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         tags=spec.tags,
         code_version=spec_code_version(spec, "promotion", "target"),
         description=(
-            f"Challenger vs champion vs a naive baseline on the test window of {spec.name}, with plots and a "
-            "Markdown report (as MLflow artifacts, and under $MLPLATFORM_REPORTS: see `report_path`). "
+            f"Challenger vs champion vs a naive baseline on the test window of {spec.name}, with plots (inline "
+            "here: served by the MLflow UI) and a report, Markdown and self-contained HTML (MLflow artifacts "
+            "of the challenger's run, and under $MLPLATFORM_REPORTS: see `report_path`). "
             f"Promotes the challenger to `{CHAMPION_ALIAS}` when the rule holds: {metric} not worse than the "
             f"champion by more than promotion.min_improvement={spec.promotion.min_improvement}, and better "
             "than the baseline when there is no champion. Never promotes a worse model."
@@ -128,9 +136,11 @@ def build_evaluation_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         test = split_rows(frame, "test")
         folder = reports_dir / spec.name / f"version_{result.challenger_version}"
         # Re-evaluating the champion (no new model since) must not overwrite its promotion record.
-        folder = folder / "recheck" if result.is_recheck else folder
+        folder = folder / RECHECK_FOLDER if result.is_recheck else folder
         details = _details(spec, trained, result, test, data_version, context.run.run_id)
-        report_path, for_ui = _write_report(spec, result, challenger.model, test, scores, folder, details)
+        report_path, for_ui, plots = _write_report(
+            spec, result, challenger.model, test, scores, folder, details
+        )
 
         change = None
         if result.decision.promote:
@@ -140,17 +150,16 @@ def build_evaluation_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         context.log.info(
             f"{spec.name}: version {result.challenger_version} {verdict}: {result.decision.reason}"
         )
+        artifacts = f"{ARTIFACT_FOLDER}/{RECHECK_FOLDER}" if result.is_recheck else ARTIFACT_FOLDER
+        mlflow.client().log_artifacts(result.challenger_run_id, str(folder), artifacts)
         if not result.is_recheck:
-            _record(mlflow, spec.name, result, verdict, report_path, folder)
-        metadata = _metadata(result, verdict, change, trained)
+            _record(mlflow, spec.name, result, verdict, report_path)
         return dg.MaterializeResult(
             metadata={
-                **metadata,
+                **_metadata(result, verdict, change, trained),
                 "report_path": dg.MetadataValue.path(str(report_path)),
                 "report": dg.MetadataValue.md(for_ui),
-                "mlflow_run": dg.MetadataValue.url(
-                    mlflow.run_url(_experiment_id(mlflow, result), result.challenger_run_id)
-                ),
+                **_report_links(mlflow, result, artifacts, plots),
             }
         )
 
@@ -237,17 +246,26 @@ def _experiment_id(resource: MlflowResource, result: Evaluation) -> str:
     return resource.client().get_run(result.challenger_run_id).info.experiment_id
 
 
+def _report_links(
+    resource: MlflowResource, result: Evaluation, artifacts: str, plots: dict[str, Path]
+) -> dict[str, dg.MetadataValue]:
+    """The MLflow run, its HTML report in MLflow's artifact viewer and each plot inline (plot_links)."""
+    run_id = result.challenger_run_id
+    run_url = resource.run_url(_experiment_id(resource, result), run_id)
+    shown = [Plot(name, name.replace("_", " "), path.read_bytes()) for name, path in plots.items()]
+    return {
+        "mlflow_run": dg.MetadataValue.url(run_url),
+        "html_report": dg.MetadataValue.url(f"{run_url}/artifacts/{artifacts}/{HTML_REPORT_FILE}"),
+        **plot_metadata(resource, run_id, artifacts, shown),
+    }
+
+
 def _record(
-    resource: MlflowResource,
-    model_name: str,
-    result: Evaluation,
-    verdict: str,
-    report_path: Path,
-    folder: Path,
+    resource: MlflowResource, model_name: str, result: Evaluation, verdict: str, report_path: Path
 ) -> None:
-    """The evaluation goes onto the challenger's training run and model version (no extra MLflow run)."""
+    """The evaluation goes onto the challenger's training run and model version (no extra MLflow run);
+    its report and plots are the run's artifacts already."""
     client, run_id, version = resource.client(), result.challenger_run_id, str(result.challenger_version)
-    client.log_artifacts(run_id, str(folder), "evaluation")
     finite = {key: value for key, value in result.baseline.items() if math.isfinite(value)}
     for key, value in finite.items():
         client.log_metric(run_id, MlflowMetric.baseline_test(key), value)

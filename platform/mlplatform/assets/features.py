@@ -5,15 +5,16 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from mlplatform.assets.common import (
+    add_partition_metadata,
     lookback_partitions,
     missing_table_fails_the_step,
+    partition_windows,
+    partitioned_table_metadata,
     spec_code_version,
-    table_metadata,
     time_window,
 )
 from mlplatform.contracts import Stage, asset_key
 from mlplatform.core.features import write_features_window
-from mlplatform.core.warehouse import window_column, window_predicate
 from mlplatform.resources.warehouse import WarehouseResource
 
 if TYPE_CHECKING:
@@ -46,12 +47,13 @@ def build_features_asset(stage: "StageBuild") -> dg.AssetsDefinition:
     )
     def features(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         start, end = time_window(context)
-        in_window = window_predicate(window_column(Stage.FEATURES, spec.time_column), start, end)
+        windows = partition_windows(partitions, context.partition_keys)
         with warehouse.get_connection(spec.name) as conn, missing_table_fails_the_step():
             written = write_features_window(conn, spec, start, end)
-            metadata = table_metadata(conn, spec.name, Stage.FEATURES, written.rows, in_window)
+            tables = partitioned_table_metadata(conn, spec, Stage.FEATURES, windows)
+        add_partition_metadata(context, asset_key(spec, Stage.FEATURES), tables.partitions, tables.run)
         return dg.MaterializeResult(
-            metadata={**metadata, "feature_columns": dg.MetadataValue.json(written.feature_columns)}
+            metadata={**tables.table, "feature_columns": dg.MetadataValue.json(written.feature_columns)}
         )
 
     return features

@@ -6,16 +6,22 @@ import dagster as dg
 from pydantic import Field
 
 from mlplatform.assets.common import (
+    Metadata,
+    TableMetadata,
+    add_partition_metadata,
     partition_bounds,
+    partition_windows,
+    partitioned_table_metadata,
     spec_code_version,
-    table_metadata,
     time_window,
 )
 from mlplatform.assets.landing import files_spec, land_new_rows, source_counts, source_label
 from mlplatform.contracts import MaterializationKey, Stage, asset_key
 from mlplatform.core.accounting import accounts_markdown
 from mlplatform.core.ingestion import RawLoad, ShrinkRefusal, load_raw_window, with_spec_end
+from mlplatform.core.partition_counts import rows_per_partition
 from mlplatform.core.source import source_files
+from mlplatform.core.warehouse import PARTITION_TIME, table_name
 from mlplatform.resources.warehouse import WarehouseResource
 
 if TYPE_CHECKING:
@@ -32,11 +38,9 @@ class RawConfig(dg.Config):
     )
 
 
-Metadata = dict[str, dg.MetadataValue | int | str]
-
-
 def _raw_metadata(load: RawLoad, table: Metadata) -> Metadata:
-    """The materialization's metadata: the table (`table_metadata`) and what each source file yielded."""
+    """What every partition's event carries: the table and the source files (named as theirs, not the
+    partition's: `source_*`, `files_*`, rows pending or removed from the table)."""
     accounts = load.accounts
     return {
         **table,
@@ -44,10 +48,14 @@ def _raw_metadata(load: RawLoad, table: Metadata) -> Metadata:
         "source_rows_read": sum(a.read_rows for a in accounts),
         "files_not_read_in_full": sum(1 for a in accounts if not a.read_in_full),
         "source_accounting": dg.MetadataValue.md(accounts_markdown(accounts, with_landed=False)),
-        "malformed_lines": load.malformed_lines,
         MaterializationKey.ROWS_PENDING_PARTITION.value: load.rows_pending_partition,
         "rows_removed_outside_partitions": sum(load.removed_outside.values()),
     }
+
+
+def _partition_metadata(tables: TableMetadata, malformed: dict[str, int]) -> dict[str, Metadata]:
+    """Each partition's rows and preview, and its lines that did not read or place as they are."""
+    return {key: {**own, "malformed_lines": malformed[key]} for key, own in tables.partitions.items()}
 
 
 def build_raw_asset(stage: "StageBuild") -> dg.AssetsDefinition:
@@ -80,12 +88,13 @@ def build_raw_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         counts = source_counts(stage, files)
         bounds = with_spec_end(spec, partition_bounds(partitions))
         keys = f"{context.partition_keys[0]} .. {context.partition_keys[-1]}"
+        windows = partition_windows(partitions, context.partition_keys)
         with warehouse.get_connection(spec.name) as conn:
             load = load_raw_window(conn, read_spec, counts, (start, end), bounds, config.allow_shrink, keys)
-            if isinstance(load, ShrinkRefusal):
-                table: Metadata = {}
-            else:
-                table = table_metadata(conn, spec.name, Stage.RAW, load.rows, preview_where=load.in_window)
+            if not isinstance(load, ShrinkRefusal):
+                tables = partitioned_table_metadata(conn, spec, Stage.RAW, windows)
+                raw = table_name(spec.name, Stage.RAW)
+                malformed = rows_per_partition(conn, raw, PARTITION_TIME, windows, "_parse_error IS NOT NULL")
         # Raised outside the `with`: the resource closes its connection only then.
         if isinstance(load, ShrinkRefusal):
             raise dg.Failure(description=load.description, metadata=load.metadata())
@@ -95,7 +104,11 @@ def build_raw_asset(stage: "StageBuild") -> dg.AssetsDefinition:
             )
         for path, note in load.notes.items():
             context.log.warning(f"{spec.name}: {path}: {note}")
-        metadata = {**_raw_metadata(load, table), "source_files": len(files), **landed}
+        run = {**tables.run, "run_malformed_lines": load.malformed_lines}
+        add_partition_metadata(
+            context, asset_key(spec, Stage.RAW), _partition_metadata(tables, malformed), run
+        )
+        metadata = {**_raw_metadata(load, tables.table), "source_files": len(files), **landed}
         return dg.MaterializeResult(metadata=metadata)
 
     return raw

@@ -7,12 +7,18 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from mlplatform.assets.common import spec_code_version, table_metadata, time_window
+from mlplatform.assets.common import (
+    add_partition_metadata,
+    partition_windows,
+    partitioned_table_metadata,
+    spec_code_version,
+    time_window,
+)
 from mlplatform.contracts import CHAMPION_ALIAS, Stage, asset_key
+from mlplatform.core.row_identity import ACTUAL_COLUMN, prediction_keys
 from mlplatform.core.scoring import score_frame
-from mlplatform.core.sql import column_types
 from mlplatform.core.training import TrainedModel
-from mlplatform.core.training_data import model_feature_names
+from mlplatform.core.training_data import scoring_feature_names
 from mlplatform.core.warehouse import read_frame, replace_window, table_exists, table_name, window_predicate
 from mlplatform.models.registry import load_version
 from mlplatform.resources.mlflow import MlflowResource
@@ -23,6 +29,7 @@ if TYPE_CHECKING:
     from mlplatform.stages import StageBuild  # the registry imports this module
 
 _FRAME_VIEW = "predictions_frame"
+_Champion = tuple[int, TrainedModel]  # (version, model)
 
 
 def _check_features(spec: DatasetSpec, model: TrainedModel, available: set[str], version: int) -> None:
@@ -37,7 +44,7 @@ def _check_features(spec: DatasetSpec, model: TrainedModel, available: set[str],
         )
 
 
-def _champion(spec: DatasetSpec, mlflow: MlflowResource) -> tuple[int, TrainedModel]:
+def _champion(spec: DatasetSpec, mlflow: MlflowResource) -> _Champion:
     found = mlflow.get_alias_version(spec.name, CHAMPION_ALIAS)
     if found is None:
         raise dg.Failure(
@@ -62,9 +69,48 @@ def _write_predictions(
         conn.unregister(_FRAME_VIEW)
 
 
+def _scoring_inputs(
+    context: dg.AssetExecutionContext, conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, champion: _Champion
+) -> None:
+    """Fail if the champion reads a feature the table lacks; warn of newer ones it does not use. Its
+    own feature list decides whether the entity key is an input (not today's training set)."""
+    version, model = champion
+    defined = set(scoring_feature_names(conn, spec, model.feature_names))
+    _check_features(spec, model, defined, version)
+    unused = sorted(defined - set(model.feature_names))
+    if unused:
+        context.log.warning(f"champion version {version} does not use the newer feature(s) {unused}")
+
+
+def _score_window(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, champion: _Champion, start: datetime, end: datetime
+) -> int:
+    """Score the window's features rows and replace its predictions; returns the rows written."""
+    version, model = champion
+    in_window = window_predicate(spec.time_column, start, end)
+    frame = read_frame(conn, f"SELECT * FROM {table_name(spec.name, Stage.FEATURES)} WHERE {in_window}")
+    try:
+        scored = score_frame(spec, model, frame, version)
+    except (TypeError, ValueError) as error:
+        raise dg.Failure(
+            f"champion version {version} of {spec.name} cannot score {spec.name}.features: {error}"
+        ) from error
+    return _write_predictions(conn, spec, scored, start, end)
+
+
+def _description(spec: DatasetSpec) -> str:
+    return (
+        f"Each partition of {spec.name}.features scored by the `{CHAMPION_ALIAS}` version of model "
+        f"`{spec.name}`: `{spec.time_column}`"
+        + "".join(f", `{key}`" for key in prediction_keys(spec)[1:])
+        + ", `prediction`"
+        + {"binary": ", `probability`", "multiclass": ", `probability_<class>`"}.get(spec.target.task, "")
+        + f", `model_version` and `{ACTUAL_COLUMN}` (the target once known, null until then)."
+    )
+
+
 def build_predictions_asset(stage: "StageBuild") -> dg.AssetsDefinition:
     spec, partitions = stage.spec, stage.partitions
-    features_table = table_name(spec.name, Stage.FEATURES)
 
     @dg.asset(
         key=asset_key(spec, Stage.PREDICTIONS),
@@ -75,44 +121,29 @@ def build_predictions_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         owners=spec.owners,
         tags=spec.tags,
         code_version=spec_code_version(spec, "target", "entity_key", "time_column"),
-        description=(
-            f"Each partition of {spec.name}.features scored by the `{CHAMPION_ALIAS}` version of model "
-            f"`{spec.name}`: `{spec.time_column}`"
-            + (f", `{spec.entity_key}`" if spec.entity_key else "")
-            + ", `prediction`"
-            + {"binary": ", `probability`", "multiclass": ", `probability_<class>`"}.get(spec.target.task, "")
-            + " and `model_version`."
-        ),
+        description=_description(spec),
     )
     def predictions(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
         start, end = time_window(context)
-        version, model = _champion(spec, mlflow)
-        in_window = window_predicate(spec.time_column, start, end)
+        champion = _champion(spec, mlflow)
+        version = champion[0]
         with warehouse.get_connection(spec.name) as conn:
             if not table_exists(conn, spec.name, Stage.FEATURES):
                 raise dg.Failure(
                     f"{spec.name}.{Stage.FEATURES} does not exist: materialize {spec.name}/{Stage.FEATURES} first"
                 )
-            defined = set(model_feature_names(conn, spec)) & set(column_types(conn, features_table))
-            _check_features(spec, model, defined, version)
-            unused = sorted(defined - set(model.feature_names))
-            if unused:
-                context.log.warning(f"champion version {version} does not use the newer feature(s) {unused}")
-            frame = read_frame(conn, f"SELECT * FROM {features_table} WHERE {in_window}")
-            try:
-                scored = score_frame(spec, model, frame, version)
-            except (TypeError, ValueError) as error:
-                raise dg.Failure(
-                    f"champion version {version} of {spec.name} cannot score {spec.name}.features: {error}"
-                ) from error
-            rows = _write_predictions(conn, spec, scored, start, end)
-            metadata = table_metadata(conn, spec.name, Stage.PREDICTIONS, rows, in_window)
+            _scoring_inputs(context, conn, spec, champion)
+            rows = _score_window(conn, spec, champion, start, end)
+            tables = partitioned_table_metadata(
+                conn, spec, Stage.PREDICTIONS, partition_windows(partitions, context.partition_keys)
+            )
         context.log.info(f"{spec.name}: scored {rows:,} rows of {start} .. {end} with version {version}")
+        add_partition_metadata(context, asset_key(spec, Stage.PREDICTIONS), tables.partitions, tables.run)
         return dg.MaterializeResult(
             metadata={
-                **metadata,
+                **tables.table,
                 "model_version": version,
                 "model_uri": f"models:/{spec.name}/{version}",
                 "model_version_link": dg.MetadataValue.url(mlflow.model_version_url(spec.name, version)),

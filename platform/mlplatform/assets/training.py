@@ -25,13 +25,14 @@ from mlplatform.core.splits import SPLIT_COLUMN, SPLIT_NAMES, assign_split, time
 from mlplatform.core.sql import quote_ident
 from mlplatform.core.training import TrainedModel, available_cpus, lightgbm_params, train_lightgbm
 from mlplatform.core.training_data import (
+    categorical_inputs,
     split_metrics,
     split_windows,
     table_data_version,
     train_metrics_step,
 )
 from mlplatform.core.warehouse import count_rows, read_frame, table_exists, table_name
-from mlplatform.models.registry import log_lightgbm_model, register_version
+from mlplatform.models.registry import log_lightgbm_model, log_training_dataset, register_version
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
@@ -142,6 +143,7 @@ def _train(
         params,
         spec.model.num_boost_round,
         spec.model.early_stopping_rounds,
+        categorical_inputs(spec, train, features),
     )
 
 
@@ -200,9 +202,21 @@ def _fit_metadata(
     }
 
 
+def _version_links(
+    spec: DatasetSpec, mlflow: MlflowResource, run: mlflow_module.ActiveRun, version: str
+) -> dict[str, Any]:
+    """The training's MLflow run and the registered version it made, as metadata of the model."""
+    return {
+        "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run.info.experiment_id, run.info.run_id)),
+        "mlflow_run_id": run.info.run_id,
+        MaterializationKey.MODEL_VERSION.value: int(version),
+        "model_version_link": dg.MetadataValue.url(mlflow.model_version_url(spec.name, version)),
+        "model_uri": f"models:/{spec.name}/{version}",
+    }
+
+
 def build_model_asset(stage: "StageBuild") -> dg.AssetsDefinition:
-    spec, partitions = stage.spec, stage.partitions
-    task, target = spec.target.task, spec.target.column
+    spec, partitions, task = stage.spec, stage.partitions, stage.spec.target.task
     code_version = spec_code_version(spec, "model", "target", "split")
 
     @dg.asset(
@@ -213,9 +227,9 @@ def build_model_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         tags=spec.tags,
         code_version=code_version,
         description=(
-            f"LightGBM {task} model of `{target}`, early-stopped on the validation split; one MLflow run per "
-            f"training in experiment `{spec.name}`, registered as a new version of model `{spec.name}` with "
-            f"alias `{CHALLENGER_ALIAS}`. Saved in LightGBM's text format."
+            f"LightGBM {spec.target.task} model of `{spec.target.column}`, early-stopped on the validation "
+            f"split; one MLflow run per training in experiment `{spec.name}`, registered as a new version of "
+            f"model `{spec.name}` with alias `{CHALLENGER_ALIAS}`. Saved in LightGBM's text format."
         ),
     )
     def model(
@@ -228,18 +242,18 @@ def build_model_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         threads = available_cpus()
         params = lightgbm_params(task, None, spec.model.params, threads)
         windows = split_windows(parts, spec.time_column)
+        trained_on = _partition_range(partitions, frame[spec.time_column])
         origin = _Provenance(
-            context.run.run_id,
-            context.asset_key.to_user_string(),
-            code_version,
-            _partition_range(partitions, frame[spec.time_column]),
-            data_version,
+            context.run.run_id, context.asset_key.to_user_string(), code_version, trained_on, data_version
         )
-        del frame  # the splits are copies: free the whole set before training doubles it
         # Training runs inside the MLflow run: its duration is the training's, and a failure leaves a
         # FAILED run with the params that caused it.
         with mlflow.start_run(spec.name, run_name=f"train {spec.name}", tags=origin.run_tags(spec)) as run:
             mlflow_module.log_params(_run_params(spec, params, features, parts, windows))
+            table = f"{spec.name}.{Stage.TRAINING_SET}"
+            database = warehouse.database_for(spec.name)
+            log_training_dataset(frame, table, data_version, database, spec.target.column)
+            del frame  # the splits are copies: free the whole set before training doubles it
             trained = _train(spec, parts, features, params)
             metrics = split_metrics(spec, trained, parts, features)
             test_features = parts["test"][features]
@@ -251,11 +265,7 @@ def build_model_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         )
         return dg.MaterializeResult(
             metadata={
-                "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run.info.experiment_id, run.info.run_id)),
-                "mlflow_run_id": run.info.run_id,
-                MaterializationKey.MODEL_VERSION.value: int(version),
-                "model_version_link": dg.MetadataValue.url(mlflow.model_version_url(spec.name, version)),
-                "model_uri": f"models:/{spec.name}/{version}",
+                **_version_links(spec, mlflow, run, version),
                 "num_threads": threads,
                 "training_set_data_version": data_version,
                 "partition_range": origin.partition_range,

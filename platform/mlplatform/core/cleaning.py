@@ -9,6 +9,7 @@ import duckdb
 import pandas as pd
 
 from mlplatform.contracts import Stage
+from mlplatform.core.partition_counts import Windows, grouped_rows_per_partition, rows_per_partition
 from mlplatform.core.sql import column_types, fetch_row
 from mlplatform.core.validation import (
     FAILED_CHECKS,
@@ -106,6 +107,49 @@ def _replace(
     conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, stage: Stage, sql: str, start: datetime, end: datetime
 ) -> int:
     return replace_window(conn, spec.name, stage, sql, window_column(stage, spec.time_column), start, end)
+
+
+@dataclass(frozen=True)
+class PartitionOutcome:
+    """What one partition of a cleaning run holds, counted from the tables it wrote."""
+
+    raw_rows: int
+    clean_rows: int
+    quarantined_rows: int
+    reason_counts: dict[str, int]  # "failed columns: failed checks" -> rows, most frequent first
+
+    @property
+    def quarantine_share(self) -> float:
+        return self.quarantined_rows / self.raw_rows if self.raw_rows else 0.0
+
+
+def partition_outcomes(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, windows: Windows
+) -> dict[str, PartitionOutcome]:
+    """Per partition of `windows`: raw, clean and quarantined rows and the quarantine's reasons, one
+    query per table over the run's rows (the tables must exist: run after `clean_window`)."""
+    counts = {
+        stage: rows_per_partition(
+            conn, table_name(spec.name, stage), window_column(stage, spec.time_column), windows
+        )
+        for stage in (Stage.RAW, Stage.CLEAN, Stage.QUARANTINE)
+    }
+    reasons = grouped_rows_per_partition(
+        conn,
+        table_name(spec.name, Stage.QUARANTINE),
+        PARTITION_TIME,
+        windows,
+        [FAILED_COLUMNS, FAILED_CHECKS],
+    )
+    return {
+        key: PartitionOutcome(
+            raw_rows=counts[Stage.RAW][key],
+            clean_rows=counts[Stage.CLEAN][key],
+            quarantined_rows=counts[Stage.QUARANTINE][key],
+            reason_counts={f"{columns}: {checks}": n for (columns, checks), n in reasons[key]},
+        )
+        for key in windows
+    }
 
 
 def reason_counts_markdown(reason_counts: dict[str, int]) -> str:

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from mlplatform.contracts import VerdictStatus
 from mlplatform.core.metrics import higher_is_better
 from mlplatform.core.profile import (
     NULL_KEY,
@@ -102,6 +103,8 @@ class DriftVerdict:
     n_features: int = 0
     drifted_features: tuple[str, ...] = ()
     performance_drop: float | None = None
+    # drifted or stable here; core.drift_windows makes it insufficient_data when too little was judged.
+    status: VerdictStatus = VerdictStatus.STABLE
 
 
 def psi(
@@ -272,6 +275,7 @@ def dataset_verdict(
         n_features=n_features,
         drifted_features=drifted_names,
         performance_drop=drop,
+        status=VerdictStatus.DRIFTED if by_features or by_performance else VerdictStatus.STABLE,
     )
 
 

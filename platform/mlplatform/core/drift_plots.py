@@ -1,4 +1,5 @@
-"""Drift plots as PNG bytes: per-column drift bars, drift score over partitions, replay errors.
+"""Drift plots as PNG bytes: per-column drift bars (with the thresholds applied), drift score over
+partitions, replay errors.
 
 matplotlib's object API on the Agg canvas (never pyplot), as in core.report: safe in worker processes.
 """
@@ -29,8 +30,12 @@ def _figure(width: float, height: float) -> Figure:
     return figure
 
 
-def feature_drift_bars(columns: pd.DataFrame, psi_threshold: float, title: str) -> bytes:
-    """PSI per column, drifted ones in red, with the threshold as a dashed line."""
+PSI_THRESHOLD_LABEL = "PSI threshold of the column"
+
+
+def feature_drift_figure(columns: pd.DataFrame, title: str) -> Figure:
+    """PSI per column, drifted ones in red, each with the PSI threshold its verdict used (column
+    `psi_threshold`: the spec's, raised to the column's natural variability) as a black tick."""
     ordered = columns.assign(psi=columns["psi"].fillna(0.0)).sort_values("psi")
     figure = _figure(7.0, max(2.5, 0.32 * len(ordered) + 1.2))
     axes = figure.add_subplot()
@@ -40,11 +45,25 @@ def feature_drift_bars(columns: pd.DataFrame, psi_threshold: float, title: str) 
         for name, role in zip(ordered["feature"], ordered["role"], strict=True)
     ]
     axes.barh(labels, ordered["psi"], color=colours)
-    axes.axvline(psi_threshold, color="grey", linestyle="--", label=f"PSI threshold {psi_threshold}")
+    axes.plot(
+        ordered["psi_threshold"].to_numpy(dtype=float),
+        range(len(ordered)),
+        linestyle="none",
+        marker="|",
+        markersize=14,
+        markeredgewidth=2,
+        color="black",
+        label=PSI_THRESHOLD_LABEL,
+    )
     axes.set_xlabel("PSI vs reference (red: drifted by PSI or test)")
     axes.set_title(title)
     axes.legend(loc="lower right")
-    return _png(figure)
+    return figure
+
+
+def feature_drift_bars(columns: pd.DataFrame, title: str) -> bytes:
+    """feature_drift_figure as PNG bytes."""
+    return _png(feature_drift_figure(columns, title))
 
 
 def drift_history(verdicts: pd.DataFrame, share_threshold: float, drop_threshold: float) -> bytes:

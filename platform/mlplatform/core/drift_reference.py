@@ -39,7 +39,8 @@ from mlplatform.core.drift import (
 from mlplatform.core.features import feature_names
 from mlplatform.core.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
 from mlplatform.core.profile import FRAME_COLUMNS, Profile, build_profile
-from mlplatform.specs.model import DatasetSpec, parse_duration
+from mlplatform.specs.durations import Duration, parse_calendar_duration
+from mlplatform.specs.model import DatasetSpec
 
 PERFORMANCE_KIND = "performance"
 BASELINE_KIND = "baseline"  # per-column drift the training data shows against its own profile
@@ -126,7 +127,7 @@ def primary_error(
 
 
 def natural_variability(
-    spec: DatasetSpec, rows: pd.DataFrame, profile: Profile, window: pd.Timedelta
+    spec: DatasetSpec, rows: pd.DataFrame, profile: Profile, window: Duration | pd.Timedelta
 ) -> pd.DataFrame:
     """Largest PSI and effect each column shows in consecutive `window`s of `rows` against `profile`
     (the profile of all of `rows`), as long `baseline` rows. Windows with under half the typical
@@ -134,7 +135,7 @@ def natural_variability(
     times = pd.to_datetime(rows[spec.time_column])
     if times.empty:
         return pd.DataFrame(columns=FRAME_COLUMNS)
-    buckets = ((times - times.min()) // window).to_numpy()
+    buckets = _window_buckets(times, window)
     sizes = pd.Series(buckets).value_counts()
     tables = []
     for bucket, size in sizes.items():
@@ -150,6 +151,15 @@ def natural_variability(
         if math.isfinite(value)
     ]
     return pd.DataFrame(records, columns=FRAME_COLUMNS)
+
+
+def _window_buckets(times: pd.Series, window: Duration | pd.Timedelta) -> np.ndarray:
+    """Consecutive windows from the first row: calendar months for a `mo` window, else fixed lengths."""
+    if isinstance(window, Duration) and window.months:
+        months = times.dt.year * 12 + times.dt.month
+        return ((months - months.min()) // window.months).to_numpy()
+    length = pd.Timedelta(window.fixed if isinstance(window, Duration) else window)
+    return ((times - times.min()) // length).to_numpy()
 
 
 def build_reference(
@@ -170,9 +180,7 @@ def build_reference(
             )
         )
     if spec is not None and spec.drift.calibrate:
-        parts.append(
-            natural_variability(spec, rows, profile, pd.Timedelta(parse_duration(spec.drift.window)))
-        )
+        parts.append(natural_variability(spec, rows, profile, parse_calendar_duration(spec.drift.window)))
     return pd.concat(parts, ignore_index=True)
 
 

@@ -4,37 +4,60 @@ A single day of hourly data is too few rows for PSI, so the verdict of a partiti
 window of rows looks different from what the champion learned". `window_rows` joins the features of a
 window with the predictions of the same rows; `report_partition` judges one partition's window
 against the reference and gives its per-column rows and its verdict row.
+
+Window arithmetic: the window ending at `end` starts at `end - drift.window`, where a `mo` window goes
+back calendar months (specs.durations), so `1mo` on monthly partitions covers exactly one partition.
+
+A verdict is `drifted`, `stable` or `insufficient_data` (contracts.VerdictStatus), never "stable" about
+nothing: a window with no rows or fewer than `drift.min_rows` is not judged; a window whose rows were
+mostly not scored by the reference's model has its prediction drift and performance unjudged, so it
+is `insufficient_data` with the reason (e.g. predictions by version 3, reference of version 4) unless
+its features alone show drift.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
 import pandas as pd
 
-from mlplatform.contracts import Stage
+from mlplatform.contracts import Stage, VerdictStatus
+from mlplatform.core.drift import DriftVerdict
 from mlplatform.core.drift_reference import Reference, judge_window, nan_to_none
 from mlplatform.core.grain import GRAIN_DAYS
 from mlplatform.core.scoring import MODEL_VERSION_COLUMN, PREDICTION_COLUMN
 from mlplatform.core.sql import quote_ident
 from mlplatform.core.warehouse import read_frame, table_exists, table_name, window_predicate
-from mlplatform.specs.model import DatasetSpec, parse_duration
+from mlplatform.specs.durations import Duration, parse_calendar_duration
+from mlplatform.specs.model import DatasetSpec
 
 # Outputs are judged only when most of the window was scored by the reference's model: a few rows
 # give a PSI biased upwards by about (buckets - 1) / rows.
 MIN_SHARE_SCORED_BY_REFERENCE = 0.5
+INSUFFICIENT = "insufficient data"
+OUTPUTS_UNJUDGED = "prediction drift and performance unjudged"
 
 
-def window_length(spec: DatasetSpec) -> timedelta:
-    return parse_duration(spec.drift.window)
+def window_duration(spec: DatasetSpec) -> Duration:
+    return parse_calendar_duration(spec.drift.window)
+
+
+def window_start(spec: DatasetSpec, end: datetime) -> datetime:
+    """Start of the trailing window ending at `end` (calendar months back for a `mo` window)."""
+    return window_duration(spec).before(end)
 
 
 def window_partitions(spec: DatasetSpec) -> int:
     """How many partitions the trailing window of one partition reaches back (including itself)."""
+    window = window_duration(spec)
+    if spec.partition_grain == "month" and window.months and not window.fixed:
+        return window.months  # whole months on month starts: exactly that many partitions
     grain = timedelta(days=GRAIN_DAYS[spec.partition_grain])
-    return max(1, -(-window_length(spec) // grain))
+    return max(1, -(-window.longest // grain))
 
 
 def _is_output(column: str) -> bool:
@@ -69,6 +92,107 @@ def window_rows(
     )
 
 
+@dataclass(frozen=True)
+class OutputsCoverage:
+    """Which model scored a window's rows, against the model the reference profiles."""
+
+    n_rows: int
+    n_scored: int
+    n_by_reference: int
+    reference_version: int | None
+    other_versions: tuple[int, ...] = ()  # most rows first
+
+    @property
+    def judged(self) -> bool:
+        return self.n_rows > 0 and self.n_by_reference / self.n_rows >= MIN_SHARE_SCORED_BY_REFERENCE
+
+    def unjudged_reason(self, dataset: str) -> str | None:
+        """Why prediction drift and performance are not judged (None: they are)."""
+        if self.judged or self.n_rows == 0:
+            return None
+        if self.reference_version is None:
+            return f"the reference profile names no model version: {OUTPUTS_UNJUDGED}"
+        if self.n_scored == 0:
+            return (
+                f"none of the window's {self.n_rows} rows has a prediction ({dataset}/predictions not "
+                f"materialized for them): {OUTPUTS_UNJUDGED}"
+            )
+        versions = " and ".join(str(v) for v in self.other_versions) or "no model"
+        return (
+            f"predictions are by version {versions}, the reference profile is of version "
+            f"{self.reference_version} ({self.n_by_reference}/{self.n_rows} rows scored by it): "
+            f"{OUTPUTS_UNJUDGED} until the partitions are re-scored"
+        )
+
+
+def outputs_coverage(window: pd.DataFrame, version: int | None) -> OutputsCoverage:
+    if MODEL_VERSION_COLUMN not in window:
+        return OutputsCoverage(len(window), 0, 0, version)
+    versions = pd.to_numeric(window[MODEL_VERSION_COLUMN], errors="coerce")
+    by_reference = int((versions == version).sum()) if version is not None else 0
+    others = versions[versions.notna() & (versions != version)].astype(int)
+    ordered = tuple(int(v) for v in others.value_counts().index)
+    return OutputsCoverage(len(window), int(versions.notna().sum()), by_reference, version, ordered)
+
+
+def window_status(
+    n_rows: int, min_rows: int, verdict: DriftVerdict, outputs_unjudged: str | None
+) -> tuple[VerdictStatus, str]:
+    """The status and reason of one window's verdict. Drift seen in the judged part is drifted even
+    when the outputs are unjudged; "stable" needs every part judged."""
+    if n_rows == 0:
+        return VerdictStatus.INSUFFICIENT_DATA, f"{INSUFFICIENT}: no rows in the window"
+    if n_rows < min_rows:
+        return VerdictStatus.INSUFFICIENT_DATA, (
+            f"{INSUFFICIENT}: {n_rows} row(s) in the window, fewer than drift.min_rows ({min_rows}): not judged"
+        )
+    if verdict.n_features == 0:
+        return VerdictStatus.INSUFFICIENT_DATA, f"{INSUFFICIENT}: no profiled column in the window"
+    if verdict.drifted:
+        return VerdictStatus.DRIFTED, verdict.reason + (f"; {outputs_unjudged}" if outputs_unjudged else "")
+    if outputs_unjudged:
+        judged = verdict.reason.removeprefix("stable: ")
+        return VerdictStatus.INSUFFICIENT_DATA, f"{INSUFFICIENT}: {judged}; {outputs_unjudged}"
+    return VerdictStatus.STABLE, verdict.reason
+
+
+def spacing_hint(spec: DatasetSpec, times: pd.Series) -> str:
+    """For an empty window: how far apart the rows are when that is longer than the window."""
+    distinct = pd.Series(pd.to_datetime(times).dropna().unique()).sort_values()
+    if len(distinct) < 2:
+        return ""
+    spacing = distinct.diff().median()
+    if spacing <= pd.Timedelta(window_duration(spec).shortest):
+        return ""
+    hours = spacing.total_seconds() / 3600
+    apart = f"{hours / 24:.0f} day(s)" if hours >= 24 else f"{hours:.0f} hour(s)"
+    return (
+        f" (rows are about {apart} apart, more than drift.window {spec.drift.window}: set a drift.window "
+        "spanning enough rows to judge, at least drift.min_rows)"
+    )
+
+
+def empty_windows_warning(
+    spec: DatasetSpec, verdicts: Sequence[Mapping[str, Any]], times: pd.Series
+) -> str | None:
+    """One warning for a run whose windows held no rows because the rows are further apart than the
+    window (None: no such window). The spacing is looked at only when some window was empty."""
+    empty = sum(1 for verdict in verdicts if verdict["n_rows"] == 0)
+    spacing = spacing_hint(spec, times) if empty else ""
+    if not spacing:
+        return None
+    return f"{spec.name}/drift_report: {empty} of {len(verdicts)} partition window(s) hold no rows{spacing}"
+
+
+def _blank_other_outputs(window: pd.DataFrame, version: int | None) -> None:
+    """Outputs of another model would be compared with the wrong reference: blank them."""
+    if MODEL_VERSION_COLUMN not in window or not len(window):
+        return
+    by_reference = pd.to_numeric(window[MODEL_VERSION_COLUMN], errors="coerce") == version
+    for column in [c for c in window.columns if _is_output(c)]:
+        window[column] = window[column].where(by_reference)
+
+
 def report_partition(
     spec: DatasetSpec,
     reference: Reference,
@@ -77,18 +201,26 @@ def report_partition(
     partition_start: datetime,
     window_start: datetime,
     window_end: datetime,
+    spacing: str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Per-column rows and the verdict row of one partition's window (`version`: the reference's model)."""
+    """Per-column rows and the verdict row of one partition's window (`version`: the reference's model).
+    `spacing`: `spacing_hint` of `rows`, computed once by a caller judging many partitions."""
     times = rows[spec.time_column]
     window = rows[(times >= window_start) & (times < window_end)].reset_index(drop=True)
-    judge_outputs = False
-    if MODEL_VERSION_COLUMN in window and len(window):
-        by_reference = pd.to_numeric(window[MODEL_VERSION_COLUMN], errors="coerce") == version
-        judge_outputs = by_reference.mean() >= MIN_SHARE_SCORED_BY_REFERENCE
-        # Outputs of another model would be compared with the wrong reference: blank them.
-        for column in [c for c in window.columns if _is_output(c)]:
-            window[column] = window[column].where(by_reference)
-    report = judge_window(spec, reference, window, judge_outputs=judge_outputs)
+    coverage = outputs_coverage(window, version)
+    _blank_other_outputs(window, version)
+    report = judge_window(spec, reference, window, judge_outputs=coverage.judged)
+    status, reason = window_status(
+        report.n_rows, spec.drift.min_rows, report.verdict, coverage.unjudged_reason(spec.name)
+    )
+    if report.n_rows == 0:
+        reason += spacing_hint(spec, times) if spacing is None else spacing
+    elif (
+        status != VerdictStatus.INSUFFICIENT_DATA
+        and report.metric
+        and nan_to_none(report.current_error) is None
+    ):
+        reason += "; performance unjudged: no labelled rows in the window"
     bounds = {"partition_start": partition_start, "window_start": window_start, "window_end": window_end}
     columns = report.columns.copy()
     for position, (name, value) in enumerate(bounds.items()):
@@ -98,7 +230,8 @@ def report_partition(
     row = {
         **bounds,
         "n_rows": report.n_rows,
-        "drifted": bool(verdict.drifted and report.n_rows > 0),
+        "drifted": status == VerdictStatus.DRIFTED,
+        "status": status.value,
         "drifted_share": float(verdict.drifted_share),
         "n_drifted": int(verdict.n_drifted),
         "n_judged": int(verdict.n_features),
@@ -108,8 +241,8 @@ def report_partition(
         "current_error": nan_to_none(report.current_error),
         "performance_drop": nan_to_none(verdict.performance_drop),
         "prediction_psi": nan_to_none(report.prediction_psi),
-        "outputs_judged": judge_outputs,
-        "reason": verdict.reason if report.n_rows else "no rows in the window",
+        "outputs_judged": coverage.judged,
+        "reason": reason,
         "reference_version": version,
     }
     return columns, row

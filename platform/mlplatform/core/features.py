@@ -10,6 +10,9 @@ database meets them in, or two builds from the same files differ in the last bit
 different models. So a lag takes the smallest of tied values, and rolling windows run over one row
 per (entity, time) holding partial aggregates of its ties (summed in value order), joined back to
 the rows: a window over rows would add ties in the order DuckDB happens to sort them.
+
+Calendar parts a spec column already carries (`hour` for `cal_hour`) are not derived again, and the
+entity key is a model input when `features.entity_key_feature` says so (`entity_feature_used`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from datetime import datetime, timedelta
 import duckdb
 
 from mlplatform.contracts import Stage
+from mlplatform.core.row_identity import refresh_actuals, row_id_columns
 from mlplatform.core.sql import column_types, quote_ident, quote_literal
 from mlplatform.core.warehouse import replace_window, require_table, table_name, window_column
 from mlplatform.specs.model import DatasetSpec, parse_duration
@@ -35,6 +39,23 @@ CALENDAR_SQL = {
 }
 
 
+# Spec column names (lower case) that already carry a calendar part.
+CALENDAR_ALIASES = {
+    "hour": {"hour", "hr", "hour_of_day"},
+    "day_of_week": {"day_of_week", "weekday", "dow", "isodow"},
+    "day_of_month": {"day_of_month"},
+    "day_of_year": {"day_of_year", "doy"},
+    "week_of_year": {"week_of_year", "weekofyear"},
+    "month": {"month", "mnth"},
+    "is_weekend": {"is_weekend", "weekend"},
+}
+_NUMERIC = ("int", "float", "bool")
+# `features.entity_key_feature: auto` uses the entity as an input up to this many distinct values: a
+# few stocks, stores or sensors, each with many rows. Customer or device ids (hundreds and more) would
+# mostly let the model memorise ids, and a new id scores as "missing" anyway.
+ENTITY_FEATURE_MAX_LEVELS = 100
+
+
 def _interval(delta: timedelta) -> str:
     return f"INTERVAL {int(delta.total_seconds() * 1_000_000)} MICROSECOND"
 
@@ -48,14 +69,48 @@ def rolling_name(column: str, agg: str, window: str, gap: str) -> str:
     return f"{column}_{agg}_{window}{suffix}"
 
 
+def calendar_covered_by(spec: DatasetSpec) -> dict[str, str]:
+    """Calendar part -> the kept numeric spec column that already carries it (`hour` for `cal_hour`).
+
+    By name, not content: the features table must have the same columns in every partition, so
+    whether a part is derived cannot depend on one partition's rows."""
+    numeric = {c for c in spec.feature_columns if c not in spec.columns or spec.columns[c].type in _NUMERIC}
+    covered = {}
+    for part, names in CALENDAR_ALIASES.items():
+        found = next((c for c in spec.feature_columns if c.lower() in names and c in numeric), None)
+        if found is not None:
+            covered[part] = found
+    return covered
+
+
 def calendar_parts(spec: DatasetSpec, time_type: str) -> list[str]:
-    """Calendar parts that make sense for the time column's type (no hour of a DATE)."""
-    return [p for p in spec.features.calendar if not (p == "hour" and time_type.upper() == "DATE")]
+    """Calendar parts to derive: those that make sense for the time column's type (no hour of a
+    DATE) and that no spec column already carries."""
+    covered = calendar_covered_by(spec)
+    return [
+        p
+        for p in spec.features.calendar
+        if not (p == "hour" and time_type.upper() == "DATE") and p not in covered
+    ]
 
 
-def feature_names(spec: DatasetSpec, time_type: str = "TIMESTAMP") -> list[str]:
-    """Every model input the features table carries, in table order."""
-    names = [f"cal_{p}" for p in calendar_parts(spec, time_type)]
+def entity_feature_used(spec: DatasetSpec, distinct_entities: int | None) -> bool:
+    """Whether `entity_key` is a model input: the spec's `features.entity_key_feature`, and for
+    `auto` at most ENTITY_FEATURE_MAX_LEVELS distinct entities in the rows trained on (`None`: not
+    known, then no)."""
+    choice = spec.features.entity_key_feature
+    if not spec.entity_key or choice is False:
+        return False
+    if choice is True:
+        return True
+    return distinct_entities is not None and 0 < distinct_entities <= ENTITY_FEATURE_MAX_LEVELS
+
+
+def feature_names(spec: DatasetSpec, time_type: str = "TIMESTAMP", entity_feature: bool = False) -> list[str]:
+    """Every model input the features table carries, in table order (`entity_feature`: the entity
+    key is one, see `entity_feature_used`)."""
+    names = [spec.entity_key] if entity_feature and spec.entity_key else []
+    names += [f"cal_{p}" for p in calendar_parts(spec, time_type)]
     names += spec.feature_columns
     names += [lag_name(lag.column, lag.lag) for lag in spec.features.lags]
     names += [rolling_name(r.column, r.agg, r.window, r.gap) for r in spec.features.rolling]
@@ -78,6 +133,7 @@ def features_sql(
         select.append(f"b.{entity}")
     select += [f"{CALENDAR_SQL[p].format(t='b.' + t)} AS cal_{p}" for p in calendar_parts(spec, time_type)]
     select += [f"b.{quote_ident(c)}" for c in spec.feature_columns]
+    select += [f"b.{quote_ident(c)}" for c in row_id_columns(spec) if c not in spec.feature_columns]
 
     keys = f"{t}, {entity}" if entity else t
     joins = []
@@ -171,7 +227,8 @@ def _rolling_ctes(spec: DatasetSpec, t: str, entity: str | None, keys: str) -> l
 @dataclass(frozen=True)
 class FeaturesWrite:
     rows: int  # rows written to the window
-    feature_columns: list[str]  # the model inputs, in table order
+    feature_columns: list[str]  # the model inputs, in table order (without the entity key)
+    actuals_refreshed: int = 0  # predictions of the window whose actual value changed (labels arrived)
 
 
 def write_features_window(
@@ -185,4 +242,5 @@ def write_features_window(
     sql = features_sql(spec, clean, start, end, time_type)
     window = window_column(Stage.FEATURES, spec.time_column)
     rows = replace_window(conn, spec.name, Stage.FEATURES, sql, window, start, end)
-    return FeaturesWrite(rows=rows, feature_columns=feature_names(spec, time_type))
+    refreshed = refresh_actuals(conn, spec, start, end)
+    return FeaturesWrite(rows, feature_names(spec, time_type), refreshed)

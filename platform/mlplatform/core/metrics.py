@@ -29,7 +29,22 @@ _HIGHER_IS_BETTER = {
 _LOWER_IS_BETTER = {"mae": False, "rmse": False, "mape": False, "log_loss": False, "brier": False}
 _DIRECTION: dict[str, bool] = {**_HIGHER_IS_BETTER, **_LOWER_IS_BETTER}
 
-SAME_HOUR_LAST_WEEK = timedelta(days=7)
+HOUR, DAY, WEEK = timedelta(hours=1), timedelta(days=1), timedelta(days=7)
+YEAR_OF_WEEKS = timedelta(weeks=52)  # 364 days: the same weekday a year before
+# (data spacing below, its seasons): hourly data -> same hour yesterday and last week, and so on.
+_SEASONS_BY_SPACING = (
+    (DAY, (DAY, WEEK)),
+    (WEEK, (WEEK, YEAR_OF_WEEKS)),
+    (timedelta(days=28), (YEAR_OF_WEEKS,)),
+)
+SEASONAL_LAG_PREFIX = "seasonal_lag_"
+LAST_VALUE = "last_value"
+_BASELINE_DESCRIPTIONS = {
+    "training_mean": "the mean of the training target",
+    LAST_VALUE: "the entity's latest value known at the time (labels arrive with the spec's shortest target lag)",
+    "positive_rate": "the training share of the positive class",
+    "class_frequencies": "the training share of each class",
+}
 
 
 def higher_is_better(metric: str) -> bool:
@@ -193,35 +208,47 @@ def compute_metrics(
 def baseline_predictions(
     task: str,
     y_train: Sequence[Any] | pd.Series | np.ndarray,
-    test_frame: pd.DataFrame,
+    rows: pd.DataFrame,
     time_column: str,
     target_column: str,
     history: pd.DataFrame | None,
     entity_column: str | None = None,
     classes: Sequence[Any] | None = None,
+    label_delay: timedelta | None = None,
+    seasons: Sequence[timedelta] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Naive predictions for the rows of `test_frame`, keyed by baseline name.
+    """Naive predictions for `rows`, keyed by baseline name (`describe_baseline` says what each is).
 
-    regression:
+    regression (rows without a value to look up fall back to the training mean):
         "training_mean": the mean of `y_train` everywhere.
-        "same_hour_last_week": the target at exactly `time - 7 days` (same entity if `entity_column`
-            is given) looked up in `history` (or in `test_frame` itself when `history` is None); rows
-            with no such value fall back to the training mean. Pass every labelled row known before
-            scoring as `history` (train + validation + test) so the first test week is covered too.
+        "seasonal_lag_<n>d": the target at exactly `time - season` (same entity if `entity_column` is
+            given), for each of `seasons` at least `label_delay` long; `seasons` None: the data's
+            natural ones (`natural_seasons`: same hour yesterday and last week for hourly data).
+        "last_value": the entity's latest target at or before `time - label_delay`; offered only
+            with a `label_delay` (how late labels are known: a baseline must not use fresher ones).
+        Values are looked up in `history` (or in `rows` itself when None): pass every labelled row
+        known before scoring (train + validation + test) so the first rows are covered too.
     binary: "positive_rate": the training share of the positive class as the probability.
     multiclass: "class_frequencies": the training class shares as an n x k matrix (columns = `classes`).
 
     Use `best_baseline` to score them and pick the one a model has to beat.
     """
-    n_rows = len(test_frame)
+    n_rows = len(rows)
     if task == "regression":
         train_mean = float(np.mean(np.asarray(y_train, dtype=np.float64)))
-        return {
-            "training_mean": np.full(n_rows, train_mean),
-            "same_hour_last_week": _same_time_last_week(
-                test_frame, time_column, target_column, history, entity_column, train_mean
-            ),
-        }
+        source = rows if history is None else history
+        lookup = _Lookup(source, rows, time_column, target_column, entity_column, train_mean)
+        found = {"training_mean": np.full(n_rows, train_mean)}
+        if seasons is None:
+            seasons = natural_seasons(
+                source[time_column], None if entity_column is None else source[entity_column]
+            )
+        for season in seasons:
+            if label_delay is None or season >= label_delay:
+                found[seasonal_lag_name(season)] = lookup.exactly_before(season)
+        if label_delay is not None:
+            found[LAST_VALUE] = lookup.latest_before(label_delay)
+        return found
     known = list(classes) if classes is not None else infer_classes(y_train)
     shares = np.bincount(encode_labels(y_train, known), minlength=len(known)) / len(y_train)
     if task == "binary":
@@ -233,24 +260,73 @@ def baseline_predictions(
     raise ValueError(f"unknown task {task!r}; expected regression, binary or multiclass")
 
 
-def _same_time_last_week(
-    test_frame: pd.DataFrame,
-    time_column: str,
-    target_column: str,
-    history: pd.DataFrame | None,
-    entity_column: str | None,
-    fallback: float,
-) -> np.ndarray:
-    source = test_frame if history is None else history
-    keys = [entity_column] if entity_column else []
-    lookup = source[[*keys, time_column, target_column]].dropna(subset=[target_column]).copy()
-    lookup[time_column] = pd.to_datetime(lookup[time_column]) + SAME_HOUR_LAST_WEEK
-    # Duplicate timestamps would multiply rows in the merge; keep one value per (entity, time).
-    lookup = lookup.drop_duplicates(subset=[*keys, time_column], keep="last")
-    wanted = test_frame[[*keys, time_column]].reset_index(drop=True)
-    wanted[time_column] = pd.to_datetime(wanted[time_column])
-    merged = wanted.merge(lookup, on=[*keys, time_column], how="left")
-    return merged[target_column].astype("float64").fillna(fallback).to_numpy()
+def seasonal_lag_name(season: timedelta) -> str:
+    days = season / timedelta(days=1)
+    return f"{SEASONAL_LAG_PREFIX}{days:g}d" if days >= 1 else f"{SEASONAL_LAG_PREFIX}{season // HOUR}h"
+
+
+def describe_baseline(name: str) -> str:
+    """A short phrase saying what a baseline of `baseline_predictions` predicts."""
+    if name.startswith(SEASONAL_LAG_PREFIX):
+        return f"the value of the same entity and time {name.removeprefix(SEASONAL_LAG_PREFIX)} before"
+    return _BASELINE_DESCRIPTIONS.get(name, name)
+
+
+def natural_seasons(times: pd.Series, entities: pd.Series | None = None) -> list[timedelta]:
+    """The seasons worth a seasonal-lag baseline, from the data's typical spacing (the median gap
+    between consecutive times of an entity): a day and a week for data finer than daily, a week and
+    52 weeks for daily data, 52 weeks for weekly data, none for coarser data."""
+    frame = pd.DataFrame({"t": pd.to_datetime(times).to_numpy()})
+    frame["e"] = 0 if entities is None else entities.to_numpy()
+    frame = frame.dropna(subset=["t"]).drop_duplicates().sort_values(["e", "t"])
+    gaps = frame.groupby("e", sort=False, dropna=False)["t"].diff().dropna()
+    gaps = gaps[gaps > pd.Timedelta(0)]
+    if gaps.empty:
+        return []
+    spacing = gaps.median().to_pytimedelta()
+    for finer_than, seasons in _SEASONS_BY_SPACING:
+        if spacing < finer_than:
+            return list(seasons)
+    return []
+
+
+class _Lookup:
+    """Past targets of `history` looked up for the rows of `rows` (same entity when given)."""
+
+    def __init__(
+        self,
+        history: pd.DataFrame,
+        rows: pd.DataFrame,
+        time_column: str,
+        target_column: str,
+        entity_column: str | None,
+        fallback: float,
+    ) -> None:
+        self.keys = [entity_column] if entity_column else []
+        known = history[[*self.keys, time_column, target_column]].dropna(subset=[target_column])
+        self.known = known.rename(columns={time_column: "_t", target_column: "_y"})
+        self.known["_t"] = pd.to_datetime(self.known["_t"])
+        self.wanted = rows[self.keys].reset_index(drop=True)
+        self.wanted["_t"] = pd.to_datetime(rows[time_column]).to_numpy()
+        self.fallback = fallback
+
+    def _filled(self, values: pd.Series) -> np.ndarray:
+        return values.astype("float64").fillna(self.fallback).to_numpy()
+
+    def exactly_before(self, lag: timedelta) -> np.ndarray:
+        shifted = self.known.assign(_t=self.known["_t"] + lag)
+        # Ties (duplicate times) would multiply rows in the merge: one value per (entity, time).
+        shifted = shifted.drop_duplicates(subset=[*self.keys, "_t"], keep="last")
+        return self._filled(self.wanted.merge(shifted, on=[*self.keys, "_t"], how="left")["_y"])
+
+    def latest_before(self, delay: timedelta) -> np.ndarray:
+        shifted = self.known.assign(_t=self.known["_t"] + delay).dropna(subset=["_t"])
+        shifted = shifted.drop_duplicates(subset=[*self.keys, "_t"], keep="last").sort_values("_t")
+        wanted = self.wanted.assign(_row=np.arange(len(self.wanted))).dropna(subset=["_t"]).sort_values("_t")
+        merged = pd.merge_asof(wanted, shifted, on="_t", by=self.keys or None, direction="backward")
+        values = pd.Series(np.nan, index=range(len(self.wanted)))
+        values[merged["_row"].to_numpy()] = merged["_y"].astype("float64").to_numpy()
+        return self._filled(values)
 
 
 def best_baseline(
@@ -258,19 +334,21 @@ def best_baseline(
     y_true: Sequence[Any] | pd.Series | np.ndarray,
     baselines: Mapping[str, np.ndarray],
     classes: Sequence[Any] | None = None,
+    metric: str | None = None,
 ) -> tuple[str, dict[str, float]]:
-    """Score each baseline and return (name, metrics) of the best one by the task's primary metric.
+    """Score each baseline and return (name, metrics) of the best one by `metric` (default: the
+    task's primary metric).
 
     A NaN score never wins; if every score is NaN the first baseline is returned.
     """
     if not baselines:
         raise ValueError("no baselines to compare")
-    primary = PRIMARY_METRIC[task]
+    primary = metric or PRIMARY_METRIC[task]
     sign = 1.0 if higher_is_better(primary) else -1.0
     scored = {name: compute_metrics(task, y_true, values, classes) for name, values in baselines.items()}
 
     def goodness(name: str) -> float:
-        value = scored[name][primary]
+        value = scored[name].get(primary, math.nan)
         return -math.inf if math.isnan(value) else sign * value
 
     best = max(scored, key=goodness)  # max keeps the first of equals, so ties are stable

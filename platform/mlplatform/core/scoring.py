@@ -1,6 +1,7 @@
 """Scoring with a trained model: scores -> class labels, and the rows of the predictions table.
 
-`labels_from_scores` is the one place scores become labels (the predictions table, the drift
+Each prediction row names its row (`row_identity.prediction_keys`) and carries the actual value once
+known. `labels_from_scores` is the one place scores become labels (the predictions table, the drift
 reference's own predictions and `predict_labels` all use it), through `metrics.label_codes`, the rule
 the metrics use too.
 """
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from mlplatform.core.metrics import label_codes
+from mlplatform.core.row_identity import ACTUAL_COLUMN, prediction_keys
 from mlplatform.core.training import TrainedModel, predict
 from mlplatform.specs.model import DatasetSpec
 
@@ -50,8 +52,10 @@ def predict_labels(model: TrainedModel, X: pd.DataFrame, threshold: float = 0.5)
 
 
 def score_frame(spec: DatasetSpec, model: TrainedModel, features: pd.DataFrame, version: int) -> pd.DataFrame:
-    """The predictions table rows of `features`: time, entity key, prediction, probabilities, version."""
-    out = features[spec.row_keys].reset_index(drop=True)
+    """The predictions table rows of `features`: the row's key (time, entity key, id columns), the
+    prediction, probabilities, model version and the actual target value (null while unlabelled)."""
+    keys = [k for k in prediction_keys(spec) if k in features.columns]
+    out = features[keys].reset_index(drop=True)
     if features.empty:
         width = len(model.classes or []) if model.task == "multiclass" else 0
         scores = np.empty((0, width)) if width else np.empty(0)
@@ -66,4 +70,9 @@ def score_frame(spec: DatasetSpec, model: TrainedModel, features: pd.DataFrame, 
         for position, column in enumerate(probability_columns(model)):
             out[column] = matrix[:, position]
     out[MODEL_VERSION_COLUMN] = np.int64(version)
+    if spec.target.column in features.columns:
+        actual = features[spec.target.column].reset_index(drop=True)
+        if actual.dtype == object and actual.isna().all():
+            actual = actual.astype("string")  # all-None objects would give DuckDB a column of type NULL
+        out[ACTUAL_COLUMN] = actual
     return out

@@ -153,7 +153,7 @@ def _training_classes(task: str, y_train: pd.Series | np.ndarray) -> list[Any] |
     return classes
 
 
-def _default_categoricals(X: pd.DataFrame) -> list[str]:
+def default_categoricals(X: pd.DataFrame) -> list[str]:
     """Every column that is neither numeric nor boolean (object, string or category dtype)."""
     return [
         str(column)
@@ -200,7 +200,7 @@ def train_lightgbm(
     if len(X_train) == 0:
         raise ValueError("cannot train on zero rows")
     if categorical_features is None:
-        categorical_features = _default_categoricals(X_train)
+        categorical_features = default_categoricals(X_train)
     feature_names = [str(column) for column in X_train.columns]
     classes = _training_classes(task, y_train)
     encoding = _Encoding(task, feature_names, categorical_levels_from(X_train, categorical_features), classes)

@@ -12,11 +12,11 @@ import duckdb
 import pandas as pd
 
 from mlplatform.contracts import MlflowMetric, MlflowParam, Stage
-from mlplatform.core.features import feature_names
+from mlplatform.core.features import entity_feature_used, feature_names
 from mlplatform.core.metrics import compute_metrics
 from mlplatform.core.splits import SPLIT_COLUMN
 from mlplatform.core.sql import column_types, quote_ident, total_order_sql
-from mlplatform.core.training import TrainedModel, predict
+from mlplatform.core.training import TrainedModel, default_categoricals, predict
 from mlplatform.core.warehouse import MissingTableError, read_frame, require_table, table_exists, table_name
 from mlplatform.specs.model import DatasetSpec
 
@@ -27,9 +27,44 @@ SplitWindow = tuple[str, str]
 
 
 def model_feature_names(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> list[str]:
-    """The model inputs among the features table's columns (no time, entity key, target or split)."""
+    """The model inputs among the features table's columns (no time, target or split; the entity key
+    when `entity_feature_used` says so for the training set's entities)."""
     time_type = column_types(conn, table_name(spec.name, Stage.FEATURES))[spec.time_column]
-    return feature_names(spec, time_type)
+    return feature_names(spec, time_type, entity_feature_used(spec, distinct_entities(conn, spec)))
+
+
+def scoring_feature_names(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, model_features: list[str]
+) -> list[str]:
+    """The spec's model inputs among the features table's columns, for a model trained on
+    `model_features`: the entity key is one exactly when that model has it. The `auto` choice was made
+    on the rows the model was trained on; today's training set may have crossed the limit since."""
+    columns = column_types(conn, table_name(spec.name, Stage.FEATURES))
+    entity = bool(spec.entity_key) and spec.entity_key in model_features
+    return [name for name in feature_names(spec, columns[spec.time_column], entity) if name in columns]
+
+
+def distinct_entities(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> int | None:
+    """Distinct entity keys of the rows trained on: the training set, else the labelled features."""
+    if not spec.entity_key:
+        return None
+    entity, target = quote_ident(spec.entity_key), quote_ident(spec.target.column)
+    if table_exists(conn, spec.name, Stage.TRAINING_SET):
+        source = table_name(spec.name, Stage.TRAINING_SET)
+    elif table_exists(conn, spec.name, Stage.FEATURES):
+        source = f"{table_name(spec.name, Stage.FEATURES)} WHERE {target} IS NOT NULL"
+    else:
+        return None
+    return int(conn.execute(f"SELECT count(DISTINCT {entity}) FROM {source}").fetchall()[0][0])
+
+
+def categorical_inputs(spec: DatasetSpec, frame: pd.DataFrame, features: list[str]) -> list[str]:
+    """The model inputs LightGBM treats as categories: every non-numeric one, and the entity key
+    whatever its type (store 3 is not "more" than store 2)."""
+    found = default_categoricals(frame[features])
+    if spec.entity_key in features and spec.entity_key not in found:
+        found.insert(0, spec.entity_key)
+    return found
 
 
 def read_training_set(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> pd.DataFrame:

@@ -6,6 +6,7 @@ reasons), so that raw = clean + quarantine always holds.
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -73,6 +74,29 @@ class ValidationOutcome:
     reason_counts: dict[str, int]  # "column: check" -> rows failing it, for the UI
 
 
+def derived_null_reason(spec: DatasetSpec, name: str, raw_types: dict[str, str]) -> str:
+    """SQL giving why the required derived column `name` is null: its expression did not parse the
+    source values (the raw table holds TRY(expression)), naming the column, expression and values."""
+    expression = spec.derived[name]
+    sources = [
+        column
+        for column in raw_types
+        if column not in spec.derived and re.search(rf"(?<![\w.]){re.escape(column)}(?!\w)", expression)
+    ]
+    quote = quote_literal("'")
+    values = " || ', ' || ".join(
+        f"{quote_literal(column + ' ')} || coalesce({quote} || CAST({quote_ident(column)} AS VARCHAR) || {quote}, 'null')"
+        for column in sources
+    )
+    head = quote_literal(f"{name}: did not parse: derived {name} = {expression} gave no value")
+    reason = f"{head} || ' for ' || {values}" if sources else head
+    # A time that placement already explained (a file where no time parses) gets no second reason, and
+    # neither does a row with no source value at all (an unreadable file's record): nothing failed to parse.
+    explained = f"coalesce(starts_with(_parse_error, {quote_literal(name + ': ')}), false)"
+    present = " OR ".join(f"{quote_ident(column)} IS NOT NULL" for column in sources) or "true"
+    return f"CASE WHEN {quote_ident(name)} IS NULL AND ({present}) AND NOT {explained} THEN {reason} END"
+
+
 def typed_select_sql(spec: DatasetSpec, raw_relation: str, raw_types: dict[str, str]) -> str:
     """Raw rows with spec columns cast to their types and a parse-error list per row.
 
@@ -89,6 +113,9 @@ def typed_select_sql(spec: DatasetSpec, raw_relation: str, raw_types: dict[str, 
             casts.append(f"{typed_column(spec, name, raw_types.get(name, 'VARCHAR'))} AS {quote_ident(name)}")
         elif name not in spec.columns:
             casts.append(quote_ident(name))
+        required = name == spec.time_column or (name in spec.columns and not spec.columns[name].nullable)
+        if required:
+            errors.append(derived_null_reason(spec, name, raw_types))
     parse_errors = (
         f"list_filter([_parse_error, {', '.join(errors)}], lambda x: x IS NOT NULL)" if errors else "[]"
     )

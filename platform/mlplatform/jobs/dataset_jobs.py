@@ -6,18 +6,24 @@
   `new_data_sensor` and the daily schedule). A partition range runs as one run (single-run backfill).
 * `<ds>__retrain` (unpartitioned): the stages of `Job.RETRAIN`, training_set -> model -> evaluation
   (promotion) -> reference_profile, requested by `drift_sensor`.
+* `<ds>__rescore` (partitioned): reference_profile -> predictions -> drift_report, requested by
+  `rescore_sensor` after the champion changed (a promotion or `mlplatform rollback`) for the partitions
+  whose predictions are by another version, so their drift verdicts judge the champion again.
 """
 
 from collections.abc import Sequence
 
 import dagster as dg
 
-from mlplatform.contracts import asset_key
+from mlplatform.contracts import Stage, asset_key
 from mlplatform.dagster_adapter import UnresolvedAssetJobDefinition
 from mlplatform.specs.model import DatasetSpec
 from mlplatform.stages import STAGES, Job, StageRow, job_stages
 
 WHOLE_GRAPH_SUFFIX = "__all"
+RESCORE_SUFFIX = "__rescore"
+# The reference follows the champion first (a rollback moves no evaluation), then the outputs.
+RESCORE_STAGES = (Stage.REFERENCE_PROFILE, Stage.PREDICTIONS, Stage.DRIFT_REPORT)
 
 
 def job_name(spec: DatasetSpec) -> str:
@@ -31,6 +37,10 @@ def ingest_job_name(spec: DatasetSpec) -> str:
 
 def retrain_job_name(spec: DatasetSpec) -> str:
     return f"{spec.name}__{Job.RETRAIN}"
+
+
+def rescore_job_name(spec: DatasetSpec) -> str:
+    return f"{spec.name}{RESCORE_SUFFIX}"
 
 
 def stage_keys(spec: DatasetSpec, stages: Sequence[str]) -> list[dg.AssetKey]:
@@ -77,3 +87,16 @@ def build_retrain_job(
     spec: DatasetSpec, registry: Sequence[StageRow] = STAGES
 ) -> UnresolvedAssetJobDefinition:
     return build_stage_job(spec, Job.RETRAIN, registry)
+
+
+def build_rescore_job(spec: DatasetSpec) -> UnresolvedAssetJobDefinition:
+    """`<ds>__rescore`: the champion's reference, predictions and drift verdicts for a range of partitions."""
+    return dg.define_asset_job(
+        rescore_job_name(spec),
+        selection=dg.AssetSelection.assets(*stage_keys(spec, RESCORE_STAGES)),
+        description=(
+            f"Re-score {spec.name} after a change of champion ({' -> '.join(RESCORE_STAGES)}): the reference "
+            "profile of the champion, then the predictions and drift verdicts of a range of partitions."
+        ),
+        tags={"mlplatform/dataset": spec.name, "mlplatform/purpose": "rescore"},
+    )

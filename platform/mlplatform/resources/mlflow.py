@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -29,8 +30,15 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.tracking import MlflowClient
 
+from mlplatform.mlflow_store import create_local_store
 from mlplatform.recovery import mlflow_owner_tags, run_owner_tags
-from mlplatform.settings import MLFLOW_HTTP_DEFAULTS, MLFLOW_REGISTRY_ENV, MLFLOW_TRACKING_ENV, Settings
+from mlplatform.settings import (
+    DEFAULT_MLFLOW_PORT,
+    MLFLOW_HTTP_DEFAULTS,
+    MLFLOW_REGISTRY_ENV,
+    MLFLOW_TRACKING_ENV,
+    Settings,
+)
 
 _ALREADY_EXISTS = ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
 _DOES_NOT_EXIST = ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
@@ -41,11 +49,19 @@ class MlflowUnavailable(Exception):
     """The tracking (or registry) store did not answer, or refused a request: names the URI."""
 
 
-def _short_error(error: Exception) -> str:
+def short_error(error: Exception) -> str:
     """MLflow's HTTP errors repeat the URL three times; keep the root cause (e.g. "Connection refused")."""
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
     cause = re.search(r'Caused by (\w+)\(.*: (.+?)"?\)+$', text)
     return f"{cause.group(1)}: {cause.group(2)}" if cause else text[:300]
+
+
+def name_run_owner(context: InitResourceContext) -> None:
+    """Tag the Dagster run with this process as its owner (see mlplatform.recovery)."""
+    run, instance = context.run, context.instance
+    owner = run_owner_tags(run.run_id) if run is not None else {}
+    if instance is not None and run is not None and owner:
+        instance.add_run_tags(run.run_id, owner)  # an existing key gets the new value
 
 
 class MlflowResource(ConfigurableResource):
@@ -54,8 +70,10 @@ class MlflowResource(ConfigurableResource):
     tracking_uri: str
     registry_uri: str | None = None  # None: the registry lives in the tracking store
     artifact_location: str | None = None  # root for artifacts of experiments this resource creates
-    # Where a browser reaches the MLflow UI, for links in Dagster metadata (`mlflow ui` listens here).
-    ui_url: str = "http://127.0.0.1:5000"
+    # Where a browser reaches the MLflow UI, for links in Dagster metadata ($MLPLATFORM_MLFLOW_UI_URL);
+    # None: the tracking server's URL, or for a local store `local_ui_url`, where `mlplatform up` serves.
+    ui_url: str | None = None
+    local_ui_url: str = f"http://127.0.0.1:{DEFAULT_MLFLOW_PORT}"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MlflowResource:
@@ -63,6 +81,8 @@ class MlflowResource(ConfigurableResource):
             tracking_uri=settings.mlflow_tracking_uri,
             registry_uri=settings.mlflow_registry_uri,
             artifact_location=settings.mlflow_artifact_location,
+            ui_url=settings.mlflow_ui_url,
+            local_ui_url=f"http://127.0.0.1:{settings.mlflow_port}",
         )
 
     @property
@@ -78,10 +98,7 @@ class MlflowResource(ConfigurableResource):
 
         Always written, over any owner tags the run has: a re-executed or retried run copies its parent's.
         """
-        run, instance = context.run, context.instance
-        owner = run_owner_tags(run.run_id) if run is not None else {}
-        if instance is not None and run is not None and owner:
-            instance.add_run_tags(run.run_id, owner)  # an existing key gets the new value
+        name_run_owner(context)
         self.check_reachable()
 
     def check_reachable(self, write_probe_experiment: str | None = None) -> None:
@@ -92,6 +109,7 @@ class MlflowResource(ConfigurableResource):
         """
         doing, uri = "reach", self.tracking_uri
         try:
+            create_local_store(self.tracking_uri)  # runs starting together must not both create it
             client = self.client()
             client.search_experiments(max_results=1)
             if self.effective_registry_uri != self.tracking_uri:
@@ -102,7 +120,7 @@ class MlflowResource(ConfigurableResource):
                 experiment = self.experiment_id(write_probe_experiment)
                 client.set_experiment_tag(experiment, "mlplatform.write_check", "ok")
         except Exception as error:  # any failure of the store: connection, HTTP status, SQL, permissions
-            detail = _short_error(error)
+            detail = short_error(error)
             limits = ", ".join(
                 f"{name}={os.environ.get(name, v)}" for name, v in MLFLOW_HTTP_DEFAULTS.items()
             )
@@ -135,10 +153,24 @@ class MlflowResource(ConfigurableResource):
                     os.environ[name] = value
 
     @property
+    def ui_is_served(self) -> bool:
+        """A server is known to answer at `browser_url`: configured, or the tracking server itself. Else
+        the URL is only where `mlplatform up` (or `mlflow ui`) would serve the local store."""
+        return bool(self.ui_url) or self.tracking_uri.startswith(("http://", "https://"))
+
+    @property
     def browser_url(self) -> str:
-        """An MLflow server serves its own UI; a local store is opened with `mlflow ui` at `ui_url`."""
-        base = self.tracking_uri if self.tracking_uri.startswith(("http://", "https://")) else self.ui_url
-        return base.rstrip("/")
+        """`ui_url`, else the tracking server (it serves its own UI), else `local_ui_url`."""
+        if self.ui_url:
+            return self.ui_url.rstrip("/")
+        served = self.tracking_uri.startswith(("http://", "https://"))
+        return (self.tracking_uri if served else self.local_ui_url).rstrip("/")
+
+    def artifact_url(self, run_id: str, path: str) -> str:
+        """The file `path` of run `run_id` as the MLflow server sends it (its UI's `get-artifact` route),
+        loadable by a browser, e.g. as an <img> in Dagster's UI."""
+        query = urllib.parse.urlencode({"path": path, "run_uuid": run_id})
+        return f"{self.browser_url}/get-artifact?{query}"
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.browser_url}/#/experiments/{experiment_id}/runs/{run_id}"
@@ -223,3 +255,12 @@ class MlflowResource(ConfigurableResource):
             if missing_model or missing_alias:
                 return None
             raise
+
+
+class MlflowPlotsResource(MlflowResource):
+    """The MLflow store for writes that are extras beside a stage's own result (resource key
+    `mlflow_plots`: drift plots beside the drift verdict the drift sensor reads). Its setup names the
+    run's owner but does not check that MLflow answers: an outage costs the plots, not the verdict."""
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        name_run_owner(context)

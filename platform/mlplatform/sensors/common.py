@@ -10,6 +10,17 @@ import dagster as dg
 
 from mlplatform.settings import Settings
 
+# A run in one of these has not finished: sensors wait for it (or for its outcome) before requesting more.
+IN_FLIGHT_RUN_STATUSES = (
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+    dg.DagsterRunStatus.MANAGED,
+)
+FAILED_RUN_STATUSES = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
 
 def sensor_interval(settings: Settings) -> int:
     return settings.sensor_interval_seconds

@@ -7,7 +7,9 @@ the runs that write it fail. The event log is built for concurrent readers and i
 
 The decision (`decide`, pure, also used by the replay with a simulated clock):
 * verdicts are read in event order; the latest wins: a drifted verdict becomes the pending drift, a
-  later stable one clears it (the newer window no longer looks drifted);
+  later stable one clears it (the newer window no longer looks drifted); an `insufficient_data` one
+  (too few rows, or predictions not by the champion) neither requests a retraining nor clears a
+  pending drift, and the tick says so: it is never reported as stable;
 * pending drift requests `<ds>__retrain` with run key `drift:<ds>:<event id>` unless a retraining is
   in flight or the last request was less than `drift.cooldown` ago (the drift stays pending);
 * a requested retraining that failed is requested again (`...:retry<n>`), at most `drift.max_retries`
@@ -23,15 +25,21 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from mlplatform.contracts import DriftVerdictMetadata, Stage, asset_key
+from mlplatform.contracts import DriftVerdictMetadata, Stage, VerdictStatus, asset_key
 from mlplatform.dagster_adapter import RUN_KEY_TAG, SENSOR_NAME_TAG, UnresolvedAssetJobDefinition
 from mlplatform.jobs.dataset_jobs import retrain_job_name
-from mlplatform.sensors.common import sensor_interval, sensor_status
+from mlplatform.sensors.common import (
+    FAILED_RUN_STATUSES,
+    IN_FLIGHT_RUN_STATUSES,
+    sensor_interval,
+    sensor_status,
+)
 from mlplatform.settings import Settings
-from mlplatform.specs.model import DatasetSpec, parse_duration
+from mlplatform.specs.durations import Duration, parse_calendar_duration
+from mlplatform.specs.model import DatasetSpec
 
-_IN_FLIGHT = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING", "MANAGED"}
-_FAILED = {"FAILURE", "CANCELED"}
+_IN_FLIGHT = {status.value for status in IN_FLIGHT_RUN_STATUSES}  # the cursor keeps status values
+_FAILED = {status.value for status in FAILED_RUN_STATUSES}
 _EVENTS_PER_TICK = 500
 
 
@@ -41,6 +49,11 @@ class Verdict:
     drifted: bool
     partition: str | None = None
     reason: str = ""
+    status: str = ""  # a VerdictStatus value; "" in cursors written before it existed
+
+    @property
+    def insufficient(self) -> bool:
+        return self.status == VerdictStatus.INSUFFICIENT_DATA
 
 
 @dataclass(frozen=True)
@@ -87,14 +100,17 @@ def decide(
     verdicts: Sequence[Verdict],
     run_status: str | None,
     now: datetime,
-    cooldown: timedelta,
+    cooldown: Duration | timedelta,
     max_retries: int,
     dataset: str,
 ) -> Decision:
     """One tick of the drift sensor. `run_status`: status of the last requested run (None: unseen)."""
-    pending = state.pending
+    pending, unjudged = state.pending, None
     for verdict in sorted(verdicts, key=lambda v: v.storage_id):
-        if verdict.storage_id > state.last_storage_id:
+        if verdict.storage_id <= state.last_storage_id:
+            continue
+        unjudged = verdict if verdict.insufficient else None
+        if not verdict.insufficient:  # not judged: says nothing against a pending drift
             pending = verdict if verdict.drifted else None
     last_id = max([state.last_storage_id, *(v.storage_id for v in verdicts)])
     request = state.last_request
@@ -116,11 +132,16 @@ def decide(
             new_state, run_key, f"retrying failed retraining ({request.status})", retry_of=request.run_key
         )
     if pending is None:
+        if unjudged is not None:
+            return Decision(
+                base, None, f"no retraining: latest verdict ({unjudged.partition}) {unjudged.reason}"
+            )
         return Decision(base, None, "no drift")
     if request is not None and request.status in _IN_FLIGHT:
         return Decision(base, None, f"drift pending; retraining {request.run_key} still {request.status}")
     if request is not None:
-        ready_at = datetime.fromisoformat(request.at) + cooldown
+        at = datetime.fromisoformat(request.at)
+        ready_at = cooldown.after(at) if isinstance(cooldown, Duration) else at + cooldown
         if now < ready_at:
             return Decision(
                 base, None, f"drift pending; cool-down until {ready_at.isoformat(timespec='seconds')}"
@@ -144,7 +165,9 @@ def read_verdicts(instance: dg.DagsterInstance, key: dg.AssetKey, after_storage_
         verdict = DriftVerdictMetadata.from_metadata(materialization.metadata if materialization else {})
         if verdict is not None:
             partition = verdict.verdict_partition or None
-            verdicts.append(Verdict(record.storage_id, verdict.drifted, partition, verdict.reason))
+            verdicts.append(
+                Verdict(record.storage_id, verdict.drifted, partition, verdict.reason, verdict.status.value)
+            )
     return verdicts
 
 
@@ -162,7 +185,7 @@ def build_drift_sensor(
     clock: Callable[[], datetime] | None = None,
 ) -> dg.SensorDefinition:
     drift_key = asset_key(spec, Stage.DRIFT_REPORT)
-    cooldown = parse_duration(spec.drift.cooldown)
+    cooldown = parse_calendar_duration(spec.drift.cooldown)
     name = f"{spec.name}__drift_sensor"
     now = clock or (lambda: datetime.now(UTC))
 

@@ -127,7 +127,10 @@ def spec_files(directories: Iterable[Path]) -> list[Path]:
     files: list[Path] = []
     for directory in directories:
         if not Path(directory).is_dir():
-            raise SpecError(f"spec folder {directory} does not exist (from MLPLATFORM_SPECS)")
+            raise SpecError(
+                f"spec folder {directory} does not exist (named in MLPLATFORM_SPECS, or stored in the "
+                "home by `mlplatform specs add`: `mlplatform specs remove DIR` forgets it)"
+            )
         files += sorted(p for p in Path(directory).iterdir() if p.suffix in (".yaml", ".yml"))
     return files
 

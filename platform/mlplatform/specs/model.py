@@ -6,6 +6,7 @@ defaults, so a minimal spec works and later sections slot in without breaking ol
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import date, timedelta
 from pathlib import Path
@@ -15,10 +16,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mlplatform.specs.alerts import AlertsSpec
+from mlplatform.specs.durations import (
+    DEFAULT_DRIFT_WINDOW_BY_GRAIN,
+    parse_calendar_duration,
+    parse_duration,
+    shorter_than_grain,
+)
 from mlplatform.specs.expressions import check_expression
 from mlplatform.specs.sources import AnySource, PostgresSourceSpec, SourceSpec
 
-__all__ = ["AnySource", "DatasetSpec", "PostgresSourceSpec", "SourceSpec"]
+__all__ = ["AnySource", "DatasetSpec", "PostgresSourceSpec", "SourceSpec", "parse_duration"]
 
 ColumnType = Literal["int", "float", "bool", "string", "category", "date", "timestamp"]
 Task = Literal["regression", "binary", "multiclass"]
@@ -27,19 +34,10 @@ Grain = Literal["day", "week", "month"]
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _OWNER_RE = re.compile(r"^(team:[A-Za-z0-9_.-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")  # what Dagster accepts as a tag key or value
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*(m|h|d|w)\s*$")
-_DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 # LightGBM refuses feature names holding JSON syntax (its CheckAllowedJSON), and a line break splits
 # the feature_names line of its model file, so the saved model no longer loads.
 _LIGHTGBM_REFUSED = '",:[]{}\n\r'
-
-
-def parse_duration(text: str) -> timedelta:
-    """'90m', '24h', '7d', '2w' -> timedelta."""
-    match = _DURATION_RE.match(str(text))
-    if not match:
-        raise ValueError(f"{text!r} is not a duration like '30m', '24h', '7d' or '2w'")
-    return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+_LOG = logging.getLogger("mlplatform.specs")
 
 
 class _Strict(BaseModel):
@@ -117,10 +115,25 @@ CalendarPart = Literal[
 
 class FeaturesSpec(_Strict):
     calendar: list[CalendarPart] = Field(
-        default_factory=lambda: ["hour", "day_of_week", "day_of_month", "day_of_year", "month", "is_weekend"]
+        default_factory=lambda: ["hour", "day_of_week", "day_of_month", "day_of_year", "month", "is_weekend"],
+        description=(
+            "Parts of the time column derived as `cal_<part>` features. A part is left out when a kept "
+            "numeric column already carries it by name (hour, hr; day_of_week, weekday, dow; day_of_month; "
+            "day_of_year, doy; week_of_year; month, mnth; is_weekend, weekend): decided by name, not by "
+            "content, so every partition's features table has the same columns."
+        ),
     )
     lags: list[LagSpec] = Field(default_factory=list)
     rolling: list[RollingSpec] = Field(default_factory=list)
+    entity_key_feature: bool | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "Whether `entity_key` is a (categorical) model input. auto: yes when the training set holds at "
+            "most 100 distinct entities (a few stocks, stores or sensors the model must tell apart); no "
+            "above that (customer or device ids: the model would memorise ids, and unseen ones score as "
+            "missing). true/false force it."
+        ),
+    )
 
 
 class QualitySpec(_Strict):
@@ -155,7 +168,12 @@ class DriftSpec(_Strict):
     cooldown: str = "14d"
     # Each drift report judges the trailing `window` of data ending with its partition: one daily
     # partition can be too few rows (24 for hourly data) for PSI and tests to be trustworthy.
+    # Default: 7d, or one partition when partitions are longer (month grain: 1mo); see DatasetSpec.
+    # A window shorter than one partition is allowed but logged as a warning when the spec loads.
     window: str = "7d"
+    # Fewest rows a window needs to be judged; with fewer the verdict is `insufficient_data` (PSI is
+    # biased upwards by about (buckets - 1) / rows: 0.1 at 100 rows, half the default threshold).
+    min_rows: int = Field(default=100, ge=1)
     # Columns never judged for drift (besides the calendar features, which are always left out:
     # a week of day-of-year values "drifts" from a year of them by construction).
     exclude: list[str] = Field(default_factory=list)
@@ -167,7 +185,7 @@ class DriftSpec(_Strict):
     @field_validator("cooldown", "window")
     @classmethod
     def _duration(cls, value: str) -> str:
-        parse_duration(value)
+        parse_calendar_duration(value)  # calendar months allowed: both shift a moment
         return value
 
 
@@ -250,6 +268,8 @@ class DatasetSpec(_Strict):
         need("target.column", self.target.column)
         if self.entity_key:
             need("entity_key", self.entity_key)
+        elif self.features.entity_key_feature is True:
+            problems.append("features.entity_key_feature: true needs an entity_key")
         for i, column in enumerate(self.drop):
             need(f"drop[{i}]", column)
         for i, lag in enumerate(self.features.lags):
@@ -292,6 +312,31 @@ class DatasetSpec(_Strict):
                 )
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drift_window_follows_grain(cls, data: Any) -> Any:
+        """Without `drift.window` the window is 7d, or one partition when partitions are longer
+        (month grain: 1mo), so a window never starts out shorter than the partition it judges."""
+        if not isinstance(data, dict) or data.get("partition_grain") not in DEFAULT_DRIFT_WINDOW_BY_GRAIN:
+            return data
+        drift = data.get("drift") or {}
+        if isinstance(drift, dict) and "window" not in drift:
+            window = DEFAULT_DRIFT_WINDOW_BY_GRAIN[data["partition_grain"]]
+            return {**data, "drift": {**drift, "window": window}}
+        return data
+
+    @model_validator(mode="after")
+    def _warn_drift_window_shorter_than_partition(self) -> DatasetSpec:
+        """Allowed (a window of recent rows can be what is wanted) but most likely a mistake."""
+        if shorter_than_grain(parse_calendar_duration(self.drift.window), self.partition_grain):
+            _LOG.warning(
+                f"spec {self.name}: drift.window {self.drift.window} is shorter than one partition "
+                f"(partition_grain: {self.partition_grain}); each verdict judges only the end of its "
+                f"partition, and none at all when the data are spaced further apart: set drift.window to "
+                f"at least {DEFAULT_DRIFT_WINDOW_BY_GRAIN[self.partition_grain]}"
+            )
         return self
 
     # Derived facts the stages share, so no stage re-derives them differently.
