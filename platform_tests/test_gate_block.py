@@ -43,9 +43,9 @@ def test_a_failed_gate_prints_one_block_with_share_threshold_reasons_and_a_runna
         == f"[tiny] run {outcome.run_id} FAILED: materialized 3/3 partitions of raw, clean, quarantine"
     )
     assert block[1] == "[tiny] quality gate failed: validity_rate on tiny/clean"
-    assert block[2] == "  quarantined 0.14% of the rows, above quality.max_quarantine_share 0.01%"
+    assert block[2] == "  quarantined 0.14% of all rows so far, above quality.max_quarantine_share 0.01%"
     assert block[3:7] == [
-        "  top reasons (rows):",
+        "  top reasons in this run's partitions (rows):",
         "    1  kind: isin(['a', 'b'])  e.g. kind: isin(['a', 'b']) failed for 'c'",
         "    1  value: less_than_or_equal_to(100.0)  e.g. value: less_than_or_equal_to(100.0) failed for 150",
         "    1  x: parse  e.g. x: cannot parse 'not-a-number' as float",

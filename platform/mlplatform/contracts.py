@@ -73,6 +73,7 @@ class MaterializationKey(StrEnum):
 # The asset check on `clean` whose result the `mlplatform run` summary reads (a plain str: Dagster
 # refuses to serialize an Enum as a check name).
 SOURCE_ACCOUNTING_CHECK = "source_accounting"
+VALIDITY_RATE_CHECK = "validity_rate"  # the quarantine gate: `mlplatform run` explains it by its reasons
 
 
 class MlflowTag(StrEnum):

@@ -20,7 +20,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from mlplatform.contracts import Stage
+from mlplatform.contracts import VALIDITY_RATE_CHECK, Stage
 from mlplatform.core.validation import FAILED_CHECKS, FAILED_COLUMNS, REASON
 from mlplatform.core.warehouse import (
     PARTITION_TIME,
@@ -30,7 +30,6 @@ from mlplatform.core.warehouse import (
 )
 
 TOP_REASONS = 3
-QUARANTINE_GATE = "validity_rate"  # the check on clean of mlplatform.checks.data_quality
 _SKIPPED = re.compile(r"Dependencies for step (\S+) .*Not executing\.")
 _CHECK_FAILED = "DagsterAssetCheckFailedError"
 
@@ -155,7 +154,8 @@ def _share_line(check: FailedCheck) -> str | None:
     share, limit = check.metadata.get("quarantine_share"), check.metadata.get("max_quarantine_share")
     if not isinstance(share, float | int) or not isinstance(limit, float | int):
         return None
-    return f"  quarantined {share:.2%} of the rows, above quality.max_quarantine_share {limit:.2%}"
+    # The check judges the whole table (every partition so far), not only this run's partitions.
+    return f"  quarantined {share:.2%} of all rows so far, above quality.max_quarantine_share {limit:.2%}"
 
 
 def _explanation(check: FailedCheck) -> list[str]:
@@ -170,7 +170,7 @@ def _explanation(check: FailedCheck) -> list[str]:
 def _reason_lines(top: list[tuple[int, str, str]], sql_command: str | None) -> list[str]:
     if not top:
         return []
-    lines = ["  top reasons (rows):"]
+    lines = ["  top reasons in this run's partitions (rows):"]
     width = max(len(f"{count:,}") for count, _, _ in top)
     for count, failed, example in top:
         shown = example if len(example) <= 160 else example[:157] + "..."
@@ -191,7 +191,7 @@ def gate_block(
     lines = []
     for check in checks:
         lines.append(f"[{dataset}] quality gate failed: {check.name} on {check.asset}")
-        if check.name != QUARANTINE_GATE:
+        if check.name != VALIDITY_RATE_CHECK:
             lines += _explanation(check)
             continue
         share = _share_line(check)  # says what the gate's description says, with the figures

@@ -6,7 +6,7 @@ so they can be re-run from the UI at any time, not only right after a materializ
 
 import dagster as dg
 
-from mlplatform.contracts import SOURCE_ACCOUNTING_CHECK, Stage, asset_key
+from mlplatform.contracts import SOURCE_ACCOUNTING_CHECK, VALIDITY_RATE_CHECK, Stage, asset_key
 from mlplatform.core.accounting import accounts_markdown, read_accounts
 from mlplatform.core.quality import (
     accounting_failure,
@@ -64,7 +64,7 @@ def _validity_rate_check(spec: DatasetSpec, pool: str | None) -> dg.AssetChecksD
     @dg.asset_check(
         asset=asset_key(spec, Stage.CLEAN),
         pool=pool,
-        name="validity_rate",
+        name=VALIDITY_RATE_CHECK,
         blocking=True,
         description=(
             f"Share of raw rows that pass validation. Fails, and blocks downstream assets, when more than "
