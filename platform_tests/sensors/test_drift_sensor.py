@@ -9,7 +9,7 @@ from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 from dagster._core.test_utils import create_run_for_test
 
 from mlplatform.jobs.dataset_jobs import build_retrain_job, retrain_job_name
-from mlplatform.sensors.drift import DriftState, Verdict, build_drift_sensor, decide
+from mlplatform.sensors.drift import DriftState, Verdict, build_drift_sensor, decide, read_verdicts
 from mlplatform.settings import load_settings
 from mlplatform.specs.loader import BUNDLED_SPECS_DIR, parse_spec
 from mlplatform.specs.model import parse_duration
@@ -171,3 +171,14 @@ def test_latest_verdict_wins() -> None:
     stable_then_drifted = [Verdict(3, False, "d3"), Verdict(4, True, "d4")]
     decision = decide(decision.state, stable_then_drifted, None, now, cooldown, 1, "ds")
     assert decision.run_key == "drift:ds:4"
+
+
+def test_a_run_of_more_partitions_than_a_page_is_read_to_its_newest(instance: dg.DagsterInstance) -> None:
+    """Each partition's event has its own verdict; the newest (stable) one must win over older drifted ones."""
+    days = [(T0 + timedelta(days=i)).date().isoformat() for i in range(25)]
+    for day in days:
+        report(instance, day, drifted=day != days[-1])
+    verdicts = read_verdicts(instance, DRIFT_KEY, 0, page=10)
+    assert [v.partition for v in verdicts] == days
+    decision = decide(DriftState(), verdicts, None, T0, COOLDOWN, SPEC.drift.max_retries, SPEC.name)
+    assert decision.run_key is None

@@ -1,7 +1,7 @@
 """`<ds>__drift_sensor`: drift verdicts -> a retraining run, at most once per cool-down.
 
-What it reads: only the materialization events of `<ds>/drift_report` in the Dagster event log (their
-metadata carries the verdict of the newest partition of each run). It never opens the DuckDB
+What it reads: only the materialization events of `<ds>/drift_report` in the Dagster event log (each
+partition's event carries that partition's verdict; a run's events come in partition order). It never opens the DuckDB
 warehouse: a DuckDB file has one writer process, and a daemon holding it, even read-only, would make
 the runs that write it fail. The event log is built for concurrent readers and is small.
 
@@ -41,6 +41,7 @@ from mlplatform.specs.model import DatasetSpec
 _IN_FLIGHT = {status.value for status in IN_FLIGHT_RUN_STATUSES}  # the cursor keeps status values
 _FAILED = {status.value for status in FAILED_RUN_STATUSES}
 _EVENTS_PER_TICK = 500
+_MAX_PAGES = 40  # 20,000 partition events a tick: decades of daily partitions in one run
 
 
 @dataclass(frozen=True)
@@ -152,22 +153,36 @@ def decide(
     return Decision(new_state, run_key, f"drift at {pending.partition}: {pending.reason}")
 
 
-def read_verdicts(instance: dg.DagsterInstance, key: dg.AssetKey, after_storage_id: int) -> list[Verdict]:
-    """Verdicts from drift_report materializations newer than `after_storage_id` (event log only)."""
-    result = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, after_storage_id=after_storage_id or None),
-        limit=_EVENTS_PER_TICK,
-        ascending=True,
-    )
-    verdicts = []
-    for record in result.records:
-        materialization = record.asset_materialization
-        verdict = DriftVerdictMetadata.from_metadata(materialization.metadata if materialization else {})
-        if verdict is not None:
-            partition = verdict.verdict_partition or None
-            verdicts.append(
-                Verdict(record.storage_id, verdict.drifted, partition, verdict.reason, verdict.status.value)
-            )
+def read_verdicts(
+    instance: dg.DagsterInstance, key: dg.AssetKey, after_storage_id: int, page: int = _EVENTS_PER_TICK
+) -> list[Verdict]:
+    """Verdicts from drift_report materializations newer than `after_storage_id` (event log only).
+
+    Every new event, read `page` at a time: each partition's event holds its own verdict, so a run of
+    more partitions than one page must be read to its newest, or an older drifted partition would
+    decide the tick. Bounded at _MAX_PAGES (the rest waits for the next tick).
+    """
+    verdicts, cursor = [], None
+    for _ in range(_MAX_PAGES):
+        result = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, after_storage_id=after_storage_id or None),
+            limit=page,
+            cursor=cursor,
+            ascending=True,
+        )
+        for record in result.records:
+            materialization = record.asset_materialization
+            verdict = DriftVerdictMetadata.from_metadata(materialization.metadata if materialization else {})
+            if verdict is not None:
+                partition = verdict.verdict_partition or None
+                verdicts.append(
+                    Verdict(
+                        record.storage_id, verdict.drifted, partition, verdict.reason, verdict.status.value
+                    )
+                )
+        if not result.has_more:
+            break
+        cursor = result.cursor
     return verdicts
 
 
