@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.common.exceptions import ElementClickInterceptedException, TimeoutException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -73,3 +75,18 @@ def dismiss_dialogs(driver: webdriver.Chrome) -> None:
     for button in driver.find_elements(By.XPATH, "//button[normalize-space()='Skip']"):
         with suppress(WebDriverException):  # it may close by itself meanwhile
             button.click()
+
+
+def click(driver: webdriver.Chrome, element: WebElement, timeout: float = 20) -> None:
+    """Click like a user: a dialog the UI opens late (the newsletter's) is skipped first, then the click
+    is tried again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        dismiss_dialogs(driver)
+        try:
+            element.click()
+            return
+        except ElementClickInterceptedException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

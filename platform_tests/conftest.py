@@ -100,20 +100,3 @@ def mlplatform_cli(
         text=True,
         timeout=timeout,
     )
-
-
-# The longest e2e files (minutes each), started first: with `--dist loadfile` two workers take files in
-# collection order, and a long file collected last would leave one worker idle while it runs alone.
-LONGEST_FIRST = (
-    "test_production.py",
-    "test_readme_commands.py",
-    "test_concurrent_datasets.py",
-    "test_daemon_drift_e2e.py",
-    "test_ui.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest files first; every other file, and the order of tests inside a file, stays as collected."""
-    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -23,7 +23,7 @@ from mlplatform.factory import build_definitions
 from mlplatform.home import prepare_home
 from mlplatform.runner import run_datasets
 from mlplatform.settings import MLFLOW_UI_URL_ENV, load_settings
-from platform_tests.browser import artifacts_dir, chromium, dismiss_dialogs, wait_for_text
+from platform_tests.browser import artifacts_dir, chromium, click, dismiss_dialogs, wait_for_text
 from platform_tests.conftest import REPO_ROOT, subprocess_env
 from platform_tests.servers import free_port, http_get, poll, running, wait_for_asset_keys
 
@@ -323,10 +323,10 @@ def test_a_partitions_page_shows_its_own_metadata_and_the_plots_show_series(
         browser.get(f"{assets}/clean")
         dismiss_dialogs(browser)
         wait_for_text(browser, "Metadata", "Plots")
-        browser.find_element(By.XPATH, "//button[normalize-space()='Plots']").click()
+        click(browser, browser.find_element(By.XPATH, "//button[normalize-space()='Plots']"))
         events = browser.find_element(By.XPATH, "//button[normalize-space()='Events']")
         browser.execute_script("arguments[0].scrollIntoView()", events)
-        events.click()
+        click(browser, events)
         # One chart (a canvas under its key) per numeric key: the row counts and the quarantine share.
         WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.TAG_NAME, "canvas")) >= 4)
         titles = {e.text for e in browser.find_elements(By.XPATH, "//div[following-sibling::div//canvas]")}
