@@ -138,6 +138,9 @@ class MlflowParam:
 # wrapper of every logged model, so it must not change).
 MODEL_ARTIFACT_KEY = "lightgbm"
 CHAMPION_ALIAS = "champion"
+# Run tag of a retraining: train from this time on (ISO 8601), the change point a drift report located
+# after a performance-driven verdict (spec `training.change_point`); set by the drift sensor, or by hand.
+TRAIN_FROM_TAG = "mlplatform/train_from"
 CHALLENGER_ALIAS = "challenger"
 
 

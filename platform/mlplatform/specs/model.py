@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from mlplatform.specs.alerts import AlertsSpec
 from mlplatform.specs.durations import (
@@ -23,9 +23,20 @@ from mlplatform.specs.durations import (
     shorter_than_grain,
 )
 from mlplatform.specs.expressions import check_expression
+from mlplatform.specs.monitoring import DriftSpec, LabelsSpec, TrainingSpec
 from mlplatform.specs.sources import AnySource, PostgresSourceSpec, SourceSpec
+from mlplatform.specs.strict import Strict as _Strict
 
-__all__ = ["AnySource", "DatasetSpec", "PostgresSourceSpec", "SourceSpec", "parse_duration"]
+__all__ = [
+    "AnySource",
+    "DatasetSpec",
+    "DriftSpec",
+    "LabelsSpec",
+    "PostgresSourceSpec",
+    "SourceSpec",
+    "TrainingSpec",
+    "parse_duration",
+]
 
 ColumnType = Literal["int", "float", "bool", "string", "category", "date", "timestamp"]
 Task = Literal["regression", "binary", "multiclass"]
@@ -38,10 +49,6 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")  # what Dagster accepts as a tag
 # the feature_names line of its model file, so the saved model no longer loads.
 _LIGHTGBM_REFUSED = '",:[]{}\n\r'
 _LOG = logging.getLogger("mlplatform.specs")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ColumnSpec(_Strict):
@@ -157,38 +164,6 @@ class PromotionSpec(_Strict):
     min_improvement: float = 0.0
 
 
-class DriftSpec(_Strict):
-    psi_threshold: float = 0.2
-    pvalue_threshold: float = 0.01
-    drifted_share_threshold: float = Field(default=0.3, ge=0, le=1)
-    # Relative drop of the champion's primary metric on a window against its own test score (0.15:
-    # RMSE 15% higher, or ROC AUC 15% lower). Tuned with `mlplatform replay` on bike sharing, see README.
-    performance_drop_threshold: float = Field(default=0.15, ge=0)
-    # Least time between two drift-triggered retrainings, so persistent drift cannot cause a storm.
-    cooldown: str = "14d"
-    # Each drift report judges the trailing `window` of data ending with its partition: one daily
-    # partition can be too few rows (24 for hourly data) for PSI and tests to be trustworthy.
-    # Default: 7d, or one partition when partitions are longer (month grain: 1mo); see DatasetSpec.
-    # A window shorter than one partition is allowed but logged as a warning when the spec loads.
-    window: str = "7d"
-    # Fewest rows a window needs to be judged; with fewer the verdict is `insufficient_data` (PSI is
-    # biased upwards by about (buckets - 1) / rows: 0.1 at 100 rows, half the default threshold).
-    min_rows: int = Field(default=100, ge=1)
-    # Columns never judged for drift (besides the calendar features, which are always left out:
-    # a week of day-of-year values "drifts" from a year of them by construction).
-    exclude: list[str] = Field(default_factory=list)
-    # How often a failed drift-triggered retraining is requested again before the sensor gives up.
-    max_retries: int = Field(default=1, ge=0)
-    # Raise each column's thresholds to the drift its own training windows show (seasonal data).
-    calibrate: bool = True
-
-    @field_validator("cooldown", "window")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        parse_calendar_duration(value)  # calendar months allowed: both shift a moment
-        return value
-
-
 class DatasetSpec(_Strict):
     name: str
     description: str | None = None
@@ -212,6 +187,10 @@ class DatasetSpec(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
+    # What the model trains on (all history, the last N days, recency weights, from a detected change).
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    # When labels arrive: drift reports judge performance only where they have.
+    labels: LabelsSpec = Field(default_factory=LabelsSpec)
     # Messages when runs or checks fail, drift retrains, a champion changes (specs/alerts.py).
     alerts: AlertsSpec | None = None
     # Set by the loader, not by the YAML: where the spec came from, to resolve relative paths.
