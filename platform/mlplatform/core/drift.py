@@ -36,6 +36,7 @@ import pandas as pd
 from scipy import stats
 
 from mlplatform.contracts import VerdictStatus
+from mlplatform.core.drift_weights import weighted_drifted_share
 from mlplatform.core.metrics import higher_is_better
 from mlplatform.core.profile import (
     NULL_KEY,
@@ -241,32 +242,40 @@ def dataset_verdict(
     drifted_share_threshold: float,
     performance: Mapping[str, Any] | None = None,
     performance_drop_threshold: float = 0.25,
+    weights: Mapping[str, float] | None = None,
 ) -> DriftVerdict:
     """Dataset-level call: drifted when the share of drifted features >= drifted_share_threshold (and at
     least one feature drifted), or when the model's relative performance drop >= the drop threshold.
-    `performance`: {"reference": float, "current": float, "metric"?: str, "higher_is_better"?: bool}."""
+    `performance`: {"reference": float, "current": float, "metric"?: str, "higher_is_better"?: bool,
+    "source"?: "realized" | "estimated"}; the source names the drop in the reason.
+    `weights` (core.drift_weights.importance_weights): the share is then the weighted share, weights
+    renormalised over the table's features, so drift in a feature weighing 0 counts for nothing; when
+    no feature of the table has a positive weight the share falls back to the plain count (said so)."""
     n_features = len(feature_table)
-    drifted_names = tuple(
-        str(name) for name in feature_table.loc[feature_table["drifted"].astype(bool), "feature"]
-    )
+    flags = feature_table["drifted"].astype(bool).tolist()
+    names = [str(name) for name in feature_table["feature"]]
+    drifted_names = tuple(name for name, flag in zip(names, flags, strict=True) if flag)
     share = len(drifted_names) / n_features if n_features else 0.0
+    weighted = weighted_drifted_share(names, flags, weights) if weights is not None else None
+    if weighted is not None:
+        share = weighted[0]
     reasons = []
-    by_features = bool(drifted_names) and share >= drifted_share_threshold
+    by_features = bool(drifted_names) and share >= drifted_share_threshold and share > 0
     if by_features:
-        reasons.append(
-            f"{len(drifted_names)}/{n_features} features drifted ({share:.0%} >= {drifted_share_threshold:.0%}): "
-            + ", ".join(drifted_names)
-        )
+        comparison = f" >= {drifted_share_threshold:.0%}"
+        reasons.append(_drifted_description(drifted_names, n_features, share, weights, weighted, comparison))
     drop = None
     # A missing or NaN current metric (e.g. no labels yet) means no performance signal, not a drop.
     if performance and performance.get("current") is not None and np.isfinite(float(performance["current"])):
         drop = performance_drop(performance)
     by_performance = drop is not None and drop > 0 and drop >= performance_drop_threshold
+    what = _performance_name(performance)
     if by_performance:
-        reasons.append(f"performance dropped {drop:.1%} >= {performance_drop_threshold:.0%}")
+        reasons.append(f"{what} dropped {drop:.1%} >= {performance_drop_threshold:.0%}")
     if not reasons:
-        perf = f", performance drop {drop:.1%}" if drop is not None else ""
-        reasons.append(f"stable: {len(drifted_names)}/{n_features} features drifted ({share:.0%}){perf}")
+        perf = f", {what} drop {drop:.1%}" if drop is not None else ""
+        described = _drifted_description(drifted_names, n_features, share, weights, weighted, "")
+        reasons.append(f"stable: {described}{perf}")
     return DriftVerdict(
         drifted=by_features or by_performance,
         drifted_share=share,
@@ -277,6 +286,32 @@ def dataset_verdict(
         performance_drop=drop,
         status=VerdictStatus.DRIFTED if by_features or by_performance else VerdictStatus.STABLE,
     )
+
+
+def _drifted_description(
+    drifted: tuple[str, ...],
+    n_features: int,
+    share: float,
+    weights: Mapping[str, float] | None,
+    weighted: tuple[float, dict[str, float]] | None,
+    comparison: str,
+) -> str:
+    """What drifted: the count, the share (importance-weighted when weighted) with `comparison`, names."""
+    counted = f"{len(drifted)}/{n_features} features drifted"
+    if weighted is None:
+        fallback = " (no feature has an importance weight: counted unweighted)" if weights is not None else ""
+        listed = (": " + ", ".join(drifted)) if drifted else ""
+        return f"{counted} ({share:.0%}{comparison}){fallback}{listed}"
+    by_feature = weighted[1]
+    listed = ", ".join(f"{name} (weight {by_feature[name]:.2f})" for name in drifted)
+    return f"{counted}, importance-weighted {share:.0%}{comparison}" + (f": {listed}" if listed else "")
+
+
+def _performance_name(performance: Mapping[str, Any] | None) -> str:
+    source = performance.get("source") if performance else None
+    if source not in (None, "realized", "estimated"):
+        raise ValueError(f"performance source must be 'realized' or 'estimated', got {source!r}")
+    return f"{source} performance" if source else "performance"
 
 
 def _judge(
