@@ -255,27 +255,20 @@ def test_production_stack_runs_datasets_side_by_side_over_http_and_fails_killed_
     print(f"bootstrap runs overlapped {overlap_seconds(found):.1f} s")
     assert overlap_seconds(found) > 0, "the two datasets' bootstrap runs ran one after the other"
 
-    together, sequential = _retrain_together_and_apart(stack, instance)
-    print(f"two retrainings together: {together:.1f} s wall; one after the other: {sequential:.1f} s")
-
+    _retrain_side_by_side(stack, instance)
     _assert_registry_over_http(stack)
     _assert_killed_run_is_failed_and_the_next_sensor_run_succeeds(stack, instance)
     _assert_state_lives_in_the_servers(stack, instance)
 
 
-def _retrain_together_and_apart(stack: Stack, instance: dg.DagsterInstance) -> tuple[float, float]:
+def _retrain_side_by_side(stack: Stack, instance: dg.DagsterInstance) -> None:
+    """Both datasets' retrainings launched at once over GraphQL run at the same time."""
     jobs = [f"{name}__retrain" for name in DATASETS]
     started = time.monotonic()
-    both = [launch(stack, job) for job in jobs]
-    found = wait_success(stack, instance, both, 600)
-    together = time.monotonic() - started
+    found = wait_success(stack, instance, [launch(stack, job) for job in jobs], 600)
     assert overlap_seconds(found) > 0, "the two datasets' retraining runs ran one after the other"
-    started = time.monotonic()
-    for job in jobs:
-        found += wait_success(stack, instance, [launch(stack, job)], 600)
     durations = ", ".join(f"{r.dagster_run.job_name} {r.end_time - r.start_time:.1f} s" for r in found)
-    print(f"retraining runs, together then apart: {durations}")
-    return together, time.monotonic() - started
+    print(f"two retrainings together: {time.monotonic() - started:.1f} s wall ({durations})")
 
 
 def _assert_registry_over_http(stack: Stack) -> None:
@@ -295,7 +288,7 @@ def _assert_registry_over_http(stack: Stack) -> None:
         decisions = [
             {t["key"]: t["value"] for t in v.get("tags", [])}.get("promotion_decision") for v in versions
         ]
-        assert len(versions) >= 3 and all(d in ("promoted", "not promoted") for d in decisions), decisions
+        assert len(versions) >= 2 and all(d in ("promoted", "not promoted") for d in decisions), decisions
 
 
 def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
@@ -352,7 +345,7 @@ def _assert_state_lives_in_the_servers(stack: Stack, instance: dg.DagsterInstanc
     cluster_runs = stack.cluster.execute(stack.dagster_db, "SELECT count(*) FROM runs")[0][0]
     assert cluster_runs == len(instance.get_runs())
     versions = stack.cluster.execute(stack.mlflow_db, "SELECT count(*) FROM model_versions")[0][0]
-    assert versions >= 6  # 3 per dataset before the killed run
+    assert versions >= 4  # 2 per dataset before the killed run
 
 
 def test_the_throwaway_cluster_listens_on_loopback_only_and_is_removed_afterwards() -> None:
