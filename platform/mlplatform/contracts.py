@@ -162,13 +162,16 @@ class DriftVerdictMetadata:
 
     A ranged run writes one event per partition, each with the verdict of its own partition, which
     `verdict_partition` names (read in event order, the newest partition's is the last word). `drifted` is True only for
-    status `drifted`; events written before `status` existed read as drifted or stable.
+    status `drifted`; events written before `status` existed read as drifted or stable. `change_point`
+    (ISO time): where the champion's per-partition error stepped up, located after a verdict driven by
+    performance; the drift sensor passes it to the retraining as `TRAIN_FROM_TAG`.
     """
 
     drifted: bool
     verdict_partition: str
     reason: str
     status: VerdictStatus = VerdictStatus.STABLE
+    change_point: str | None = None
 
     REASON_LIMIT = 300  # what a sensor keeps of the reason (cursor and run tags are small)
 
@@ -181,12 +184,13 @@ class DriftVerdictMetadata:
         object.__setattr__(self, "status", status)
 
     def to_metadata(self) -> dict[str, Any]:
-        return {
+        found = {
             "drifted": self.drifted,
             "status": self.status.value,
             "verdict_partition": self.verdict_partition,
             "reason": self.reason,
         }
+        return found | ({"change_point": self.change_point} if self.change_point else {})
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> DriftVerdictMetadata | None:
@@ -197,11 +201,13 @@ class DriftVerdictMetadata:
         partition = metadata_value(metadata.get("verdict_partition"))
         reason = metadata_value(metadata.get("reason"))
         status = metadata_value(metadata.get("status"))
+        change_point = metadata_value(metadata.get("change_point"))
         return cls(
             bool(drifted),
             str(partition) if partition is not None else "",
             str(reason)[: cls.REASON_LIMIT] if reason is not None else "",
             VerdictStatus(status) if status is not None else _legacy_status(bool(drifted)),
+            str(change_point) if change_point else None,
         )
 
 

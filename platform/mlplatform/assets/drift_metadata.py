@@ -2,7 +2,9 @@
 
 A ranged run writes one event per partition. Each carries the verdict of its partition, read by the
 drift sensor (`DriftVerdictMetadata`, in event order, so the newest partition's verdict is the last
-word) and plotted by the UI's Plots tab over partitions (drifted share, error, prediction PSI...).
+word, with the change point a retraining starts from) and plotted by the UI's Plots tab over
+partitions (drifted share, realized and estimated error side by side with the reference error,
+prediction PSI...).
 The newest partition's event, the asset's latest, also carries the run's summary, in keys named as
 the run's (`run_partitions`, `drifted_partitions_in_run`...).
 """
@@ -20,7 +22,7 @@ import pandas as pd
 from mlplatform.assets.common import Metadata, run_summary
 from mlplatform.contracts import DriftVerdictMetadata, VerdictStatus
 
-_VERDICT_KEYS = ("drifted", "status", "reason")  # written through DriftVerdictMetadata
+_VERDICT_KEYS = ("drifted", "status", "reason", "change_point")  # written through DriftVerdictMetadata
 
 
 def _plain(value: Any) -> Any:
@@ -39,7 +41,14 @@ def verdict_of(key: str, verdict: Mapping[str, Any]) -> DriftVerdictMetadata:
     status = verdict.get("status")
     if not status:  # report_partition always sets one: a row without is a bug, not a stable verdict
         raise ValueError(f"drift verdict row of partition {key} has no status: {dict(verdict)}")
-    return DriftVerdictMetadata(bool(verdict["drifted"]), key, str(verdict["reason"]), VerdictStatus(status))
+    change_point = verdict.get("change_point")
+    return DriftVerdictMetadata(
+        bool(verdict["drifted"]),
+        key,
+        str(verdict["reason"]),
+        VerdictStatus(status),
+        str(change_point) if change_point else None,
+    )
 
 
 def partition_metadata(key: str, verdict: Mapping[str, Any], column_rows: int) -> Metadata:

@@ -4,13 +4,17 @@ Each partition is judged on the trailing `drift.window` of rows ending with it (
 data is too few rows for PSI), so the verdict of a day is "the last week looks different from what the
 champion learned". Results go to `<ds>.drift_report` (per column) and `<ds>.drift_verdict` (one row per
 partition); each partition's verdict is also the metadata of its own materialization event, which is
-all the drift sensor reads (mlplatform.assets.drift_metadata).
+all the drift sensor reads (mlplatform.assets.drift_metadata). After a verdict driven by performance
+the champion's per-partition error history (stored verdicts of the same reference version, plus this
+run's) is searched for the change point a retraining can start from (core.drift_performance).
 """
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
+import duckdb
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
@@ -18,17 +22,20 @@ from mlplatform.assets.common import add_partition_metadata, spec_code_version, 
 from mlplatform.assets.drift_metadata import partitions_metadata, run_metadata
 from mlplatform.contracts import Stage, Table, asset_key
 from mlplatform.core import drift_plots
+from mlplatform.core.drift_performance import locate_change, realized_window
 from mlplatform.core.drift_reference import Reference, read_reference
 from mlplatform.core.drift_windows import (
     empty_windows_warning,
     report_partition,
     spacing_hint,
+    verdict_table,
     window_partitions,
     window_rows,
     window_start,
 )
 from mlplatform.core.scoring import MODEL_VERSION_COLUMN
-from mlplatform.core.warehouse import replace_window, table_exists, table_name
+from mlplatform.core.sql import column_types
+from mlplatform.core.warehouse import read_frame, replace_window, table_exists, table_name
 from mlplatform.plot_links import DRIFT_PLOTS_FOLDER, Plot, embedded_metadata, log_drift_plots, plot_metadata
 from mlplatform.resources.mlflow import MlflowPlotsResource, short_error
 from mlplatform.resources.warehouse import WarehouseResource
@@ -41,41 +48,95 @@ _HISTORY_PARTITIONS = 120
 _FRAME_VIEW = "_drift_rows"
 
 
-def _read_inputs(
-    spec: DatasetSpec, warehouse: WarehouseResource, start: datetime, end: datetime
-) -> tuple[Reference, int | None, pd.DataFrame]:
-    """The stored reference, the version of the model it profiles, and the rows of [start, end)."""
+@dataclass(frozen=True)
+class _Inputs:
+    reference: Reference
+    version: int | None  # of the model the reference profiles
+    rows: pd.DataFrame  # from the earliest realized window's start to the run's end
+    errors: pd.DataFrame  # stored partition errors of that model (partition_start, partition_error)
+
+
+def _read_inputs(spec: DatasetSpec, warehouse: WarehouseResource, start: datetime, end: datetime) -> _Inputs:
+    """The stored reference, the version of the model it profiles, the rows the run's windows need and
+    the partition errors stored for that model outside [start, end) (this run judges those again)."""
     with warehouse.get_connection(spec.name) as conn:
         if not table_exists(conn, spec.name, Stage.REFERENCE_PROFILE):
             raise dg.Failure(
                 f"{spec.name}.{Stage.REFERENCE_PROFILE} does not exist: no champion profiled yet"
             )
         stored = conn.sql(f"SELECT * FROM {table_name(spec.name, Stage.REFERENCE_PROFILE)}").df()
-        rows = window_rows(conn, spec, start, end)
-    has_version = MODEL_VERSION_COLUMN in stored and len(stored)
-    version = int(stored[MODEL_VERSION_COLUMN].iloc[0]) if has_version else None
-    return read_reference(stored), version, rows
+        has_version = MODEL_VERSION_COLUMN in stored and len(stored)
+        version = int(stored[MODEL_VERSION_COLUMN].iloc[0]) if has_version else None
+        # The first partition's realized window starts earliest (labels.delay before its window).
+        rows = window_rows(conn, spec, realized_window(spec, start)[0], end)
+        errors = _stored_errors(conn, spec, version, start, end)
+    return _Inputs(read_reference(stored), version, rows, errors)
+
+
+def _stored_errors(
+    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, version: int | None, start: datetime, end: datetime
+) -> pd.DataFrame:
+    empty = pd.DataFrame({"partition_start": pd.Series(dtype="datetime64[us]"), "partition_error": []})
+    if version is None or not table_exists(conn, spec.name, Table.DRIFT_VERDICT):
+        return empty
+    table = table_name(spec.name, Table.DRIFT_VERDICT)
+    if "partition_error" not in column_types(conn, table):  # written before partition errors existed
+        return empty
+    return read_frame(
+        conn,
+        f"SELECT partition_start, partition_error FROM {table} WHERE reference_version = ? "
+        "AND NOT (partition_start >= ? AND partition_start < ?) ORDER BY partition_start",
+        [version, start, end],
+    )
 
 
 def _judge_partitions(
-    spec: DatasetSpec,
-    partitions: dg.PartitionsDefinition,
-    keys: list[str],
-    inputs: tuple[Reference, int | None, pd.DataFrame],
+    spec: DatasetSpec, partitions: dg.PartitionsDefinition, keys: list[str], inputs: _Inputs
 ) -> tuple[list[pd.DataFrame], list[dict[str, Any]]]:
     """Per-column frames and verdict rows of each partition in `keys`, each on its trailing window."""
-    reference, version, rows = inputs
-    spacing = spacing_hint(spec, rows[spec.time_column])  # once: the same for every empty window
+    spacing = spacing_hint(spec, inputs.rows[spec.time_column])  # once: the same for every empty window
     column_frames, verdicts = [], []
     for key in keys:
         partition = partitions.time_window_for_partition_key(key)  # type: ignore[attr-defined]
         p_start, p_end = partition.start.replace(tzinfo=None), partition.end.replace(tzinfo=None)
         columns, verdict = report_partition(
-            spec, reference, version, rows, p_start, window_start(spec, p_end), p_end, spacing
+            spec,
+            inputs.reference,
+            inputs.version,
+            inputs.rows,
+            p_start,
+            window_start(spec, p_end),
+            p_end,
+            spacing,
         )
+        if verdict["performance_trigger"] and spec.training.change_point:
+            _add_change_point(verdict, inputs, verdicts)
         column_frames.append(columns)
         verdicts.append(verdict)
     return column_frames, verdicts
+
+
+def _add_change_point(verdict: dict[str, Any], inputs: _Inputs, earlier: list[dict[str, Any]]) -> None:
+    """After a verdict driven by performance: where the champion's partition error stepped, from the
+    stored errors and this run's (up to this partition), into the row and its reason."""
+    judged = pd.DataFrame(
+        [
+            {"partition_start": v["partition_start"], "partition_error": v["partition_error"]}
+            for v in [*earlier, verdict]
+        ]
+    )
+    history = pd.concat([inputs.errors, judged], ignore_index=True)
+    found, n_errors = locate_change(
+        history, str(verdict["metric"]), inputs.reference.champion.train_last, verdict["partition_start"]
+    )
+    if found is None:
+        verdict["reason"] += (
+            f"; no change point in the {n_errors} partition error(s) of version {inputs.version} "
+            "after its training rows"
+        )
+        return
+    verdict["change_point"] = pd.Timestamp(found.at).isoformat()
+    verdict["reason"] += f"; {found.describe()}"
 
 
 def _store(
@@ -163,13 +224,16 @@ def build_drift_report_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         ],
         owners=spec.owners,
         tags=spec.tags,
-        code_version=spec_code_version(spec, "drift", "features", "columns", "target"),
+        code_version=spec_code_version(spec, "drift", "features", "columns", "target", "labels", "training"),
         description=(
             f"Drift of {spec.name} per partition: the trailing {spec.drift.window} of rows ending with the "
             "partition against the champion's reference profile. Per column PSI plus KS (numeric) or "
             "chi-square (categorical) with Wasserstein / Jensen-Shannon distances; prediction drift; the "
-            "champion's error where labels are present next to its test error; a data-set verdict "
-            f"(spec `drift`). Tables `{spec.name}.{Stage.DRIFT_REPORT}` and `{spec.name}.{Table.DRIFT_VERDICT}`."
+            "champion's realized error on rows whose labels have arrived (spec `labels.delay`) and, for a "
+            "classifier, its label-free estimated error, next to their references; a data-set verdict "
+            "(spec `drift`) whose drifted share is weighted by the champion's feature importance, with the "
+            "change point of its per-partition error after a drop. Tables "
+            f"`{spec.name}.{Stage.DRIFT_REPORT}` and `{spec.name}.{Table.DRIFT_VERDICT}`."
         ),
     )
     def drift_report(
@@ -177,14 +241,14 @@ def build_drift_report_asset(stage: "StageBuild") -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         start, end = time_window(context)
         keys = context.partition_keys
-        inputs = _read_inputs(spec, warehouse, window_start(spec, start), end)
+        inputs = _read_inputs(spec, warehouse, start, end)
         column_frames, verdicts = _judge_partitions(spec, partitions, keys, inputs)
-        empty_windows = empty_windows_warning(spec, verdicts, inputs[2][spec.time_column])
+        empty_windows = empty_windows_warning(spec, verdicts, inputs.rows[spec.time_column])
         if empty_windows:  # once per run, however many partitions it judged
             context.log.warning(empty_windows)
         column_table = pd.concat(column_frames, ignore_index=True)
-        verdict_table = pd.DataFrame(verdicts).assign(computed_at=datetime.now(UTC).replace(tzinfo=None))
-        tables = {Stage.DRIFT_REPORT.value: column_table, Table.DRIFT_VERDICT.value: verdict_table}
+        verdict_rows = verdict_table(verdicts).assign(computed_at=datetime.now(UTC).replace(tzinfo=None))
+        tables = {Stage.DRIFT_REPORT.value: column_table, Table.DRIFT_VERDICT.value: verdict_rows}
         history = _store(spec, warehouse, tables, start, end)
         run = run_metadata(keys, verdicts)
         own = partitions_metadata(keys, verdicts, column_frames)

@@ -1,18 +1,22 @@
 """Stage 6a, `reference_profile`: what the champion learned from.
 
 It profiles the champion's training rows (inputs, target, the champion's own predictions on them) and
-records its test error; it is rebuilt whenever evaluation (promotion) runs, declared with an
-AutomationCondition so a champion changed from the UI also refreshes it.
+records its test error, its feature importance (gain share per input: drift verdicts weight each
+column by it) and, for a classifier, a probability calibration fitted on its validation window with
+the estimated (label-free, CBPE) metric on its test window, the like-for-like reference of the
+estimates drift reports make (core.drift_performance). It is rebuilt whenever evaluation (promotion)
+runs, declared with an AutomationCondition so a champion changed from the UI also refreshes it.
 """
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import pandas as pd
 
 from mlplatform.assets.common import missing_table_fails_the_step, spec_code_version
 from mlplatform.contracts import CHAMPION_ALIAS, Stage, asset_key
+from mlplatform.core.drift_performance import ChampionFacts, champion_facts
 from mlplatform.core.drift_reference import (
     build_reference,
     model_outputs,
@@ -22,8 +26,8 @@ from mlplatform.core.drift_reference import (
 )
 from mlplatform.core.scoring import MODEL_VERSION_COLUMN
 from mlplatform.core.sql import quote_ident
-from mlplatform.core.training import TrainedModel
-from mlplatform.core.training_data import champion_training_rows, recorded_windows
+from mlplatform.core.training import TrainedModel, feature_importance
+from mlplatform.core.training_data import champion_split_rows, recorded_windows
 from mlplatform.core.warehouse import table_name
 from mlplatform.models.registry import load_version
 from mlplatform.resources.mlflow import MlflowResource
@@ -38,8 +42,8 @@ _FRAME_VIEW = "_reference_rows"
 
 def _champion_rows(
     spec: DatasetSpec, warehouse: WarehouseResource, mlflow: MlflowResource
-) -> tuple[int, TrainedModel, pd.DataFrame, pd.DataFrame]:
-    """(champion version, its model, its training rows with its outputs on them, its test rows)."""
+) -> tuple[int, TrainedModel, dict[str, pd.DataFrame]]:
+    """(champion version, its model, its rows per split; train with its outputs on them)."""
     champion = mlflow.get_alias_version(spec.name, CHAMPION_ALIAS)
     if champion is None:
         raise dg.Failure(f"{spec.name} has no champion model yet: nothing to profile")
@@ -48,10 +52,28 @@ def _champion_rows(
         recorded_windows(mlflow.client().get_run(champion.run_id).data.params) if champion.run_id else None
     )
     with warehouse.get_connection(spec.name) as conn, missing_table_fails_the_step():
-        train, test = champion_training_rows(conn, spec, windows)
+        splits = champion_split_rows(conn, spec, windows)
+    train = splits["train"]
     if train.empty:
         raise dg.Failure(f"no training rows found for {spec.name} champion version {champion.version}")
-    return int(champion.version), model, pd.concat([train, model_outputs(model, train)], axis=1), test
+    splits["train"] = pd.concat([train, model_outputs(model, train)], axis=1)
+    return int(champion.version), model, splits
+
+
+def _facts(
+    spec: DatasetSpec, model: TrainedModel, splits: dict[str, pd.DataFrame]
+) -> tuple[ChampionFacts, str | None]:
+    """Importance, calibration (validation window) and estimated test metric of the champion."""
+    validation, test = splits["validation"], splits["test"]
+    labelled = (validation[spec.target.column], model_outputs(model, validation)) if len(validation) else None
+    return champion_facts(
+        spec.target.task,
+        feature_importance(model).to_dict(),
+        labelled,
+        model_outputs(model, test) if len(test) else None,
+        model.classes,
+        pd.to_datetime(splits["train"][spec.time_column]).max(),
+    )
 
 
 def _store(warehouse: WarehouseResource, spec: DatasetSpec, frame: pd.DataFrame) -> None:
@@ -63,6 +85,34 @@ def _store(warehouse: WarehouseResource, spec: DatasetSpec, frame: pd.DataFrame)
             f"SELECT * FROM {_FRAME_VIEW}"
         )
         conn.unregister(_FRAME_VIEW)
+
+
+def _metadata(
+    spec: DatasetSpec,
+    version: int,
+    splits: dict[str, pd.DataFrame],
+    roles: dict[str, str],
+    performance: tuple[str, float] | None,
+    facts: ChampionFacts,
+    frame: pd.DataFrame,
+) -> dict[str, Any]:
+    estimated = facts.estimated_reference
+    return {
+        "champion_version": version,
+        "training_rows": len(splits["train"]),
+        "validation_rows": len(splits["validation"]),
+        "test_rows": len(splits["test"]),
+        "profiled_columns": dg.MetadataValue.json(roles),
+        "reference_metric": performance[0] if performance else "none",
+        "reference_error": nan_to_none(performance[1]) if performance else None,
+        "estimated_reference_error": nan_to_none(estimated[1]) if estimated else None,
+        "calibrated_on_validation_rows": facts.calibration_rows,
+        "importance_gain_share": dg.MetadataValue.json(
+            {name: round(share, 4) for name, share in facts.importance.items()}
+        ),
+        "dagster/row_count": len(frame),
+        "dagster/table_name": f"{spec.name}.{Stage.REFERENCE_PROFILE}",
+    }
 
 
 def build_reference_profile_asset(stage: "StageBuild") -> dg.AssetsDefinition:
@@ -80,39 +130,37 @@ def build_reference_profile_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         description=(
             f"Distribution profile of the {spec.name} champion's training rows: decile bins, quantiles and "
             "moments of numeric columns, category shares of categorical ones, for the model inputs, the "
-            "target and the champion's predictions; plus the champion's test error. Long table "
+            "target and the champion's predictions; plus the champion's test error, its feature importance "
+            "(gain share) and, for a classifier, its probability calibration (validation window) and "
+            "estimated test error. Long table "
             f"`{spec.name}.reference_profile` (feature, kind, key, value) that drift reports compare with."
         ),
     )
     def reference_profile(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        version, model, train, test = _champion_rows(spec, warehouse, mlflow)
+        version, model, splits = _champion_rows(spec, warehouse, mlflow)
+        train, test = splits["train"], splits["test"]
         columns = monitored_columns(spec, list(train.columns))
         performance = None
         if not test.empty:
             performance = primary_error(
                 spec.target.task, test[spec.target.column], model_outputs(model, test), model.classes
             )
-        frame = build_reference(train, columns, performance, spec)
+        facts, no_calibration = _facts(spec, model, splits)
+        if no_calibration:
+            context.log.warning(f"{spec.name} champion v{version}: {no_calibration}")
+        frame = build_reference(train, columns, performance, spec, facts)
         frame[MODEL_VERSION_COLUMN] = version
         frame["built_at"] = datetime.now(UTC).replace(tzinfo=None)
         _store(warehouse, spec, frame)
+        estimated = facts.estimated_reference
         context.log.info(
             f"reference of {spec.name} champion v{version}: {len(train)} training rows, "
-            f"{len(columns.all)} columns, test error {performance}"
+            f"{len(columns.all)} columns, test error {performance}, estimated test error {estimated}"
         )
         return dg.MaterializeResult(
-            metadata={
-                "champion_version": version,
-                "training_rows": len(train),
-                "test_rows": len(test),
-                "profiled_columns": dg.MetadataValue.json(columns.roles),
-                "reference_metric": performance[0] if performance else "none",
-                "reference_error": nan_to_none(performance[1]) if performance else None,
-                "dagster/row_count": len(frame),
-                "dagster/table_name": f"{spec.name}.{Stage.REFERENCE_PROFILE}",
-            }
+            metadata=_metadata(spec, version, splits, columns.roles, performance, facts, frame)
         )
 
     return reference_profile

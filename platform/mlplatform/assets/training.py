@@ -13,15 +13,17 @@ from mlplatform.assets.common import read_training_step_input, spec_code_version
 from mlplatform.contracts import (
     CHALLENGER_ALIAS,
     MODEL_ARTIFACT_KEY,
+    TRAIN_FROM_TAG,
     MaterializationKey,
     MlflowMetric,
     MlflowParam,
     MlflowTag,
     Stage,
     asset_key,
+    metadata_value,
 )
 from mlplatform.core.metrics import PRIMARY_METRIC
-from mlplatform.core.splits import SPLIT_COLUMN, SPLIT_NAMES, assign_split, time_split
+from mlplatform.core.splits import SPLIT_COLUMN, SPLIT_NAMES
 from mlplatform.core.sql import quote_ident
 from mlplatform.core.training import TrainedModel, available_cpus, lightgbm_params, train_lightgbm
 from mlplatform.core.training_data import (
@@ -31,14 +33,30 @@ from mlplatform.core.training_data import (
     table_data_version,
     train_metrics_step,
 )
-from mlplatform.core.warehouse import count_rows, read_frame, table_exists, table_name
+from mlplatform.core.training_window import (
+    choose_table_window,
+    parse_train_from,
+    recency_weights,
+    write_training_set,
+)
+from mlplatform.core.warehouse import count_rows, table_exists
 from mlplatform.models.registry import log_lightgbm_model, log_training_dataset, register_version
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.resources.warehouse import WarehouseResource
+from mlplatform.specs.durations import parse_duration
 from mlplatform.specs.model import DatasetSpec
 
 if TYPE_CHECKING:
     from mlplatform.stages import StageBuild  # the registry imports this module
+
+
+# Metadata of `training_set` that `model` reads back (same module, so no shared contract needed).
+WINDOW_START_KEY, WINDOW_REASON_KEY, TRAIN_FROM_KEY = (
+    "training_window_start",
+    "training_window_reason",
+    "train_from",
+)
+NO_TRAIN_FROM = "none"
 
 
 def build_training_set_asset(stage: "StageBuild") -> dg.AssetsDefinition:
@@ -51,43 +69,47 @@ def build_training_set_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         deps=[asset_key(spec, Stage.FEATURES)],
         owners=spec.owners,
         tags=spec.tags,
-        code_version=spec_code_version(spec, "split", "target"),
+        code_version=spec_code_version(spec, "split", "target", "training"),
         description=(
-            f"All labelled rows of `{spec.name}.features` with a `{SPLIT_COLUMN}` column: train, then "
-            f"validation (last {split.validation_fraction:.0%} before test), then test (the last "
-            f"{split.test_fraction:.0%} of the time range). Split by time, never shuffled."
+            f"The labelled rows of `{spec.name}.features` in the training window (spec `training`: "
+            f"window {spec.training.window}, or from the change point of run tag `{TRAIN_FROM_TAG}`) with a "
+            f"`{SPLIT_COLUMN}` column: train, then validation (last {split.validation_fraction:.0%} before "
+            f"test), then test (the last {split.test_fraction:.0%} of the window). Split by time, never shuffled."
         ),
     )
     def training_set(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        features, target = table_name(spec.name, Stage.FEATURES), quote_ident(spec.target.column)
-        target_table = table_name(spec.name, Stage.TRAINING_SET)
+        # op_execution_context.run_tags: {} when invoked directly (there is no run then).
+        train_from = context.op_execution_context.run_tags.get(TRAIN_FROM_TAG)
+        target = quote_ident(spec.target.column)
         with warehouse.get_connection(spec.name) as conn:
             if not table_exists(conn, spec.name, Stage.FEATURES):
                 raise dg.Failure(
                     f"{spec.name}.{Stage.FEATURES} does not exist: materialize {spec.name}/{Stage.FEATURES} first"
                 )
-            frame = read_frame(conn, f"SELECT * FROM {features} WHERE {target} IS NOT NULL")
+            try:  # a bad run tag, or a window too short to split: the message says which
+                window, before_window = choose_table_window(conn, spec, parse_train_from(train_from))
+                frame, windows = write_training_set(conn, spec, window.start)
+            except ValueError as error:
+                raise dg.Failure(f"{spec.name}.{Stage.TRAINING_SET}: {error}") from error
             unlabelled = count_rows(conn, spec.name, Stage.FEATURES, f"{target} IS NULL")
-            windows = time_split(frame, spec.time_column, split.validation_fraction, split.test_fraction)
-            frame[SPLIT_COLUMN] = assign_split(frame, spec.time_column, windows)
-            conn.register("training_set_frame", frame)
-            try:
-                conn.execute(f"CREATE OR REPLACE TABLE {target_table} AS SELECT * FROM training_set_frame")
-            finally:
-                conn.unregister("training_set_frame")
             data_version = table_data_version(conn, spec.name, Stage.TRAINING_SET)
             metadata = table_metadata(conn, spec.name, Stage.TRAINING_SET, len(frame))
         counts = frame[SPLIT_COLUMN].value_counts()
         context.log.info(
             f"{spec.name} training set: "
             + ", ".join(f"{name} {int(counts.get(name, 0)):,}" for name in SPLIT_NAMES)
-            + f" rows; {unlabelled:,} unlabelled rows left out"
+            + f" rows; {unlabelled:,} unlabelled rows left out; training window: {window.reason} "
+            f"({before_window:,} older labelled rows left out)"
         )
         return dg.MaterializeResult(
             metadata={
                 **metadata,
                 **{f"rows_{name}": int(counts.get(name, 0)) for name in SPLIT_NAMES},
                 "unlabelled_rows_left_out": unlabelled,
+                WINDOW_START_KEY: str(window.start),
+                WINDOW_REASON_KEY: window.reason,
+                TRAIN_FROM_KEY: NO_TRAIN_FROM if window.train_from is None else str(window.train_from),
+                "rows_before_window_left_out": before_window,
                 "windows": dg.MetadataValue.json(windows.as_dict()),
                 "data_version": data_version,
             },
@@ -112,9 +134,11 @@ def _run_params(
     features: list[str],
     parts: dict[str, pd.DataFrame],
     windows: dict[str, dict[str, str]],
+    window: "_WindowRecord",
 ) -> dict[str, Any]:
     """What the MLflow training run records as parameters (the evaluation reads the windows back)."""
     return {
+        **window.params(spec),
         **params,
         "num_boost_round": spec.model.num_boost_round,
         "early_stopping_rounds": spec.model.early_stopping_rounds,
@@ -134,6 +158,9 @@ def _train(
     spec: DatasetSpec, parts: dict[str, pd.DataFrame], features: list[str], params: dict[str, Any]
 ) -> TrainedModel:
     train, validation, target = parts["train"], parts["validation"], spec.target.column
+    half_life = spec.training.recency_half_life
+    # Ages count back from the train split's newest row; the validation rows stay unweighted.
+    weight = recency_weights(train[spec.time_column], parse_duration(half_life)) if half_life else None
     return train_lightgbm(
         spec.target.task,
         train[features],
@@ -144,7 +171,49 @@ def _train(
         spec.model.num_boost_round,
         spec.model.early_stopping_rounds,
         categorical_inputs(spec, train, features),
+        weight=weight,
     )
+
+
+@dataclass(frozen=True)
+class _WindowRecord:
+    """The training window a model is trained on, as its `training_set` materialization recorded it."""
+
+    start: str
+    reason: str
+    train_from: str  # the change point asked for (run tag), NO_TRAIN_FROM when none was
+
+    def params(self, spec: DatasetSpec) -> dict[str, str]:
+        """MLflow params (and model metadata): the window, its reason, the half-life, the change point."""
+        return {
+            "training_window": spec.training.window,
+            WINDOW_START_KEY: self.start,
+            WINDOW_REASON_KEY: self.reason,
+            "recency_half_life": spec.training.recency_half_life or "none",
+            TRAIN_FROM_KEY: self.train_from,
+        }
+
+
+def _recorded_window(
+    instance: dg.DagsterInstance, spec: DatasetSpec, data_version: str, train: pd.DataFrame
+) -> _WindowRecord:
+    """The window of the latest `training_set` materialization, when it wrote this very table (same
+    data version); else only what the table shows (its first train row), saying it was not recorded."""
+    event = instance.get_latest_materialization_event(asset_key(spec, Stage.TRAINING_SET))
+    materialization = event.asset_materialization if event is not None else None
+    metadata = dict(materialization.metadata) if materialization is not None else {}
+    if metadata_value(metadata.get("data_version")) == data_version and WINDOW_START_KEY in metadata:
+        start, reason, train_from = (
+            str(metadata_value(metadata.get(key, NO_TRAIN_FROM)))
+            for key in (WINDOW_START_KEY, WINDOW_REASON_KEY, TRAIN_FROM_KEY)
+        )
+        return _WindowRecord(start, reason, train_from)
+    first = str(pd.to_datetime(train[spec.time_column]).min())
+    reason = (
+        f"not recorded: no {Stage.TRAINING_SET} materialization in the event log wrote this table "
+        f"(data version {data_version}); its train split starts at {first}"
+    )
+    return _WindowRecord(first, reason, "unknown")
 
 
 @dataclass(frozen=True)
@@ -202,6 +271,25 @@ def _fit_metadata(
     }
 
 
+def _fit_summary(
+    spec: DatasetSpec,
+    version: str,
+    trained: TrainedModel,
+    metrics: dict[str, float],
+    threads: int,
+    window: _WindowRecord,
+) -> str:
+    """The run log's line about a training: version, fit, time, and the window it learned from."""
+    primary = MlflowMetric.test(PRIMARY_METRIC[spec.target.task])
+    weights = spec.training.recency_half_life
+    return (
+        f"{spec.name}: version {version} best iteration {trained.best_iteration}, {primary} "
+        f"{metrics[primary]:.4g}, trained in {trained.training_seconds:.1f} s on {threads} thread(s); "
+        f"window from {window.start} ({window.reason}); "
+        + (f"recency weights halving every {weights}" if weights else "rows weighted equally")
+    )
+
+
 def _version_links(
     spec: DatasetSpec, mlflow: MlflowResource, run: mlflow_module.ActiveRun, version: str
 ) -> dict[str, Any]:
@@ -217,7 +305,7 @@ def _version_links(
 
 def build_model_asset(stage: "StageBuild") -> dg.AssetsDefinition:
     spec, partitions, task = stage.spec, stage.partitions, stage.spec.target.task
-    code_version = spec_code_version(spec, "model", "target", "split")
+    code_version = spec_code_version(spec, "model", "target", "split", "training")
 
     @dg.asset(
         key=asset_key(spec, Stage.MODEL),
@@ -237,11 +325,12 @@ def build_model_asset(stage: "StageBuild") -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         # A damaged block anywhere in the dataset must fail the run now, not after a promotion.
         read = read_training_step_input(spec, warehouse, verify=True)
-        frame, features, data_version, verified = read.frame, read.features, read.data_version, read.verified
+        frame, features, data_version = read.frame, read.features, read.data_version
         parts = {name: frame[frame[SPLIT_COLUMN] == name] for name in SPLIT_NAMES}
         threads = available_cpus()
         params = lightgbm_params(task, None, spec.model.params, threads)
         windows = split_windows(parts, spec.time_column)
+        window = _recorded_window(context.instance, spec, data_version, parts["train"])
         trained_on = _partition_range(partitions, frame[spec.time_column])
         origin = _Provenance(
             context.run.run_id, context.asset_key.to_user_string(), code_version, trained_on, data_version
@@ -249,7 +338,7 @@ def build_model_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         # Training runs inside the MLflow run: its duration is the training's, and a failure leaves a
         # FAILED run with the params that caused it.
         with mlflow.start_run(spec.name, run_name=f"train {spec.name}", tags=origin.run_tags(spec)) as run:
-            mlflow_module.log_params(_run_params(spec, params, features, parts, windows))
+            mlflow_module.log_params(_run_params(spec, params, features, parts, windows, window))
             table = f"{spec.name}.{Stage.TRAINING_SET}"
             database = warehouse.database_for(spec.name)
             log_training_dataset(frame, table, data_version, database, spec.target.column)
@@ -258,11 +347,7 @@ def build_model_asset(stage: "StageBuild") -> dg.AssetsDefinition:
             metrics = split_metrics(spec, trained, parts, features)
             test_features = parts["test"][features]
             version = _log_model(spec, mlflow, run.info.run_id, trained, test_features, metrics, origin)
-        primary = MlflowMetric.test(PRIMARY_METRIC[task])
-        context.log.info(
-            f"{spec.name}: version {version} best iteration {trained.best_iteration}, {primary} "
-            f"{metrics[primary]:.4g}, trained in {trained.training_seconds:.1f} s on {threads} thread(s)"
-        )
+        context.log.info(_fit_summary(spec, version, trained, metrics, threads, window))
         return dg.MaterializeResult(
             metadata={
                 **_version_links(spec, mlflow, run, version),
@@ -270,7 +355,8 @@ def build_model_asset(stage: "StageBuild") -> dg.AssetsDefinition:
                 "training_set_data_version": data_version,
                 "partition_range": origin.partition_range,
                 **_fit_metadata(task, trained, metrics, windows),
-                "warehouse_tables_verified": verified,
+                **window.params(spec),
+                "warehouse_tables_verified": read.verified,
             }
         )
 

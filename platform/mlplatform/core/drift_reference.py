@@ -7,21 +7,25 @@
   model output (prediction or probability) is judged too; the target is reported but not voted.
 * The reference: a Profile of the champion's training rows (inputs, target, the champion's
   predictions on them) stored long with the champion's own test error as extra `performance` rows,
-  so one table holds everything a drift report compares against.
+  so one table holds everything a drift report compares against; plus the champion's feature
+  importance, its probability calibration and its estimated test error (core.drift_performance).
 * Natural variability: each trailing window of the training rows is judged against the profile of
   all of them; the largest PSI and effect a column shows there are stored as `baseline` rows. A
   column then counts as drifted only beyond max(spec threshold, that baseline). Without this, data
   with seasons or autocorrelation (hourly bike rentals: any week differs from a year of weeks)
   "drifts" every single window; for i.i.d. data the baselines are tiny and the spec thresholds rule.
 * One report: per-column drift of a window of rows vs the reference, the champion's error on the
-  labelled rows next to its test error, and the data-set verdict from core.drift.
+  rows whose labels have arrived and its estimated error next to its test error, and the data-set
+  verdict from core.drift, whose drifted share weights each column by the champion's importance:
+  drift in an input the model ignores counts for nothing.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -33,11 +37,20 @@ from mlplatform.core.drift import (
     FEATURE_TABLE_COLUMNS,
     DriftThresholds,
     DriftVerdict,
-    dataset_verdict,
     feature_drift,
 )
+from mlplatform.core.drift_performance import (
+    CHAMPION_KINDS,
+    ChampionFacts,
+    WindowPerformance,
+    estimated_error,
+    judge_verdict,
+    labels_delay,
+)
+from mlplatform.core.drift_performance import primary_error as primary_error
+from mlplatform.core.drift_weights import importance_weights
 from mlplatform.core.features import feature_names
-from mlplatform.core.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
+from mlplatform.core.performance_estimation import Calibration
 from mlplatform.core.profile import FRAME_COLUMNS, Profile, build_profile
 from mlplatform.specs.durations import Duration, parse_calendar_duration
 from mlplatform.specs.model import DatasetSpec
@@ -99,33 +112,6 @@ def monitored_columns(
     return MonitoredColumns(tuple(numeric), tuple(categorical), roles)
 
 
-def primary_error(
-    task: str, y_true: pd.Series, scored: pd.DataFrame, classes: Sequence[Any] | None = None
-) -> tuple[str, float]:
-    """(metric name, value) of the task's primary metric on the labelled rows; NaN when undefined
-    (no labels, one class only for ROC AUC, ...), which core.drift reads as "no performance signal"."""
-    metric = PRIMARY_METRIC[task]
-    labelled = y_true.notna().to_numpy()
-    if not labelled.any():
-        return metric, float("nan")
-    y = y_true[labelled]
-    try:
-        if task == "regression":
-            values = compute_metrics(task, y, scored.loc[labelled, "prediction"])
-        elif task == "binary":
-            known = list(classes) if classes is not None else sorted(pd.unique(y).tolist())
-            if len(known) != 2:
-                return metric, float("nan")
-            values = compute_metrics(task, y, scored.loc[labelled, "probability"], known)
-        else:
-            columns = [c for c in scored.columns if c.startswith("probability_")]
-            known = [c.removeprefix("probability_") for c in columns]
-            values = compute_metrics(task, y.astype(str), scored.loc[labelled, columns].to_numpy(), known)
-    except ValueError:
-        return metric, float("nan")
-    return metric, float(values.get(metric, float("nan")))
-
-
 def natural_variability(
     spec: DatasetSpec, rows: pd.DataFrame, profile: Profile, window: Duration | pd.Timedelta
 ) -> pd.DataFrame:
@@ -167,9 +153,11 @@ def build_reference(
     columns: MonitoredColumns,
     performance: tuple[str, float] | None,
     spec: DatasetSpec | None = None,
+    champion: ChampionFacts | None = None,
 ) -> pd.DataFrame:
     """Long reference table: the profile of `rows`, the champion's test error as a `performance` row,
-    and (with `spec` and `drift.calibrate`) the natural variability of each column as `baseline` rows."""
+    (with `spec` and `drift.calibrate`) the natural variability of each column as `baseline` rows, and
+    the `champion` facts (importance, calibration, estimated test error; core.drift_performance)."""
     profile = build_profile(rows, list(columns.numeric), list(columns.categorical))
     parts = [profile.to_frame()]
     if performance is not None and math.isfinite(performance[1]):
@@ -181,7 +169,9 @@ def build_reference(
         )
     if spec is not None and spec.drift.calibrate:
         parts.append(natural_variability(spec, rows, profile, parse_calendar_duration(spec.drift.window)))
-    return pd.concat(parts, ignore_index=True)
+    if champion is not None:
+        parts.append(champion.to_frame())
+    return pd.concat([part for part in parts if len(part)], ignore_index=True)
 
 
 @dataclass(frozen=True)
@@ -190,19 +180,36 @@ class Reference:
     performance: tuple[str, float] | None
     baseline_psi: dict[str, float]
     baseline_effect: dict[str, float]
+    champion: ChampionFacts = field(default_factory=ChampionFacts)
+
+    @property
+    def importance(self) -> dict[str, float]:
+        """Gain share per model input; empty for a reference built without it (then no weighting)."""
+        return self.champion.importance
+
+    @property
+    def calibration(self) -> Calibration | None:
+        return self.champion.calibration
+
+    @property
+    def estimated_reference(self) -> float | None:
+        estimated = self.champion.estimated_reference
+        return estimated[1] if estimated is not None else None
 
 
 def read_reference(frame: pd.DataFrame) -> Reference:
     """Inverse of build_reference."""
     kinds = frame["kind"]
-    profile = Profile.from_frame(frame.loc[~kinds.isin([PERFORMANCE_KIND, BASELINE_KIND]), FRAME_COLUMNS])
+    not_profile = [PERFORMANCE_KIND, BASELINE_KIND, *CHAMPION_KINDS]
+    profile = Profile.from_frame(frame.loc[~kinds.isin(not_profile), FRAME_COLUMNS])
     rows = frame.loc[kinds == PERFORMANCE_KIND]
     performance = (str(rows["key"].iloc[0]), float(rows["value"].iloc[0])) if len(rows) else None
     baseline = frame.loc[kinds == BASELINE_KIND]
     by_key = {
         key: dict(zip(part["feature"], part["value"], strict=True)) for key, part in baseline.groupby("key")
     }
-    return Reference(profile, performance, by_key.get("psi", {}), by_key.get("effect", {}))
+    champion = ChampionFacts.from_frame(frame.loc[kinds.isin(CHAMPION_KINDS), FRAME_COLUMNS])
+    return Reference(profile, performance, by_key.get("psi", {}), by_key.get("effect", {}), champion)
 
 
 def column_thresholds(spec: DatasetSpec, reference: Reference, name: str) -> DriftThresholds:
@@ -218,7 +225,9 @@ def column_thresholds(spec: DatasetSpec, reference: Reference, name: str) -> Dri
 
 @dataclass(frozen=True)
 class WindowReport:
-    """One drift report: per-column table (core.drift columns + role) and the data-set verdict."""
+    """One drift report: per-column table (core.drift columns + role) and the data-set verdict.
+
+    `current_error` is the realized error (its name from before labels could be delayed)."""
 
     columns: pd.DataFrame
     verdict: DriftVerdict
@@ -227,16 +236,78 @@ class WindowReport:
     reference_error: float | None
     current_error: float | None
     prediction_psi: float | None
+    estimated_reference: float | None = None
+    estimated_error: float | None = None
+    realized_drop: float | None = None
+    estimated_drop: float | None = None
+    trigger: str | None = None  # "realized" / "estimated": the performance drop that drifted it
+    weighted: bool = False  # the drifted share is weighted by the champion's importance
+
+    @property
+    def realized_error(self) -> float | None:
+        return self.current_error
 
 
 def judge_window(
-    spec: DatasetSpec, reference: Reference, window: pd.DataFrame, judge_outputs: bool = True
+    spec: DatasetSpec,
+    reference: Reference,
+    window: pd.DataFrame,
+    judge_outputs: bool = True,
+    realized: pd.DataFrame | None = None,
 ) -> WindowReport:
     """Compare `window` (features + target + prediction columns) with the reference.
 
     The verdict's drifted share counts inputs and the model output, not the target (labels can
-    arrive late; the performance check covers them). `judge_outputs` False (predictions by another
-    model than the reference's) leaves the output and the performance out of the verdict."""
+    arrive late; the performance check covers them), weighted by the champion's importance when the
+    reference has it (core.drift_weights). `realized`: the rows whose labels have all arrived
+    (core.drift_performance.realized_window; default `window`): the realized error and the target's
+    own drift are judged on them. `judge_outputs` False (predictions by another model than the
+    reference's) leaves the output and the performance out of the verdict."""
+    labelled = window if realized is None else realized
+    table = _column_table(spec, reference, window, labelled, judge_outputs)
+    voting = table[table["role"] != ROLE_TARGET].reset_index(drop=True)
+    performance = None
+    if judge_outputs and reference.performance is not None and spec.target.column in labelled.columns:
+        metric, reference_error = reference.performance
+        _, realized_error = primary_error(spec.target.task, labelled[spec.target.column], labelled)
+        performance = WindowPerformance(
+            metric,
+            reference_error,
+            realized_error,
+            reference.estimated_reference,
+            estimated_error(spec.target.task, reference.calibration, window),
+            use_estimate=labels_delay(spec) > timedelta(0),
+        )
+    weights = _voting_weights(reference, voting)
+    judged = judge_verdict(
+        voting,
+        spec.drift.drifted_share_threshold,
+        spec.drift.performance_drop_threshold,
+        performance,
+        weights,
+    )
+    outputs = table.loc[table["role"] == ROLE_PREDICTION, "psi"]
+    return WindowReport(
+        columns=table,
+        verdict=judged.verdict,
+        n_rows=len(window),
+        metric=performance.metric if performance else None,
+        reference_error=performance.reference_error if performance else None,
+        current_error=performance.realized_error if performance else None,
+        prediction_psi=float(outputs.iloc[0]) if len(outputs) else None,
+        estimated_reference=performance.estimated_reference if performance else None,
+        estimated_error=performance.estimated_error if performance else None,
+        realized_drop=judged.realized_drop,
+        estimated_drop=judged.estimated_drop,
+        trigger=judged.trigger,
+        weighted=weights is not None,
+    )
+
+
+def _column_table(
+    spec: DatasetSpec, reference: Reference, window: pd.DataFrame, labelled: pd.DataFrame, judge_outputs: bool
+) -> pd.DataFrame:
+    """Per-column drift (core.drift columns + role + the threshold applied); the target on `labelled`."""
     names = [
         name
         for name in reference.profile.features
@@ -245,7 +316,7 @@ def judge_window(
     parts = [
         feature_drift(
             Profile(features={name: reference.profile.features[name]}),
-            window,
+            labelled if _is_target(spec, name) else window,
             column_thresholds(spec, reference, name),
         )
         for name in names
@@ -253,35 +324,17 @@ def judge_window(
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=FEATURE_TABLE_COLUMNS)
     table.insert(1, "role", [_role(spec, name) for name in table["feature"]])
     table["psi_threshold"] = [column_thresholds(spec, reference, n).psi_threshold for n in table["feature"]]
-    reference_performance = reference.performance
-    voting = table[table["role"] != ROLE_TARGET]
-    metric = current = reference_error = None
-    performance = None
-    if judge_outputs and reference_performance is not None and spec.target.column in window.columns:
-        metric, reference_error = reference_performance
-        _, current = primary_error(spec.target.task, window[spec.target.column], window)
-        performance = {
-            "metric": metric,
-            "reference": reference_error,
-            "current": current,
-            "higher_is_better": higher_is_better(metric),
-        }
-    verdict = dataset_verdict(
-        voting.reset_index(drop=True),
-        spec.drift.drifted_share_threshold,
-        performance,
-        spec.drift.performance_drop_threshold,
-    )
-    outputs = table.loc[table["role"] == ROLE_PREDICTION, "psi"]
-    return WindowReport(
-        columns=table,
-        verdict=verdict,
-        n_rows=len(window),
-        metric=metric,
-        reference_error=reference_error,
-        current_error=current,
-        prediction_psi=float(outputs.iloc[0]) if len(outputs) else None,
-    )
+    return table
+
+
+def _voting_weights(reference: Reference, voting: pd.DataFrame) -> dict[str, float] | None:
+    """Importance weights of the voting columns; None (every column counts alike) without importance."""
+    if not reference.importance:
+        return None
+    roles = dict(zip(voting["feature"], voting["role"], strict=True))
+    inputs = [name for name, role in roles.items() if role == ROLE_FEATURE]
+    outputs = [name for name, role in roles.items() if role == ROLE_PREDICTION]
+    return importance_weights(reference.importance, inputs, outputs)
 
 
 def _is_target(spec: DatasetSpec, name: str) -> bool:

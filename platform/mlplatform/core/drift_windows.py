@@ -8,6 +8,11 @@ against the reference and gives its per-column rows and its verdict row.
 Window arithmetic: the window ending at `end` starts at `end - drift.window`, where a `mo` window goes
 back calendar months (specs.durations), so `1mo` on monthly partitions covers exactly one partition.
 
+Labels: with `labels.delay` the current window's late targets are blanked and the realized error is
+judged on the realized window, `drift.window` ending at `window_end - delay` (core.drift_performance);
+each partition's own error (`partition_error`, its rows whose labels have arrived) is in its row too,
+the history a change point is located on.
+
 A verdict is `drifted`, `stable` or `insufficient_data` (contracts.VerdictStatus), never "stable" about
 nothing: a window with no rows or fewer than `drift.min_rows` is not judged; a window whose rows were
 mostly not scored by the reference's model has its prediction drift and performance unjudged, so it
@@ -27,12 +32,19 @@ import pandas as pd
 
 from mlplatform.contracts import Stage, VerdictStatus
 from mlplatform.core.drift import DriftVerdict
-from mlplatform.core.drift_reference import Reference, judge_window, nan_to_none
+from mlplatform.core.drift_performance import (
+    labels_delay,
+    labels_known_before,
+    mask_late_labels,
+    partition_error,
+    realized_window,
+)
+from mlplatform.core.drift_reference import Reference, WindowReport, judge_window, nan_to_none
 from mlplatform.core.grain import GRAIN_DAYS
 from mlplatform.core.scoring import MODEL_VERSION_COLUMN, PREDICTION_COLUMN
 from mlplatform.core.sql import quote_ident
 from mlplatform.core.warehouse import read_frame, table_exists, table_name, window_predicate
-from mlplatform.specs.durations import Duration, parse_calendar_duration
+from mlplatform.specs.durations import MONTH_MIN, Duration, parse_calendar_duration
 from mlplatform.specs.model import DatasetSpec
 
 # Outputs are judged only when most of the window was scored by the reference's model: a few rows
@@ -52,12 +64,14 @@ def window_start(spec: DatasetSpec, end: datetime) -> datetime:
 
 
 def window_partitions(spec: DatasetSpec) -> int:
-    """How many partitions the trailing window of one partition reaches back (including itself)."""
-    window = window_duration(spec)
-    if spec.partition_grain == "month" and window.months and not window.fixed:
-        return window.months  # whole months on month starts: exactly that many partitions
+    """How many partitions the trailing window of one partition reaches back (including itself), its
+    realized window included: `labels.delay` further back."""
+    window, delay = window_duration(spec), labels_delay(spec)
     grain = timedelta(days=GRAIN_DAYS[spec.partition_grain])
-    return max(1, -(-window.longest // grain))
+    if spec.partition_grain == "month" and window.months and not window.fixed:
+        # whole months on month starts: exactly that many partitions, plus the months the delay spans
+        return window.months + -(-delay // MONTH_MIN)
+    return max(1, -(-(window.longest + delay) // grain))
 
 
 def _is_output(column: str) -> bool:
@@ -193,6 +207,17 @@ def _blank_other_outputs(window: pd.DataFrame, version: int | None) -> None:
         window[column] = window[column].where(by_reference)
 
 
+def _judged_rows(
+    rows: pd.DataFrame, time_column: str, start: datetime, end: datetime, version: int | None
+) -> tuple[pd.DataFrame, OutputsCoverage]:
+    """The rows of [start, end), outputs by another model than `version` blanked, and their coverage."""
+    times = rows[time_column]
+    picked = rows[(times >= start) & (times < end)].reset_index(drop=True)
+    coverage = outputs_coverage(picked, version)
+    _blank_other_outputs(picked, version)
+    return picked, coverage
+
+
 def report_partition(
     spec: DatasetSpec,
     reference: Reference,
@@ -204,45 +229,117 @@ def report_partition(
     spacing: str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-column rows and the verdict row of one partition's window (`version`: the reference's model).
-    `spacing`: `spacing_hint` of `rows`, computed once by a caller judging many partitions."""
-    times = rows[spec.time_column]
-    window = rows[(times >= window_start) & (times < window_end)].reset_index(drop=True)
-    coverage = outputs_coverage(window, version)
-    _blank_other_outputs(window, version)
-    report = judge_window(spec, reference, window, judge_outputs=coverage.judged)
+    `spacing`: `spacing_hint` of `rows`, computed once by a caller judging many partitions. `rows` must
+    reach back to the realized window's start (core.drift_performance.realized_window)."""
+    known_before = labels_known_before(spec, window_end)
+    window, coverage = _judged_rows(rows, spec.time_column, window_start, window_end, version)
+    window = mask_late_labels(window, spec, known_before)
+    realized_start, realized_end = realized_window(spec, window_end)
+    if (realized_start, realized_end) == (window_start, window_end):  # no delay: the same rows
+        realized, realized_coverage = window, coverage
+    else:
+        realized, realized_coverage = _judged_rows(
+            rows, spec.time_column, realized_start, realized_end, version
+        )
+    if not realized_coverage.judged:  # mostly another model's outputs: no realized error, as for window
+        realized = realized.drop(columns=[c for c in realized.columns if _is_output(c)])
+    report = judge_window(spec, reference, window, judge_outputs=coverage.judged, realized=realized)
     status, reason = window_status(
         report.n_rows, spec.drift.min_rows, report.verdict, coverage.unjudged_reason(spec.name)
     )
     if report.n_rows == 0:
-        reason += spacing_hint(spec, times) if spacing is None else spacing
+        reason += spacing_hint(spec, rows[spec.time_column]) if spacing is None else spacing
     elif (
         status != VerdictStatus.INSUFFICIENT_DATA
         and report.metric
         and nan_to_none(report.current_error) is None
     ):
-        reason += "; performance unjudged: no labelled rows in the window"
+        reason += _no_realized_error(spec, realized_start, realized_end, realized_coverage)
     bounds = {"partition_start": partition_start, "window_start": window_start, "window_end": window_end}
     columns = report.columns.copy()
     for position, (name, value) in enumerate(bounds.items()):
         columns.insert(position, name, value)
     columns["reference_version"] = version
-    verdict = report.verdict
+    own_error = None
+    if report.metric:  # the partition ends where its window does, and usually starts inside it
+        inside = window_start <= partition_start
+        own_rows = (
+            window
+            if inside
+            else _judged_rows(rows, spec.time_column, partition_start, window_end, version)[0]
+        )
+        own_error = partition_error(spec, own_rows, partition_start, window_end, known_before)
     row = {
         **bounds,
         "n_rows": report.n_rows,
         "drifted": status == VerdictStatus.DRIFTED,
         "status": status.value,
-        "drifted_share": float(verdict.drifted_share),
-        "n_drifted": int(verdict.n_drifted),
-        "n_judged": int(verdict.n_features),
-        "drifted_columns": ", ".join(verdict.drifted_features),
-        "metric": report.metric,
-        "reference_error": nan_to_none(report.reference_error),
-        "current_error": nan_to_none(report.current_error),
-        "performance_drop": nan_to_none(verdict.performance_drop),
-        "prediction_psi": nan_to_none(report.prediction_psi),
+        **_verdict_fields(report, status, (realized_start, realized_end)),
+        "partition_error": nan_to_none(own_error),
+        "change_point": None,  # set by the caller, who holds the partition-error history
         "outputs_judged": coverage.judged,
         "reason": reason,
         "reference_version": version,
     }
     return columns, row
+
+
+def _verdict_fields(
+    report: WindowReport, status: VerdictStatus, realized: tuple[datetime, datetime]
+) -> dict[str, Any]:
+    """What a verdict row says about the drifted share and the performance."""
+    verdict = report.verdict
+    return {
+        "drifted_share": float(verdict.drifted_share),
+        "n_drifted": int(verdict.n_drifted),
+        "n_judged": int(verdict.n_features),
+        "drifted_columns": ", ".join(verdict.drifted_features),
+        "importance_weighted": report.weighted,
+        "metric": report.metric,
+        "reference_error": nan_to_none(report.reference_error),
+        "current_error": nan_to_none(report.current_error),  # = realized_error (the older name)
+        "realized_error": nan_to_none(report.current_error),
+        "realized_start": realized[0],
+        "realized_end": realized[1],
+        "estimated_reference": nan_to_none(report.estimated_reference),
+        "estimated_error": nan_to_none(report.estimated_error),
+        "performance_drop": nan_to_none(report.realized_drop),
+        "estimated_drop": nan_to_none(report.estimated_drop),
+        "performance_trigger": report.trigger if status == VerdictStatus.DRIFTED else None,
+        "prediction_psi": nan_to_none(report.prediction_psi),
+    }
+
+
+def _no_realized_error(spec: DatasetSpec, start: datetime, end: datetime, coverage: OutputsCoverage) -> str:
+    """Why the verdict has no realized error (appended to its reason)."""
+    if labels_delay(spec) == timedelta(0):
+        return "; performance unjudged: no labelled rows in the window"
+    where = f"[{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M})"
+    if coverage.n_rows and not coverage.judged:
+        return f"; realized performance unjudged: the rows of {where} were mostly not scored by the reference's model"
+    return f"; realized performance unjudged: no labelled rows in {where} (labels.delay {spec.labels.delay})"
+
+
+_FLOAT_COLUMNS = (
+    "reference_error",
+    "current_error",
+    "realized_error",
+    "estimated_reference",
+    "estimated_error",
+    "performance_drop",
+    "estimated_drop",
+    "partition_error",
+    "prediction_psi",
+)
+_TEXT_COLUMNS = ("metric", "performance_trigger", "change_point", "drifted_columns", "reason")
+
+
+def verdict_table(verdicts: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The `drift_verdict` rows of a run, typed: a column that is empty in every row of a first run
+    must still be created as a number or a text, or a later run could not write a value into it."""
+    frame = pd.DataFrame(list(verdicts))
+    types = {
+        **{name: "Float64" for name in _FLOAT_COLUMNS if name in frame},
+        **{name: "string" for name in _TEXT_COLUMNS if name in frame},
+    }
+    return frame.astype(types)

@@ -179,6 +179,19 @@ class _Encoding:
         return lgb.Dataset(features, label=label, **args)
 
 
+def _checked_weight(weight: pd.Series | np.ndarray | None, rows: int) -> np.ndarray | None:
+    """The weights as float64, refused (ValueError) unless one finite, non-negative value per row and
+    some positive (LightGBM would train on NaN weights without a word)."""
+    if weight is None:
+        return None
+    values = np.asarray(weight, dtype=np.float64)
+    if values.shape != (rows,):
+        raise ValueError(f"weight holds {values.size:,} value(s) for {rows:,} training rows")
+    if not np.isfinite(values).all() or (values < 0).any() or not (values > 0).any():
+        raise ValueError("sample weights must be finite and non-negative, and not all zero")
+    return values
+
+
 def train_lightgbm(
     task: str,
     X_train: pd.DataFrame,
@@ -189,6 +202,7 @@ def train_lightgbm(
     num_boost_round: int,
     early_stopping_rounds: int,
     categorical_features: Sequence[str] | None = None,
+    weight: pd.Series | np.ndarray | None = None,
 ) -> TrainedModel:
     """Train a booster on all columns of `X_train`, early-stopping on the validation set.
 
@@ -196,9 +210,12 @@ def train_lightgbm(
     are fixed from `X_train`. Classification labels may be any values; they are mapped to 0..k-1
     (sorted order; for binary the larger label is positive) and `TrainedModel.classes` maps back.
     Without a validation set (X_valid None or empty) all `num_boost_round` rounds are trained.
+    `weight`: one non-negative sample weight per training row (e.g. recency weights); the validation
+    rows are never weighted, so early stopping judges the model as it will be used. None: all equal.
     """
     if len(X_train) == 0:
         raise ValueError("cannot train on zero rows")
+    sample_weight = _checked_weight(weight, len(X_train))
     if categorical_features is None:
         categorical_features = default_categoricals(X_train)
     feature_names = [str(column) for column in X_train.columns]
@@ -209,10 +226,8 @@ def train_lightgbm(
         assert classes is not None
         train_params["num_class"] = len(classes)
     # LightGBM bins the rows; with free_raw_data the float copy can go once it has.
-    categorical = list(categorical_features)
-    train_set = encoding.dataset(
-        X_train, y_train, "training", categorical_feature=categorical, free_raw_data=True
-    )
+    args = {"categorical_feature": list(categorical_features), "free_raw_data": True, "weight": sample_weight}
+    train_set = encoding.dataset(X_train, y_train, "training", **args)
     valid_sets: list[lgb.Dataset] = []
     callbacks: list[Any] = []
     if X_valid is not None and y_valid is not None and len(X_valid) > 0:

@@ -14,7 +14,7 @@ import pandas as pd
 from mlplatform.contracts import MlflowMetric, MlflowParam, Stage
 from mlplatform.core.features import entity_feature_used, feature_names
 from mlplatform.core.metrics import compute_metrics
-from mlplatform.core.splits import SPLIT_COLUMN
+from mlplatform.core.splits import SPLIT_COLUMN, SPLIT_NAMES
 from mlplatform.core.sql import column_types, quote_ident, total_order_sql
 from mlplatform.core.training import TrainedModel, default_categoricals, predict
 from mlplatform.core.warehouse import MissingTableError, read_frame, require_table, table_exists, table_name
@@ -115,40 +115,37 @@ def split_metrics(
     return metrics
 
 
-def champion_training_rows(
+def champion_split_rows(
     conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, windows: dict[str, SplitWindow] | None
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train rows, test rows) the champion was trained and tested on.
+) -> dict[str, pd.DataFrame]:
+    """The labelled rows of each split (train, validation, test) the champion was trained, tuned and
+    tested on.
 
     With the champion's recorded windows (first and last timestamp of each split) the rows come from
-    `features`, which is right even after a rollback to an older champion; without them from
-    `training_set`, which holds the split of the latest training."""
+    `features`, which is right even after a rollback to an older champion (a split whose window was
+    not recorded is empty); without them from `training_set`, which holds the latest training's split."""
     if windows and "train" in windows and "test" in windows:
         features, t = table_name(spec.name, Stage.FEATURES), quote_ident(spec.time_column)
         labelled = f"{quote_ident(spec.target.column)} IS NOT NULL"
-
-        def rows(first: str, last: str) -> pd.DataFrame:
-            return read_frame(
+        found = {}
+        for split, (first, last) in windows.items():
+            found[split] = read_frame(
                 conn,
                 f"SELECT * FROM {features} WHERE {t} BETWEEN ?::TIMESTAMP AND ?::TIMESTAMP AND {labelled} "
                 f"ORDER BY {t}",
                 [first, last],
             )
-
-        return rows(*windows["train"]), rows(*windows["test"])
+        return {split: found.get(split, found["train"].iloc[:0]) for split in SPLIT_NAMES}
     if not table_exists(conn, spec.name, Stage.TRAINING_SET):
         raise MissingTableError(f"{spec.name}.{Stage.TRAINING_SET} does not exist: train a model first")
-    frame = conn.sql(
-        f"SELECT * FROM {table_name(spec.name, Stage.TRAINING_SET)} "
-        f"WHERE {quote_ident(SPLIT_COLUMN)} IN ('train', 'test')"
-    ).df()
-    return frame[frame[SPLIT_COLUMN] == "train"], frame[frame[SPLIT_COLUMN] == "test"]
+    frame = conn.sql(f"SELECT * FROM {table_name(spec.name, Stage.TRAINING_SET)}").df()
+    return {split: frame[frame[SPLIT_COLUMN] == split].drop(columns=SPLIT_COLUMN) for split in SPLIT_NAMES}
 
 
 def recorded_windows(params: dict[str, str]) -> dict[str, SplitWindow] | None:
-    """Train/test windows a training run logged as params `window_<split>` = "first .. last"."""
+    """Split windows a training run logged as params `window_<split>` = "first .. last"."""
     found = {}
-    for split in ("train", "test"):
+    for split in SPLIT_NAMES:
         first, separator, last = params.get(MlflowParam.window(split), "").partition(
             MlflowParam.WINDOW_SEPARATOR
         )

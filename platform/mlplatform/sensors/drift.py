@@ -13,7 +13,10 @@ The decision (`decide`, pure, also used by the replay with a simulated clock):
 * pending drift requests `<ds>__retrain` with run key `drift:<ds>:<event id>` unless a retraining is
   in flight or the last request was less than `drift.cooldown` ago (the drift stays pending);
 * a requested retraining that failed is requested again (`...:retry<n>`), at most `drift.max_retries`
-  times, without waiting for the cool-down: the drift signal is not lost.
+  times, without waiting for the cool-down: the drift signal is not lost;
+* a verdict driven by performance may carry a change point (where the champion's per-partition error
+  stepped up, `assets.drift_report`): the request, and its retries, carry it as the run tag
+  `TRAIN_FROM_TAG`, and the retraining trains from there (spec `training.change_point`).
 The state lives in the sensor cursor (JSON), which Dagster stores with the instance, so it survives
 daemon restarts; the run keys make Dagster drop a request it has already launched anyway.
 """
@@ -25,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from mlplatform.contracts import DriftVerdictMetadata, Stage, VerdictStatus, asset_key
+from mlplatform.contracts import TRAIN_FROM_TAG, DriftVerdictMetadata, Stage, VerdictStatus, asset_key
 from mlplatform.dagster_adapter import RUN_KEY_TAG, SENSOR_NAME_TAG, UnresolvedAssetJobDefinition
 from mlplatform.jobs.dataset_jobs import retrain_job_name
 from mlplatform.sensors.common import (
@@ -51,6 +54,7 @@ class Verdict:
     partition: str | None = None
     reason: str = ""
     status: str = ""  # a VerdictStatus value; "" in cursors written before it existed
+    change_point: str | None = None  # ISO time the retraining should train from
 
     @property
     def insufficient(self) -> bool:
@@ -66,6 +70,7 @@ class Request:
     attempt: int = 1
     status: str | None = None  # last seen status of its run
     gave_up: bool = False
+    train_from: str | None = None  # the change point of the verdict that caused it
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,16 @@ class Decision:
     run_key: str | None  # None: no request this tick
     message: str
     retry_of: str | None = None
+    train_from: str | None = None  # the request's TRAIN_FROM_TAG
+
+    def tags(self) -> dict[str, str]:
+        """The run tags of the request this decision makes."""
+        tags = {"mlplatform/trigger": "drift", "mlplatform/drift_reason": self.message[:250]}
+        if self.retry_of:
+            tags["mlplatform/retry_of"] = self.retry_of
+        if self.train_from:
+            tags[TRAIN_FROM_TAG] = self.train_from
+        return tags
 
 
 def decide(
@@ -127,10 +142,14 @@ def decide(
             )
         run_key = f"{request.run_key.split(':retry')[0]}:retry{request.attempt}"
         retried = replace(request, run_key=run_key, attempt=request.attempt + 1, status=None)
-        # The retry retrains on all data so far, which covers any newer drift too.
+        # The retry retrains on all data so far (from the same change point), which covers newer drift too.
         new_state = replace(base, pending=None, last_request=retried, requests=state.requests + 1)
         return Decision(
-            new_state, run_key, f"retrying failed retraining ({request.status})", retry_of=request.run_key
+            new_state,
+            run_key,
+            f"retrying failed retraining ({request.status})",
+            retry_of=request.run_key,
+            train_from=request.train_from,
         )
     if pending is None:
         if unjudged is not None:
@@ -148,9 +167,12 @@ def decide(
                 base, None, f"drift pending; cool-down until {ready_at.isoformat(timespec='seconds')}"
             )
     run_key = f"drift:{dataset}:{pending.storage_id}"
-    new_request = Request(run_key, pending.storage_id, pending.partition, now.isoformat())
+    new_request = Request(
+        run_key, pending.storage_id, pending.partition, now.isoformat(), train_from=pending.change_point
+    )
     new_state = replace(base, pending=None, last_request=new_request, requests=state.requests + 1)
-    return Decision(new_state, run_key, f"drift at {pending.partition}: {pending.reason}")
+    message = f"drift at {pending.partition}: {pending.reason}"
+    return Decision(new_state, run_key, message, train_from=pending.change_point)
 
 
 def read_verdicts(
@@ -177,7 +199,12 @@ def read_verdicts(
                 partition = verdict.verdict_partition or None
                 verdicts.append(
                     Verdict(
-                        record.storage_id, verdict.drifted, partition, verdict.reason, verdict.status.value
+                        record.storage_id,
+                        verdict.drifted,
+                        partition,
+                        verdict.reason,
+                        verdict.status.value,
+                        verdict.change_point,
                     )
                 )
         if not result.has_more:
@@ -225,10 +252,7 @@ def build_drift_sensor(
         context.log.info(decision.message)
         requests = []
         if decision.run_key:
-            tags = {"mlplatform/trigger": "drift", "mlplatform/drift_reason": decision.message[:250]}
-            if decision.retry_of:
-                tags["mlplatform/retry_of"] = decision.retry_of
-            requests.append(dg.RunRequest(run_key=decision.run_key, tags=tags))
+            requests.append(dg.RunRequest(run_key=decision.run_key, tags=decision.tags()))
         return dg.SensorResult(
             run_requests=requests,
             skip_reason=None if requests else dg.SkipReason(decision.message),

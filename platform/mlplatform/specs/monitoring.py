@@ -6,6 +6,8 @@ what a (re)training learns from; `labels` when the true outcome of a row becomes
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import Field, field_validator
 
 from mlplatform.specs.durations import parse_calendar_duration, parse_duration
@@ -62,15 +64,15 @@ class TrainingSpec(_Strict):
     @field_validator("window")
     @classmethod
     def _window(cls, value: str) -> str:
-        if value != "all":
-            parse_duration(value)
+        if value != "all" and parse_duration(value) <= timedelta(0):
+            raise ValueError(f"{value!r}: a training window must be longer than zero (or 'all')")
         return value
 
     @field_validator("recency_half_life")
     @classmethod
     def _half_life(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_duration(value)
+        if value is not None and parse_duration(value) <= timedelta(0):
+            raise ValueError(f"{value!r}: a half-life must be longer than zero (or null: no weights)")
         return value
 
 
