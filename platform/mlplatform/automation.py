@@ -3,6 +3,8 @@
 Who drives what (see the README):
 * `<ds>__new_data_sensor`: new/changed source file -> `<ds>__ingest` (raw .. predictions -> drift_report)
   for the partitions the file covers; before the first champion, the whole-graph job instead.
+  A Kafka source has `<ds>__kafka_sensor` instead: it lands the records that arrived as batch files,
+  then requests the same (mlplatform.sensors.kafka).
 * `<ds>__daily_ingest` schedule: backstop, newest complete partition once a day.
 * `<ds>__drift_sensor`: drifted verdict -> `<ds>__retrain` (training_set -> model -> evaluation ->
   reference_profile), cursor + run keys + cool-down + bounded retries.
@@ -24,10 +26,11 @@ from mlplatform.jobs.dataset_jobs import build_ingest_job, build_rescore_job, bu
 from mlplatform.sensors.alerts import build_alerts_sensor
 from mlplatform.sensors.common import sensor_interval, sensor_status
 from mlplatform.sensors.drift import build_drift_sensor
+from mlplatform.sensors.kafka import build_kafka_sensor
 from mlplatform.sensors.new_data import build_daily_schedule, build_new_data_sensor
 from mlplatform.sensors.rescore import build_rescore_sensor
 from mlplatform.settings import Settings
-from mlplatform.specs.model import DatasetSpec
+from mlplatform.specs.model import DatasetSpec, KafkaSourceSpec
 from mlplatform.stages import STAGES, StageRow
 
 
@@ -53,8 +56,9 @@ def build_automation(
 ) -> Automation:
     ingest, retrain = build_ingest_job(spec, registry), build_retrain_job(spec, registry)
     rescore = build_rescore_job(spec)
+    new_data = build_kafka_sensor if isinstance(spec.source, KafkaSourceSpec) else build_new_data_sensor
     sensors = [
-        build_new_data_sensor(spec, partitions, ingest, whole_graph_job, settings),
+        new_data(spec, partitions, ingest, whole_graph_job, settings),
         build_drift_sensor(spec, retrain, settings),
         build_rescore_sensor(spec, partitions, rescore, settings),
     ]

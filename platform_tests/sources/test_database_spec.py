@@ -83,7 +83,7 @@ def test_file_sources_are_unchanged_and_default_to_files() -> None:
         ),
         ({"incremental_column": "ts", "path": "x.csv"}, "key 'source.path': unknown key"),
         ({"incremental_column": "ts", "batch_rows": 0}, "key 'source.batch_rows'"),
-        ({"kind": "mysql"}, "key 'source.kind': unknown source kind 'mysql' (use files or postgres)"),
+        ({"kind": "mysql"}, "key 'source.kind': unknown source kind 'mysql' (use files, postgres or kafka)"),
     ],
 )
 def test_bad_postgres_sources_name_the_key(source: dict[str, Any], expected: str) -> None:

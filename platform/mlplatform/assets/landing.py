@@ -1,7 +1,8 @@
-"""The raw stage's side of database sources: land the new rows, then load the landed files like any files.
+"""The raw stage's side of landed sources: land the new rows, then load the landed files like any files.
 
 See mlplatform.core.database_source: a postgres source's rows become Parquet batch files under the
 platform home, so lineage (`_source_file` is the batch file), quarantine and accounting work unchanged.
+A kafka source's batches are landed by its sensor (mlplatform.sensors.kafka); raw only loads them.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import dagster as dg
 from mlplatform.core.accounting import FileCount, count_source
 from mlplatform.core.database_landing import extract_new_rows, landed_batches, landed_counts
 from mlplatform.core.database_source import landed_spec, landing_dir, server_of, table_state
+from mlplatform.core.kafka_batches import landed_counts as kafka_landed_counts
+from mlplatform.core.kafka_batches import landing_summary
 from mlplatform.core.source import SourceError
-from mlplatform.specs.model import DatasetSpec, PostgresSourceSpec
+from mlplatform.specs.model import DatasetSpec, KafkaSourceSpec, PostgresSourceSpec
+from mlplatform.specs.sources import LANDED_SOURCES
 
 if TYPE_CHECKING:
     from mlplatform.stages import StageBuild
@@ -24,14 +28,14 @@ Metadata = dict[str, dg.MetadataValue | int | str]
 
 
 def landing_folder(stage: StageBuild) -> Path | None:
-    """The folder a postgres source lands in (None for files)."""
-    if not isinstance(stage.spec.source, PostgresSourceSpec):
+    """The folder a postgres or kafka source lands in (None for files)."""
+    if not isinstance(stage.spec.source, LANDED_SOURCES):
         return None
     return landing_dir(stage.settings.home, stage.spec.name)
 
 
 def files_spec(stage: StageBuild) -> DatasetSpec:
-    """The spec the file chain reads: the spec itself, or its landed files for a postgres source."""
+    """The spec the file chain reads: the spec itself, or its landed files for a landed source."""
     folder = landing_folder(stage)
     return stage.spec if folder is None else landed_spec(stage.spec, folder)
 
@@ -41,6 +45,10 @@ def source_label(spec: DatasetSpec) -> str:
     source = spec.source
     if isinstance(source, PostgresSourceSpec):
         return f"postgres {source.described} (DSN from ${source.dsn.env}), by {source.incremental_column!r}"
+    if isinstance(source, KafkaSourceSpec):
+        servers = source.bootstrap_servers
+        shown = servers if isinstance(servers, str) else f"${servers.env}"
+        return f"kafka {source.described} at {shown} (JSON values, time from {source.time_from})"
     return source.path
 
 
@@ -49,6 +57,8 @@ def source_counts(stage: StageBuild, files: list[str]) -> dict[str, FileCount]:
     spec = stage.spec
     if isinstance(spec.source, PostgresSourceSpec):
         return landed_counts(landing_dir(stage.settings.home, spec.name))
+    if isinstance(spec.source, KafkaSourceSpec):
+        return kafka_landed_counts(landing_dir(stage.settings.home, spec.name))
     return {f: count_source(f, spec.source_format, spec.source.delimiter) for f in files}
 
 
@@ -56,6 +66,8 @@ def land_new_rows(context: dg.AssetExecutionContext, stage: StageBuild) -> Metad
     """Extract the rows past the watermark (nothing for files); a database error fails only this run."""
     folder = landing_folder(stage)
     source = stage.spec.source
+    if folder is not None and isinstance(source, KafkaSourceSpec):  # landed by the sensor already
+        return dict(landing_summary(folder, source.topic))
     if folder is None or not isinstance(source, PostgresSourceSpec):
         return {}
     try:

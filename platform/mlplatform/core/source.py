@@ -288,9 +288,13 @@ def stage_source(
         read = "_staged_read"
     elif spec.source_format == "parquet":
         # A view: Parquet is typed and cheap to scan, so the rows are copied once, into `_staged`.
-        problems = file_problems_sql(spec, parquet_headers(readable), notes)
+        headers = parquet_headers(readable)
+        problems = file_problems_sql(spec, headers, notes)
+        # A landed batch may carry each record's own read error (a Kafka record that is not JSON).
+        own = any("_parse_error" in header for header in headers.values())
+        columns = f"* REPLACE (coalesce(_parse_error, {problems}) AS _parse_error)" if own else None
         conn.execute(
-            f"CREATE OR REPLACE TEMP VIEW _staged_parquet AS SELECT *, {problems} AS _parse_error "
+            f"CREATE OR REPLACE TEMP VIEW _staged_parquet AS SELECT {columns or f'*, {problems} AS _parse_error'} "
             f"FROM ({_reader_sql(spec, readable, rejects=False)})"
         )
         read = "_staged_parquet"

@@ -236,8 +236,10 @@ class _Failures:
             self.parse_failed[row_id].add(column)
 
     def explained_by_parsing(self, row_id: int, column: str) -> bool:
-        """The column did not parse, or the whole line is malformed: a schema failure adds nothing."""
-        return column in self.parse_failed[row_id] or "_line" in self.parse_failed[row_id]
+        """The column did not parse, or the whole line (or Kafka `_record`) is malformed: a schema failure
+        adds nothing."""
+        failed = self.parse_failed[row_id]
+        return column in failed or "_line" in failed or "_record" in failed
 
     def outcome(self, frame: pd.DataFrame) -> ValidationOutcome:
         bad_ids = sorted(self.reasons)

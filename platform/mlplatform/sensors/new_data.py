@@ -42,7 +42,7 @@ from mlplatform.jobs.dataset_jobs import ingest_job_name
 from mlplatform.sensors.common import schedule_status, sensor_interval, sensor_status
 from mlplatform.sensors.new_rows import database_tick
 from mlplatform.settings import Settings
-from mlplatform.specs.model import DatasetSpec, PostgresSourceSpec
+from mlplatform.specs.model import DatasetSpec, KafkaSourceSpec, PostgresSourceSpec, SourceSpec
 from mlplatform.stages import Job, job_stages
 
 MAX_ERROR_CHARS = 300  # per bad file, in the cursor and the messages
@@ -298,6 +298,7 @@ def build_daily_schedule(
     settings: Settings,
 ) -> dg.ScheduleDefinition:
     drift_key = asset_key(spec, Stage.DRIFT_REPORT)
+    watcher = "kafka_sensor" if isinstance(spec.source, KafkaSourceSpec) else "new_data_sensor"
 
     @dg.schedule(
         name=f"{spec.name}__daily_ingest",
@@ -305,7 +306,7 @@ def build_daily_schedule(
         job=ingest_job,
         default_status=schedule_status(settings, spec.name),
         description=(
-            f"Backstop for {spec.name}__new_data_sensor: once a day, the newest complete partition through "
+            f"Backstop for {spec.name}__{watcher}: once a day, the newest complete partition through "
             "raw -> ... -> drift_report, unless its drift report exists already."
         ),
     )
@@ -317,7 +318,7 @@ def build_daily_schedule(
             return dg.SkipReason("no champion yet: the new-data sensor trains the first one")
         if latest in context.instance.get_materialized_partitions(drift_key):
             return dg.SkipReason(f"partition {latest} is already reported")
-        if not isinstance(spec.source, PostgresSourceSpec) and not source_files(spec):
+        if isinstance(spec.source, SourceSpec) and not source_files(spec):
             return dg.SkipReason(f"no source files at {spec.source_pattern}")
         return ingest_request(context.instance, spec, [latest], f"daily:{latest}", ingest_job.name)
 

@@ -24,13 +24,20 @@ from mlplatform.specs.durations import (
 )
 from mlplatform.specs.expressions import check_expression
 from mlplatform.specs.monitoring import DriftSpec, LabelsSpec, TrainingSpec
-from mlplatform.specs.sources import AnySource, PostgresSourceSpec, SourceSpec
+from mlplatform.specs.sources import (
+    LANDED_SOURCES,
+    AnySource,
+    KafkaSourceSpec,
+    PostgresSourceSpec,
+    SourceSpec,
+)
 from mlplatform.specs.strict import Strict as _Strict
 
 __all__ = [
     "AnySource",
     "DatasetSpec",
     "DriftSpec",
+    "KafkaSourceSpec",
     "LabelsSpec",
     "PostgresSourceSpec",
     "SourceSpec",
@@ -326,12 +333,19 @@ class DatasetSpec(_Strict):
                 f"time_column: {self.time_column!r} is derived, but a postgres source needs a column of "
                 "the table (compute it in `query:` instead)"
             )
+        kafka = self.source if isinstance(self.source, KafkaSourceSpec) else None
+        if kafka is not None and kafka.time_from == "record_timestamp" and self.time_column in self.derived:
+            raise ValueError(
+                f"time_column: {self.time_column!r} is derived, but source.time_from: record_timestamp "
+                "fills it with each record's Kafka timestamp (use time_from: field for a derived time)"
+            )
         return self
 
     @property
     def source_format(self) -> Literal["csv", "parquet"]:
-        if isinstance(self.source, PostgresSourceSpec):
-            return "parquet"  # the rows are landed as Parquet files (mlplatform.core.database_source)
+        if isinstance(self.source, LANDED_SOURCES):
+            # The rows are landed as Parquet files (mlplatform.core.database_source, core.kafka_batches).
+            return "parquet"
         if self.source.format:
             return self.source.format
         return "parquet" if self.source.path.lower().endswith((".parquet", ".pq")) else "csv"
@@ -339,9 +353,10 @@ class DatasetSpec(_Strict):
     @property
     def source_pattern(self) -> str:
         """Absolute path or glob of the source files."""
-        if isinstance(self.source, PostgresSourceSpec):
+        if isinstance(self.source, LANDED_SOURCES):
             # Its files are under the platform home, which the spec does not know.
-            raise ValueError(f"{self.name}: a postgres source has no file pattern; use its landed spec")
+            kind = self.source.kind
+            raise ValueError(f"{self.name}: a {kind} source has no file pattern; use its landed spec")
         path = Path(self.source.path).expanduser()
         if not path.is_absolute() and self.spec_path is not None:
             path = self.spec_path.parent / path
