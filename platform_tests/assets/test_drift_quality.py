@@ -325,3 +325,23 @@ def test_with_labels_delay_a_verdict_never_reads_labels_that_have_not_arrived(
     finally:
         _flip_labels(home, known_before, window_end)
         _judged(plain, partition)
+
+
+def test_with_labels_delay_the_change_point_is_located_on_the_labels_arrived_since(
+    home: TinyDataset, drift_run: dg.ExecuteInProcessResult
+) -> None:
+    # A 3-day delay on daily partitions: no partition's own labels have arrived when it is judged, so
+    # every stored partition error is empty; the change point must come from the labels arrived since.
+    delayed = dataset_for(home, labels={"delay": "3d"})
+    last = FIRST + timedelta(days=DAYS - 1)
+    try:
+        materialize_range(delayed, [Stage.DRIFT_REPORT], SCORED_FROM, last)
+        by_day = verdicts(home, "performance_trigger", "change_point", "partition_error", "reason")
+        assert all(v["partition_error"] is None for v in by_day.values())
+        latest = by_day[day(last)]
+        assert latest["performance_trigger"] == "realized", latest
+        assert latest["change_point"] == CONCEPT_CHANGE.isoformat(), latest
+        # Located only on labels older than the window's end minus the delay: none after day 63.
+        assert "over 8 after" in latest["reason"], latest["reason"]
+    finally:
+        materialize_range(home, [Stage.DRIFT_REPORT], SCORED_FROM, last)

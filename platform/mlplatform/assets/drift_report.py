@@ -10,7 +10,7 @@ run's) is searched for the change point a retraining can start from (core.drift_
 """
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -22,9 +22,10 @@ from mlplatform.assets.common import add_partition_metadata, spec_code_version, 
 from mlplatform.assets.drift_metadata import partitions_metadata, run_metadata
 from mlplatform.contracts import Stage, Table, asset_key
 from mlplatform.core import drift_plots
-from mlplatform.core.drift_performance import locate_change, realized_window
+from mlplatform.core.drift_performance import labels_delay, locate_change, realized_window
 from mlplatform.core.drift_reference import Reference, read_reference
 from mlplatform.core.drift_windows import (
+    arrived_partition_errors,
     empty_windows_warning,
     report_partition,
     spacing_hint,
@@ -54,6 +55,9 @@ class _Inputs:
     version: int | None  # of the model the reference profiles
     rows: pd.DataFrame  # from the earliest realized window's start to the run's end
     errors: pd.DataFrame  # stored partition errors of that model (partition_start, partition_error)
+    # With labels.delay and training.change_point: the rows since the champion's last train row, whose
+    # partition errors are judged again on the labels arrived by each verdict (stored ones lack them).
+    since_training: pd.DataFrame | None = None
 
 
 def _read_inputs(spec: DatasetSpec, warehouse: WarehouseResource, start: datetime, end: datetime) -> _Inputs:
@@ -70,7 +74,12 @@ def _read_inputs(spec: DatasetSpec, warehouse: WarehouseResource, start: datetim
         # The first partition's realized window starts earliest (labels.delay before its window).
         rows = window_rows(conn, spec, realized_window(spec, start)[0], end)
         errors = _stored_errors(conn, spec, version, start, end)
-    return _Inputs(read_reference(stored), version, rows, errors)
+        reference = read_reference(stored)
+        train_last = reference.champion.train_last
+        since_training = None
+        if labels_delay(spec) > timedelta(0) and spec.training.change_point and train_last is not None:
+            since_training = window_rows(conn, spec, train_last.to_pydatetime(), end)
+    return _Inputs(reference, version, rows, errors, since_training)
 
 
 def _stored_errors(
@@ -110,15 +119,19 @@ def _judge_partitions(
             spacing,
         )
         if verdict["performance_trigger"] and spec.training.change_point:
-            _add_change_point(verdict, inputs, verdicts)
+            _add_change_point(spec, verdict, inputs, verdicts)
         column_frames.append(columns)
         verdicts.append(verdict)
     return column_frames, verdicts
 
 
-def _add_change_point(verdict: dict[str, Any], inputs: _Inputs, earlier: list[dict[str, Any]]) -> None:
+def _add_change_point(
+    spec: DatasetSpec, verdict: dict[str, Any], inputs: _Inputs, earlier: list[dict[str, Any]]
+) -> None:
     """After a verdict driven by performance: where the champion's partition error stepped, from the
-    stored errors and this run's (up to this partition), into the row and its reason."""
+    stored errors and this run's (up to this partition), into the row and its reason. With
+    `labels.delay` each partition's error is judged again on the labels arrived by this verdict's
+    window end minus the delay (those stored when it was judged lacked its late labels)."""
     judged = pd.DataFrame(
         [
             {"partition_start": v["partition_start"], "partition_error": v["partition_error"]}
@@ -126,6 +139,14 @@ def _add_change_point(verdict: dict[str, Any], inputs: _Inputs, earlier: list[di
         ]
     )
     history = pd.concat([inputs.errors, judged], ignore_index=True)
+    if inputs.since_training is not None:  # labels.delay: errors on the labels arrived by now
+        arrived = arrived_partition_errors(
+            spec, inputs.since_training, inputs.version, verdict["window_end"] - labels_delay(spec)
+        )
+        starts = pd.to_datetime(history["partition_start"])
+        replaced = starts.isin(pd.to_datetime(arrived["partition_start"])) | history["partition_error"].isna()
+        kept = history[~replaced.to_numpy()]  # an empty error says nothing: NaN is skipped anyway
+        history = arrived if kept.empty else pd.concat([kept, arrived], ignore_index=True)
     found, n_errors = locate_change(
         history, str(verdict["metric"]), inputs.reference.champion.train_last, verdict["partition_start"]
     )

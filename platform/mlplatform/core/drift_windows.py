@@ -37,10 +37,11 @@ from mlplatform.core.drift_performance import (
     labels_known_before,
     mask_late_labels,
     partition_error,
+    primary_error,
     realized_window,
 )
 from mlplatform.core.drift_reference import Reference, WindowReport, judge_window, nan_to_none
-from mlplatform.core.grain import GRAIN_DAYS
+from mlplatform.core.grain import GRAIN_DAYS, grain_floor
 from mlplatform.core.scoring import MODEL_VERSION_COLUMN, PREDICTION_COLUMN
 from mlplatform.core.sql import quote_ident
 from mlplatform.core.warehouse import read_frame, table_exists, table_name, window_predicate
@@ -205,6 +206,29 @@ def _blank_other_outputs(window: pd.DataFrame, version: int | None) -> None:
     by_reference = pd.to_numeric(window[MODEL_VERSION_COLUMN], errors="coerce") == version
     for column in [c for c in window.columns if _is_output(c)]:
         window[column] = window[column].where(by_reference)
+
+
+def arrived_partition_errors(
+    spec: DatasetSpec, rows: pd.DataFrame, version: int | None, known_before: datetime
+) -> pd.DataFrame:
+    """Each partition's own error on its rows whose labels have arrived by `known_before` (outputs of
+    another model than `version` left out), as (`partition_start`, `partition_error`). With
+    `labels.delay` the error stored when a partition was judged saw few or none of its labels (none
+    when the delay is at least a partition long), so a change point is located on these instead."""
+    times = pd.to_datetime(rows[spec.time_column])
+    picked = rows[(times < known_before).to_numpy()].reset_index(drop=True)
+    _blank_other_outputs(picked, version)
+    floors = pd.to_datetime(
+        [grain_floor(moment, spec.partition_grain) for moment in pd.to_datetime(picked[spec.time_column])]
+    )
+    records = [
+        {
+            "partition_start": start,
+            "partition_error": primary_error(spec.target.task, part[spec.target.column], part)[1],
+        }
+        for start, part in picked.groupby(floors, sort=True)
+    ]
+    return pd.DataFrame(records, columns=["partition_start", "partition_error"])
 
 
 def _judged_rows(
