@@ -115,6 +115,7 @@ def test_landing_stops_before_a_batch_it_did_not_read_to_the_end(tmp_path: Path)
     # No cursor for the partition (a first tick): read from 0, but only to 150 within the bound.
     (landing,) = land(tmp_path, records(0, 0, 150))
     assert landing.replaced == ("orders+p0+0-99.parquet",) and landing.next_offset == 100
+    assert landing.held_back == 51 and landing.already_landed == 0  # 100..150: read again next tick
     assert names_on_disk(tmp_path) == ["orders+p0+0-99.parquet", "orders+p0+100-199.parquet"]
     assert past_cursor(tmp_path, "orders", {0: landing.next_offset}) == {0: 200}
     assert offsets_on_disk(tmp_path) == [(0, o) for o in range(200)]

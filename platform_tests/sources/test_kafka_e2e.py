@@ -270,3 +270,22 @@ def test_a_deleted_topic_fails_the_tick_in_one_line_and_keeps_the_cursor(orders:
     with pytest.raises(KafkaTickError, match=refused):
         orders.tick()
     assert orders.cursor == before and sorted(b.path for b in landed_batches(orders.landing)) == landed
+
+
+def test_a_dead_ticks_batch_is_read_to_its_end_even_past_a_smaller_bound(
+    orders: Orders, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    orders.produce(range(0, 300), lambda i: 0)
+    with monkeypatch.context() as crash:
+        die_after_landing(crash)
+        with pytest.raises(SystemExit):
+            orders.tick()  # lands p0 0..299, its cursor never saved
+    # Restarted with a bound below that batch (lowered, or shared with other partitions now).
+    spec = kafka_spec(tmp_path / "smaller", orders.broker.bootstrap, orders.topic, max_records_per_tick=50)
+    orders.built = build_dataset(spec, settings=orders.settings)
+    result = orders.tick()
+    # Read to the dead tick's end and landed again as itself; without that, landing would stop before
+    # the batch (it cannot be cut) and no tick with this bound would ever move the cursor.
+    assert decode_cursor(orders.cursor, orders.topic).offsets == {0: 300}
+    assert [Path(b.path).name for b in landed_batches(orders.landing)] == [f"{orders.topic}+p0+0-299.parquet"]
+    assert len(result.run_requests) == 1

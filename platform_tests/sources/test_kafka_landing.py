@@ -15,7 +15,7 @@ from mlplatform.core.accounting import describe_account, read_accounts
 from mlplatform.core.kafka_batches import land_records
 from mlplatform.core.kafka_records import KafkaRecord
 from mlplatform.factory import DatasetDefinitions, build_dataset, location_resources
-from mlplatform.sensors.kafka import KafkaTickError
+from mlplatform.sensors.kafka import KafkaTickError, _nothing_landed
 from mlplatform.settings import Settings, load_settings
 from platform_tests.servers import free_port
 from platform_tests.sources.kafka_source import BAD_FIELDS, BAD_VALUES, kafka_spec, planned_record
@@ -109,3 +109,33 @@ def test_an_unreachable_broker_fails_the_tick_in_one_line_and_keeps_the_cursor(t
     assert message.startswith(f"orders: source: cannot read kafka at {bootstrap} (topic orders): ")
     assert "\n" not in message
     assert not list((settings.home / "landing" / "orders").glob("*.parquet"))
+
+
+def test_a_setting_the_client_refuses_fails_the_tick_in_one_line(tmp_path: Path) -> None:
+    missing_ca = tmp_path / "no-such-ca.pem"  # librdkafka refuses to create the consumer
+    bootstrap = f"127.0.0.1:{free_port()}"
+    built, settings = build(tmp_path, bootstrap, security={"protocol": "SSL", "ca_location": str(missing_ca)})
+    sensor = next(s for s in built.automation.sensors if s.name == "orders__kafka_sensor")
+    with dg.instance_for_test() as instance, pytest.raises(KafkaTickError) as caught:
+        sensor(dg.build_sensor_context(instance=instance, cursor='{"topic":"orders","offsets":{"0":7}}'))
+    message = str(caught.value)
+    assert message.startswith(f"orders: source: cannot read kafka at {bootstrap} (topic orders): ")
+    assert "ssl.ca.location" in message and "\n" not in message
+    assert not list((settings.home / "landing" / "orders").glob("*.parquet"))
+
+
+def test_a_tick_that_lands_nothing_says_why(tmp_path: Path) -> None:
+    value = b'{"ts": "2024-01-01 00:00:00", "id": 1, "amount": 1, "kind": "a"}'
+    columns = ["ts", "id", "amount", "kind"]
+
+    def read(first: int, last: int) -> dict[int, list[KafkaRecord]]:
+        return {0: [KafkaRecord("orders", 0, o, None, value) for o in range(first, last + 1)]}
+
+    land_records(tmp_path, read(0, 99), columns, "ts", "field")  # a tick that died landed 0..99
+    # The next one ran out of time at offset 49, inside that batch: it lands nothing, and says so.
+    (short,) = land_records(tmp_path, read(0, 49), columns, "ts", "field")
+    assert not short.batches and short.next_offset == 0
+    assert _nothing_landed("topic orders", 50, [short]).startswith(
+        "50 of the 50 records read reach into a batch"
+    )
+    assert _nothing_landed("topic orders", 0, []) == "no new records in topic orders"

@@ -152,6 +152,7 @@ class PartitionLanding:
     superseded: tuple[str, ...]  # batches past the cursor removed: their offsets are in other batches now
     already_landed: int  # records read again but kept in a batch that starts before them
     next_offset: int  # the partition's cursor after this landing
+    held_back: int = 0  # records read but not landed: they reach into a batch not read to its end
 
 
 def past_cursor(folder: Path, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
@@ -216,6 +217,7 @@ def land_partition(
         tuple(path.name for path in superseded),
         sum(1 for r in records if r.offset < keep_from),
         max(stop, keep_from),
+        sum(1 for r in records if r.offset >= max(stop, keep_from)),
     )
 
 

@@ -174,6 +174,16 @@ def _watermarks(
     return high
 
 
+def _consumer(spec: DatasetSpec, config: dict[str, Any]) -> Any:
+    """The client; a setting it refuses (an SSL CA file that is not there) is the tick's one-line error."""
+    from confluent_kafka import Consumer, KafkaException
+
+    try:
+        return Consumer(config)
+    except KafkaException as exc:
+        raise _failure(spec, config["bootstrap.servers"], exc.args[0]) from None
+
+
 def consume(
     spec: DatasetSpec,
     cursor: KafkaCursor,
@@ -184,7 +194,7 @@ def consume(
     """Read what arrived past `cursor`, within the spec's bounds per tick; a partition of `read_to` is
     read at least to that offset (past `max_records_per_tick`; the time bound still holds)."""
     try:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
     except ImportError:
         raise SourceError(
             "source.kind: a kafka source needs the confluent-kafka client: pip install 'mlplatform[kafka]'"
@@ -193,7 +203,7 @@ def consume(
     config = consumer_config(spec, environ)
     servers = config["bootstrap.servers"]
     deadline = clock() + source.max_seconds_per_tick
-    consumer = Consumer(config)
+    consumer = _consumer(spec, config)
     try:
         timeout = min(METADATA_TIMEOUT_SECONDS, source.max_seconds_per_tick)
         consumed = Consumed(topic_partitions(consumer, spec, servers, timeout))
@@ -202,6 +212,8 @@ def consume(
         reading = _Reading(spec, servers, cursor, consumed, dict(read_to or {}))
         at_end = reading.read(consumer, deadline, clock)
         consumed.high_watermarks = _watermarks(consumer, source.topic, consumed.partitions, at_end, clock)
+    except KafkaException as exc:  # the client's own refusals: one line too, not a traceback
+        raise _failure(spec, servers, exc.args[0]) from None
     finally:
         consumer.close()
     return consumed

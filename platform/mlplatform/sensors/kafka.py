@@ -70,6 +70,19 @@ def _log_recovery(context: dg.SensorEvaluationContext, landings: Sequence[Partit
             )
 
 
+def _nothing_landed(described: str, read: int, landings: Sequence[PartitionLanding]) -> str:
+    """Why a tick that read `read` records landed none, as it is."""
+    held_back = sum(landing.held_back for landing in landings)
+    if not read:
+        return f"no new records in {described}"
+    if held_back:
+        return (
+            f"{held_back} of the {read} records read reach into a batch a tick that died landed past the "
+            "cursor, which this tick did not read to its end (out of time): the next tick reads them again"
+        )
+    return "every record read was landed already"
+
+
 def kafka_tick(
     context: dg.SensorEvaluationContext,
     spec: DatasetSpec,
@@ -97,11 +110,7 @@ def kafka_tick(
     new_cursor = encode_cursor(moved)
     files, records, ranges = _landed(landings)
     if not files:
-        note = (
-            f"no new records in {source.described}"
-            if not consumed.count
-            else "every record read was landed already"
-        )
+        note = _nothing_landed(source.described, consumed.count, landings)
         return dg.SensorResult(skip_reason=dg.SkipReason(f"{note}; {lag.describe()}"), cursor=new_cursor)
     summary = (
         f"landed {records} records of {source.described} ({ranges}; stopped: {consumed.stopped_by}); "
