@@ -1,21 +1,27 @@
-"""`mlplatform replay`: is drift-triggered retraining worth it? Replay a dataset's history under three policies.
+"""`mlplatform replay`: is drift-triggered retraining worth it? Replay a dataset's history under four policies.
 
 Each policy gets its own temporary platform home (warehouse, MLflow store, Dagster instance) and
-walks the same history with the real jobs, in a fresh process:
+walks the same history with the real jobs, in a spawned worker process (policies run in parallel):
 
 1. bootstrap: the whole graph over the first `initial_fraction` of the partitions, which trains,
    evaluates and promotes the first champion and profiles it;
 2. then period by period (default 7 days): `<ds>__ingest` over the period's partitions (raw ->
-   features -> predictions by the current champion -> drift_report). The period's error is the
+   features -> predictions by the current champion -> drift_report). The period's metric is the
    champion's primary metric on those rows, scored before anything else happens: a prospective error;
 3. after the period, the policy decides whether to run `<ds>__retrain`:
    * static: never;
    * scheduled: when `retrain_every_days` of data have passed since the last training;
    * drift: whatever the real `<ds>__drift_sensor` requests, evaluated on the instance's events with
-     the replay clock (data time) so its cool-down counts data days, not seconds of replay.
+     the replay clock (data time) so its cool-down counts data days, not seconds of replay;
+   * every_period: after every period, the ceiling: the most any retraining policy can gain (with the
+     same training rules), at the most retrains.
 
-Outputs in DIR: replay.csv (policy, period, error, retrained, ...), replay_summary.csv (policy,
-retrains, mean_error, train_seconds) and replay.png.
+`label_delay` overrides the spec's `labels.delay`: the drift reports (hence the drift policy) judge
+performance only on labels that would have arrived; the period metric is always on every label.
+
+Outputs in DIR: replay.csv (one row per policy and period: the metric on the period, whether a
+retraining ran after it, the drift verdict's label-free estimate next to the realized metric of the
+same window), replay_summary.csv (`summarise`) and replay.png.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +45,9 @@ if TYPE_CHECKING:
     from mlplatform.specs.model import DatasetSpec
 
 # Pandas, Dagster and MLflow are imported where they are used: `mlplatform --help` reads POLICIES.
-POLICIES = ("static", "scheduled", "drift")
+POLICIES = ("static", "scheduled", "drift", "every_period")
+# Most retrains first: started first in the pool, the longest policy does not run alone at the end.
+_SLOWEST_FIRST = ("every_period", "scheduled", "drift", "static")
 
 
 @dataclass(frozen=True)
@@ -47,12 +55,13 @@ class ReplayConfig:
     dataset: str
     output: Path
     period_days: int = 7
-    initial_fraction: float = 0.25
+    initial_fraction: float = 0.3
     retrain_every_days: int = 28
     policies: tuple[str, ...] = POLICIES
     processes: int = 2
     max_periods: int | None = None  # replay only the first N periods (smoke tests)
     keep_homes: bool = False  # keep each policy's home (warehouse, MLflow, Dagster) for inspection
+    label_delay: str | None = None  # replaces the spec's labels.delay (None: the spec's own)
 
 
 def _chunks(keys: list[str], size: int) -> list[list[str]]:
@@ -65,10 +74,11 @@ def _range_tags(keys: list[str]) -> dict[str, str]:
     return {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
 
 
-def _period_error(
+def _window_error(
     settings: Settings, spec: DatasetSpec, start: datetime, end: datetime
 ) -> tuple[str, float, int, int | None]:
-    """Primary metric of the stored predictions on the period's labelled rows, and the scoring version."""
+    """Primary metric of the stored predictions on the labelled rows of [start, end) (every label: the
+    replay knows them all, whatever delay the drift reports simulate), and the scoring version."""
     import duckdb
     import pandas as pd
 
@@ -83,6 +93,34 @@ def _period_error(
     version = int(versions.mode().iloc[0]) if len(versions) else None
     metric, value = primary_error(spec.target.task, rows[spec.target.column], rows)
     return metric, value, len(rows), version
+
+
+def _estimate_and_realized(
+    settings: Settings, spec: DatasetSpec, partition_start: datetime
+) -> tuple[float, float]:
+    """The label-free estimate (`estimated_error`) of the drift verdict of the partition starting at
+    `partition_start`, and the realized metric of that verdict's own window on every label. (NaN, NaN)
+    when the verdict table has no estimate (regression champions, or drift reports without one)."""
+    import duckdb
+
+    from mlplatform.contracts import Table
+    from mlplatform.core.warehouse import table_exists, table_name
+
+    nothing = (math.nan, math.nan)
+    with duckdb.connect(settings.warehouse_for(spec.name), read_only=True) as conn:
+        if not table_exists(conn, spec.name, Table.DRIFT_VERDICT):
+            return nothing
+        verdicts = table_name(spec.name, Table.DRIFT_VERDICT)
+        if "estimated_error" not in conn.sql(f"SELECT * FROM {verdicts} LIMIT 0").columns:
+            return nothing
+        found = conn.execute(
+            f"SELECT estimated_error, window_start, window_end FROM {verdicts} WHERE partition_start = ?",
+            [partition_start],
+        ).fetchone()
+    if found is None or found[0] is None or math.isnan(float(found[0])):
+        return nothing
+    _, realized, _, _ = _window_error(settings, spec, found[1], found[2])
+    return float(found[0]), realized
 
 
 def _champion_version(settings: Settings, spec: DatasetSpec) -> int | None:
@@ -123,14 +161,39 @@ def _replayed_partitions(
     return keys, n_initial, periods
 
 
-def _policy_jobs(settings: Settings, dataset: str) -> tuple[DatasetSpec, Any, Any, Any]:
-    """The dataset's spec and its whole-graph, ingest and retrain jobs, built for the policy's home."""
+def _workers(config: ReplayConfig) -> int:
+    return max(1, min(config.processes, len(config.policies)))
+
+
+# LightGBM's spellings of its thread count (as core.training reads them): a spec that sets one keeps it.
+_THREAD_PARAMS = {"num_threads", "num_thread", "nthread", "nthreads", "n_jobs"}
+
+
+def replayed_spec(spec: DatasetSpec, config: ReplayConfig) -> DatasetSpec:
+    """The spec as the replay runs it: the replay's label delay, and LightGBM limited to this policy's
+    share of the CPUs. Policies train at the same time; with more OpenMP threads than free cores, one
+    small training took 17 s instead of 0.6 s (threads spinning at barriers for a descheduled peer)."""
+    from mlplatform.core.training import available_cpus
+    from mlplatform.specs.monitoring import LabelsSpec
+
+    if config.label_delay is not None:
+        spec = spec.model_copy(update={"labels": LabelsSpec(delay=config.label_delay)})
+    if not _THREAD_PARAMS & set(spec.model.params):
+        threads = max(1, available_cpus() // _workers(config))
+        model = spec.model.model_copy(update={"params": {**spec.model.params, "num_threads": threads}})
+        spec = spec.model_copy(update={"model": model})
+    return spec
+
+
+def _policy_jobs(settings: Settings, config: ReplayConfig) -> tuple[DatasetSpec, Any, Any, Any]:
+    """The dataset's spec as replayed and its whole-graph, ingest and retrain jobs, built for the
+    policy's home."""
     from mlplatform.factory import build_definitions, job_name
     from mlplatform.jobs.dataset_jobs import ingest_job_name, retrain_job_name
     from mlplatform.specs.loader import read_specs
 
     specs, _ = read_specs(settings.extra_spec_dirs)  # another dataset's broken spec does not matter
-    spec = next(s for s in specs if s.name == dataset)
+    spec = replayed_spec(next(s for s in specs if s.name == config.dataset), config)
     defs = build_definitions(settings=settings, specs=[spec])
     whole, ingest, retrain = (
         defs.resolve_job_def(n(spec)) for n in (job_name, ingest_job_name, retrain_job_name)
@@ -148,14 +211,52 @@ def _execute(job: Any, instance: dg.DagsterInstance, tags: dict[str, str], polic
     return time.perf_counter() - started
 
 
-def run_policy(config: ReplayConfig, policy: str, settings: Settings) -> list[dict[str, Any]]:
-    """Replay one policy in its own home (a fresh process each: MLflow's fluent API is process-wide)."""
+@dataclass
+class _DataClock:
+    """The drift sensor's clock: data time (the end of the replayed period), so its cool-down counts
+    data days, not seconds of replay."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class _PolicyState:
+    """What a policy's decision reads between periods: the drift sensor, its cursor and the data clock."""
+
+    sensor: dg.SensorDefinition
+    instance: dg.DagsterInstance
+    clock: _DataClock
+    last_training: datetime
+    cursor: str | None = None
+
+
+def _retrain_request(
+    policy: str, config: ReplayConfig, state: _PolicyState, end: datetime
+) -> tuple[dict[str, str] | None, str]:
+    """The tags of the retraining the policy asks for after a period ending at `end` (None: none), a note."""
+    if policy == "every_period":
+        return {"mlplatform/trigger": "every_period"}, "after every period"
+    if policy == "scheduled" and end - state.last_training >= timedelta(days=config.retrain_every_days):
+        return {"mlplatform/trigger": "schedule"}, f"every {config.retrain_every_days} days"
+    if policy == "drift":
+        state.clock.now = end
+        tags, note, state.cursor = _drift_sensor_tick(state.sensor, state.instance, state.cursor)
+        return tags, note
+    return None, ""
+
+
+def _bootstrap(
+    config: ReplayConfig, policy: str, settings: Settings
+) -> tuple[DatasetSpec, Any, Any, list[list[str]], _PolicyState]:
+    """The first champion (the whole graph over the bootstrap partitions) and what the period loop needs."""
     import dagster as dg
 
     from mlplatform.sensors.drift import build_drift_sensor
 
-    settings = _policy_home(config, policy, settings)
-    spec, whole, ingest, retrain = _policy_jobs(settings, config.dataset)
+    spec, whole, ingest, retrain = _policy_jobs(settings, config)
     # In-memory instance: the replay's runs and events are thrown away with its home anyway, and SQLite
     # event storage would spend most of the replay syncing events to disk.
     instance = dg.DagsterInstance.ephemeral()
@@ -167,44 +268,54 @@ def run_policy(config: ReplayConfig, policy: str, settings: Settings) -> list[di
             f"[{policy}] the bootstrap over {keys[0]} .. {keys[n_initial - 1]} produced no champion (the first "
             "model did not beat the naive baseline): replay with a larger --initial-fraction"
         )
-    clock = {"now": datetime.now(UTC)}
-    sensor = build_drift_sensor(spec, retrain, settings, clock=lambda: clock["now"])
-    cursor: str | None = None
     last_training = partitions.time_window_for_partition_key(keys[n_initial - 1]).end
+    clock = _DataClock(last_training)
+    sensor = build_drift_sensor(spec, retrain, settings, clock=clock)
+    return spec, ingest, retrain, periods, _PolicyState(sensor, instance, clock, last_training)
+
+
+def run_policy(config: ReplayConfig, policy: str, settings: Settings) -> list[dict[str, Any]]:
+    """Replay one policy in its own home, in a spawned worker process (no state inherited from the
+    caller). A worker may replay another policy after this one: each has its own home, Dagster
+    instance and MLflow store, and MlflowResource points MLflow at the policy's store for every call."""
+    started = time.perf_counter()
+    settings = _policy_home(config, policy, settings)
+    spec, ingest, retrain, periods, state = _bootstrap(config, policy, settings)
+    print(f"[{policy}] bootstrap done after {time.perf_counter() - started:.0f} s", flush=True)
+    partitions = ingest.partitions_def
     rows = []
     for index, period in enumerate(periods):
         start = partitions.time_window_for_partition_key(period[0]).start
-        end = partitions.time_window_for_partition_key(period[-1]).end
-        _execute(ingest, instance, _range_tags(period), policy)
-        metric, error, n_rows, version = _period_error(
-            settings, spec, start.replace(tzinfo=None), end.replace(tzinfo=None)
+        last = partitions.time_window_for_partition_key(period[-1])
+        _execute(ingest, state.instance, _range_tags(period), policy)
+        # Scored before any retraining: the error of the champion in service (prospective).
+        metric, value, n_rows, version = _window_error(
+            settings, spec, start.replace(tzinfo=None), last.end.replace(tzinfo=None)
         )
-        tags: dict[str, str] | None = None
-        note = ""
-        if policy == "scheduled" and end - last_training >= timedelta(days=config.retrain_every_days):
-            tags, note = {"mlplatform/trigger": "schedule"}, f"every {config.retrain_every_days} days"
-        elif policy == "drift":
-            clock["now"] = end
-            tags, note, cursor = _drift_sensor_tick(sensor, instance, cursor)
-        seconds = _execute(retrain, instance, tags, policy) if tags is not None else 0.0
+        estimated, realized = _estimate_and_realized(settings, spec, last.start.replace(tzinfo=None))
+        tags, note = _retrain_request(policy, config, state, last.end)
+        seconds = _execute(retrain, state.instance, tags, policy) if tags is not None else 0.0
         if tags is not None:
-            last_training = end
+            state.last_training = last.end
         rows.append(
             {
                 "policy": policy,
                 "period": period[0],
-                "error": error,
+                "metric_value": value,
                 "retrained": tags is not None,
                 "metric": metric,
                 "rows": n_rows,
                 "scored_by_version": version,
                 "champion_after": _champion_version(settings, spec),
                 "train_seconds": round(seconds, 2),
+                "estimated_error": estimated,
+                "realized_on_estimate_window": realized,
                 "note": note[:200],
             }
         )
         print(
-            f"[{policy}] {index + 1}/{len(periods)} {period[0]} {metric}={error:.4g} retrained={tags is not None}",
+            f"[{policy}] {index + 1}/{len(periods)} {period[0]} {metric}={value:.4g} retrained={tags is not None} "
+            f"({time.perf_counter() - started:.0f} s)",
             flush=True,
         )
     return rows
@@ -231,15 +342,16 @@ def _run_policy_star(args: tuple[ReplayConfig, str, Settings]) -> list[dict[str,
     return run_policy(*args)
 
 
-def summarise(replay: pd.DataFrame) -> pd.DataFrame:
-    summary = replay.groupby("policy", sort=False).agg(
-        retrains=("retrained", "sum"),
-        mean_error=("error", "mean"),
-        train_seconds=("train_seconds", "sum"),
-    )
-    summary["retrains"] = summary["retrains"].astype(int)
-    summary["train_seconds"] = summary["train_seconds"].round(1)
-    return summary.reset_index()
+def _replay_policies(config: ReplayConfig, settings: Settings) -> list[dict[str, Any]]:
+    """Every policy's rows, each policy in its own process, the slowest started first; rows come back
+    in the order of `config.policies`."""
+    workers = _workers(config)
+    ordered = sorted(config.policies, key=_SLOWEST_FIRST.index)
+    # Spawned, not forked: a fresh interpreter per policy, with no MLflow or Dagster state inherited.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        rows = pool.map(_run_policy_star, [(config, policy, settings) for policy in ordered])
+        by_policy = dict(zip(ordered, rows, strict=True))
+    return [row for policy in config.policies for row in by_policy[policy]]
 
 
 def replay(config: ReplayConfig, settings: Settings, progress: Any = print) -> pd.DataFrame:
@@ -250,28 +362,20 @@ def replay(config: ReplayConfig, settings: Settings, progress: Any = print) -> p
     import pandas as pd
 
     from mlplatform.core.drift_plots import replay_errors
-    from mlplatform.core.metrics import PRIMARY_METRIC, higher_is_better
+    from mlplatform.core.replay_summary import summarise
 
     config.output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    workers = max(1, min(config.processes, len(config.policies)))
-    # Spawned, not forked: a fresh interpreter per policy, with no MLflow or Dagster state inherited.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = [(config, policy, settings) for policy in config.policies]
-        results = list(pool.map(_run_policy_star, jobs))
-    frame = pd.DataFrame([row for rows in results for row in rows])
+    frame = pd.DataFrame(_replay_policies(config, settings))
     frame.to_csv(config.output / "replay.csv", index=False)
     summary = summarise(frame)
     summary.to_csv(config.output / "replay_summary.csv", index=False)
-    metric = str(frame["metric"].iloc[0]) if len(frame) else "error"
-    (config.output / "replay.png").write_bytes(replay_errors(frame, metric))
+    if len(frame):
+        (config.output / "replay.png").write_bytes(replay_errors(frame, str(frame["metric"].iloc[0])))
     if not config.keep_homes:
         shutil.rmtree(config.output / "_homes", ignore_errors=True)
-    lower_is_worse = metric in PRIMARY_METRIC.values() and higher_is_better(metric)
-    progress(
-        f"replay of {config.dataset} done in {time.perf_counter() - started:.0f} s ({metric}, lower is "
-        f"{'worse' if lower_is_worse else 'better'})"
-    )
+    direction = f" ({summary['metric'].iloc[0]}, {summary['direction'].iloc[0]})" if len(summary) else ""
+    progress(f"replay of {config.dataset} done in {time.perf_counter() - started:.0f} s{direction}")
     progress(summary.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     return summary
 
@@ -284,3 +388,10 @@ def check_config(config: ReplayConfig) -> None:
     unknown = [p for p in config.policies if p not in POLICIES]
     if unknown:
         raise ValueError(f"unknown policies {unknown}; known: {', '.join(POLICIES)}")
+    if config.label_delay is not None:
+        from mlplatform.specs.durations import parse_duration
+
+        try:
+            parse_duration(config.label_delay)
+        except ValueError as exc:
+            raise ValueError(f"--label-delay: {exc}") from None

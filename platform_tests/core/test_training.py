@@ -174,3 +174,11 @@ def test_without_validation_all_rounds_are_trained() -> None:
     with pytest.raises(TypeError, match="colour"):
         # colour is declared non-categorical, so the string column is refused, not silently mangled
         train_lightgbm("regression", X, X["signal"], None, None, params, 7, 3, categorical_features=[])
+
+
+def test_effective_threads_is_the_specs_own_setting_when_it_has_one() -> None:
+    from mlplatform.core.training import available_cpus, effective_threads
+
+    assert effective_threads(lightgbm_params("regression", None, {"nthread": 1}, 8)) == 1
+    assert effective_threads(lightgbm_params("regression", None, {}, 3)) == 3
+    assert effective_threads({}) == available_cpus()

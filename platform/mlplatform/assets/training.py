@@ -25,7 +25,13 @@ from mlplatform.contracts import (
 from mlplatform.core.metrics import PRIMARY_METRIC
 from mlplatform.core.splits import SPLIT_COLUMN, SPLIT_NAMES
 from mlplatform.core.sql import quote_ident
-from mlplatform.core.training import TrainedModel, available_cpus, lightgbm_params, train_lightgbm
+from mlplatform.core.training import (
+    TrainedModel,
+    available_cpus,
+    effective_threads,
+    lightgbm_params,
+    train_lightgbm,
+)
 from mlplatform.core.training_data import (
     categorical_inputs,
     split_metrics,
@@ -327,8 +333,8 @@ def build_model_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         read = read_training_step_input(spec, warehouse, verify=True)
         frame, features, data_version = read.frame, read.features, read.data_version
         parts = {name: frame[frame[SPLIT_COLUMN] == name] for name in SPLIT_NAMES}
-        threads = available_cpus()
-        params = lightgbm_params(task, None, spec.model.params, threads)
+        params = lightgbm_params(task, None, spec.model.params, available_cpus())
+        threads = effective_threads(params)  # what LightGBM uses: the spec's num_threads, if any
         windows = split_windows(parts, spec.time_column)
         window = _recorded_window(context.instance, spec, data_version, parts["train"])
         trained_on = _partition_range(partitions, frame[spec.time_column])

@@ -1,5 +1,5 @@
 """Drift plots as PNG bytes: per-column drift bars (with the thresholds applied), drift score over
-partitions, replay errors.
+partitions, the replay's metric per period.
 
 matplotlib's object API on the Agg canvas (never pyplot), as in core.report: safe in worker processes.
 """
@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from mlplatform.core.metrics import higher_is_better
 
 _DPI = 100
 
@@ -86,19 +88,37 @@ def drift_history(verdicts: pd.DataFrame, share_threshold: float, drop_threshold
     return _png(figure)
 
 
+# How each replay policy is drawn: the ceiling dashed and without dots (it retrains after every period).
+_REPLAY_STYLES = {
+    "static": {"label": "static (never retrains)", "linestyle": "-"},
+    "scheduled": {"label": "scheduled", "linestyle": "-"},
+    "drift": {"label": "drift-triggered", "linestyle": "-"},
+    "every_period": {"label": "every_period (the ceiling)", "linestyle": "--"},
+}
+
+
 def replay_errors(replay: pd.DataFrame, metric: str) -> bytes:
-    """Error per period for each policy, retrain moments marked with dots."""
+    """The metric per period for each policy (column `metric_value`), with the metric's direction;
+    retrain moments marked with dots, except for every_period, which retrains after each one."""
     figure = _figure(10.0, 4.5)
     axes = figure.add_subplot()
     for policy, rows in replay.groupby("policy", sort=False):
-        x = pd.to_datetime(rows["period"])
-        (line,) = axes.plot(x, rows["error"], label=str(policy), linewidth=1.4)
+        style = _REPLAY_STYLES.get(str(policy), {"label": str(policy), "linestyle": "-"})
         retrained = rows["retrained"].astype(bool).to_numpy()
-        axes.scatter(
-            x[retrained], rows["error"].to_numpy()[retrained], color=line.get_color(), s=28, zorder=3
-        )
-    axes.set_ylabel(f"{metric} per period")
-    axes.set_title("Replay: error per period (dots: retraining ran after that period)")
-    axes.legend()
+        x = pd.to_datetime(rows["period"])
+        label = f"{style['label']}, retrains: {int(retrained.sum())}"
+        (line,) = axes.plot(x, rows["metric_value"], label=label, linestyle=style["linestyle"], linewidth=1.4)
+        if policy != "every_period":
+            axes.scatter(
+                x[retrained],
+                rows["metric_value"].to_numpy()[retrained],
+                color=line.get_color(),
+                s=28,
+                zorder=3,
+            )
+    direction = "higher is better" if higher_is_better(metric) else "lower is better"
+    axes.set_ylabel(f"{metric} per period ({direction})")
+    axes.set_title("Replay: the champion's metric per period (dots: a retraining ran after that period)")
+    axes.legend(fontsize="small")
     figure.autofmt_xdate()
     return _png(figure)

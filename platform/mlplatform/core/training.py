@@ -71,6 +71,14 @@ def lightgbm_params(
     return params
 
 
+def effective_threads(params: Mapping[str, Any]) -> int:
+    """The threads LightGBM uses with `params` (a spec's own thread setting wins over the default)."""
+    for alias in sorted(_THREAD_ALIASES):
+        if alias in params:
+            return int(params[alias])
+    return available_cpus()
+
+
 def categorical_levels_from(df: pd.DataFrame, categorical_columns: Sequence[str]) -> CategoricalLevels:
     """The levels of each categorical column as seen in training data (sorted where sortable)."""
     return {column: infer_classes(df[column]) for column in categorical_columns}
