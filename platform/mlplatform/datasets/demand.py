@@ -38,10 +38,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from scipy.stats import poisson
+
+from mlplatform.datasets import synthetic
 
 FILE_PREFIX = "demand_"
 COLUMNS = ["store_id", "ts", "price", "promo", "temperature", "units"]
@@ -186,15 +187,7 @@ def _to_frame(
 
 def write_daily_parquet(df: pd.DataFrame, landing_dir: str | Path) -> list[Path]:
     """One `demand_YYYY-MM-DD.parquet` per calendar day of `ts`; returns the paths in day order."""
-    landing = Path(landing_dir)
-    landing.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    for day, rows in df.groupby(df["ts"].dt.floor("D"), sort=True):
-        path = landing / f"{FILE_PREFIX}{pd.Timestamp(day).date()}.parquet"
-        table = pa.Table.from_pandas(rows, preserve_index=False).replace_schema_metadata(None)
-        pq.write_table(table, path, compression="zstd", coerce_timestamps="us")
-        paths.append(path)
-    return paths
+    return synthetic.write_daily_parquet(df, landing_dir, prefix=FILE_PREFIX)
 
 
 def generate_to_folder(

@@ -323,8 +323,8 @@ def _to_frame(parts: list[dict[str, np.ndarray]], start: date, customers: int) -
     return pd.DataFrame(columns, columns=COLUMNS, copy=False)
 
 
-def write_daily_parquet(df: pd.DataFrame, landing_dir: str | Path) -> list[Path]:
-    """Write one `transactions_YYYY-MM-DD.parquet` per calendar day of `ts`; returns the paths in day order."""
+def write_daily_parquet(df: pd.DataFrame, landing_dir: str | Path, prefix: str = FILE_PREFIX) -> list[Path]:
+    """Write one `<prefix>YYYY-MM-DD.parquet` per calendar day of `ts`; returns the paths in day order."""
     landing = Path(landing_dir)
     landing.mkdir(parents=True, exist_ok=True)
     days = df["ts"].to_numpy().astype("datetime64[D]")
@@ -334,7 +334,7 @@ def write_daily_parquet(df: pd.DataFrame, landing_dir: str | Path) -> list[Path]
     paths: list[Path] = []
     for i, day in enumerate(unique_days):
         rows = df.iloc[order[bounds[i] : bounds[i + 1]]]
-        path = landing / f"{FILE_PREFIX}{day}.parquet"
+        path = landing / f"{prefix}{day}.parquet"
         # No pandas metadata and zstd keep small files small; microsecond timestamps are a plain
         # TIMESTAMP in DuckDB.
         table = pa.Table.from_pandas(rows, preserve_index=False).replace_schema_metadata(None)
