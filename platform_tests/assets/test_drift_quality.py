@@ -161,24 +161,24 @@ STABLE_COLUMNS = pd.DataFrame({"feature": ["x", "probability"], "drifted": [Fals
 
 @pytest.mark.parametrize("delayed", [True, False])
 def test_an_estimated_drop_votes_only_while_labels_are_delayed(delayed: bool) -> None:
-    """No label has arrived (realized NaN); the estimate fell 30% below its test-window estimate."""
+    """No label has arrived (realized NaN); the estimate lost 72% of its test-window lift over random."""
     performance = WindowPerformance("roc_auc", 0.85, float("nan"), 0.86, 0.60, use_estimate=delayed)
     judged = judge_verdict(STABLE_COLUMNS, 0.3, 0.15, performance, None)
-    assert judged.estimated_drop == pytest.approx(0.26 / 0.86) and judged.realized_drop is None
+    assert judged.estimated_drop == pytest.approx(0.26 / 0.36) and judged.realized_drop is None
     assert judged.verdict.drifted == delayed
     assert judged.trigger == ("estimated" if delayed else None)
     if delayed:
-        assert "estimated performance dropped 30.2% >= 15%" in judged.verdict.reason
+        assert "estimated performance dropped 72.2% >= 15%" in judged.verdict.reason
     else:
-        assert "estimated performance drop 30.2% (not voted: labels are not delayed)" in judged.verdict.reason
+        assert "estimated performance drop 72.2% (not voted: labels are not delayed)" in judged.verdict.reason
 
 
 def test_a_realized_drop_is_the_trigger_named_when_both_drop() -> None:
     performance = WindowPerformance("roc_auc", 0.85, 0.6, 0.86, 0.6, use_estimate=True)
     judged = judge_verdict(STABLE_COLUMNS, 0.3, 0.15, performance, None)
     assert judged.trigger == "realized" and judged.verdict.drifted
-    assert judged.verdict.reason.startswith("realized performance dropped 29.4% >= 15%")
-    assert judged.verdict.reason.endswith("estimated performance dropped 30.2% too")
+    assert judged.verdict.reason.startswith("realized performance dropped 71.4% >= 15%")
+    assert judged.verdict.reason.endswith("estimated performance dropped 72.2% too")
 
 
 def test_late_labels_are_blanked_and_the_others_keep_their_type() -> None:

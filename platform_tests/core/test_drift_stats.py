@@ -262,7 +262,10 @@ def test_verdict_on_performance_drop() -> None:
     assert not dataset_verdict(table, 0.3, better_rmse, 0.25).drifted
     unchanged = {"metric": "rmse", "reference": 10.0, "current": 10.0}
     assert not dataset_verdict(table, 0.3, unchanged, performance_drop_threshold=0.0).drifted
-    assert performance_drop({"metric": "roc_auc", "reference": 0.8, "current": 0.6}) == pytest.approx(0.25)
+    # ROC AUC: the share of the lift over random (0.5) lost, 0.2 of 0.3; at or below 0.5, of the value.
+    assert performance_drop({"metric": "roc_auc", "reference": 0.8, "current": 0.6}) == pytest.approx(2 / 3)
+    assert performance_drop({"metric": "roc_auc", "reference": 0.5, "current": 0.4}) == pytest.approx(0.2)
+    assert performance_drop({"metric": "accuracy", "reference": 0.8, "current": 0.6}) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="unknown metric 'auc'"):  # one direction table: metrics.py
         performance_drop({"metric": "auc", "reference": 0.8, "current": 0.6})
     assert performance_drop({"reference": 0.8, "current": 0.6, "higher_is_better": False}) == pytest.approx(

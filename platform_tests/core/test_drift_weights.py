@@ -87,12 +87,12 @@ def test_the_reason_names_where_the_performance_drop_comes_from() -> None:
     features = table({"a": False, "b": False})
     estimated = {"metric": "roc_auc", "reference": 0.8, "current": 0.6, "source": "estimated"}
     verdict = dataset_verdict(features, 0.5, estimated, performance_drop_threshold=0.2)
-    assert verdict.drifted and verdict.reason == "estimated performance dropped 25.0% >= 20%"
+    assert verdict.drifted and verdict.reason == "estimated performance dropped 66.7% >= 20%"
     realized = {**estimated, "source": "realized", "current": 0.78}
     stable = dataset_verdict(features, 0.5, realized, performance_drop_threshold=0.2)
-    assert not stable.drifted and stable.reason.endswith(", realized performance drop 2.5%")
+    assert not stable.drifted and stable.reason.endswith(", realized performance drop 6.7%")
     unnamed = {"metric": "roc_auc", "reference": 0.8, "current": 0.6}
-    assert dataset_verdict(features, 0.5, unnamed, 0.2).reason == "performance dropped 25.0% >= 20%"
+    assert dataset_verdict(features, 0.5, unnamed, 0.2).reason == "performance dropped 66.7% >= 20%"
     with pytest.raises(ValueError, match="source"):
         dataset_verdict(features, 0.5, {**estimated, "source": "guessed"}, 0.2)
 

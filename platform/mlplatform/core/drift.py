@@ -37,7 +37,7 @@ from scipy import stats
 
 from mlplatform.contracts import VerdictStatus
 from mlplatform.core.drift_weights import weighted_drifted_share
-from mlplatform.core.metrics import higher_is_better
+from mlplatform.core.metrics import higher_is_better, no_skill_value
 from mlplatform.core.profile import (
     NULL_KEY,
     OTHER_KEY,
@@ -228,13 +228,17 @@ def performance_drop(performance: Mapping[str, Any]) -> float:
     """Relative degradation from `performance["reference"]` to `performance["current"]` (> 0 = worse).
 
     Direction: `performance["higher_is_better"]` if given, else that of `performance["metric"]` (a
-    platform metric name, see `metrics.higher_is_better`)."""
+    platform metric name, see `metrics.higher_is_better`). For a metric with a fixed no-skill score
+    (ROC AUC: 0.5) the drop is the share of the reference's lift over it that was lost: ROC AUC 0.78
+    -> 0.72 loses 21 % of its lift over random, where 8 % of the value would understate it."""
     reference, current = float(performance["reference"]), float(performance["current"])
     higher = performance.get("higher_is_better")
     if higher is None:
         higher = higher_is_better(str(performance.get("metric", "")))
     change = (reference - current) if higher else (current - reference)
-    return change / abs(reference) if reference != 0 else (np.inf if change > 0 else 0.0)
+    floor = no_skill_value(str(performance.get("metric", "")))
+    scale = abs(reference - floor) if floor is not None and reference > floor else abs(reference)
+    return change / scale if scale != 0 else (np.inf if change > 0 else 0.0)
 
 
 def dataset_verdict(

@@ -28,6 +28,9 @@ _HIGHER_IS_BETTER = {
 }
 _LOWER_IS_BETTER = {"mae": False, "rmse": False, "mape": False, "log_loss": False, "brier": False}
 _DIRECTION: dict[str, bool] = {**_HIGHER_IS_BETTER, **_LOWER_IS_BETTER}
+# What a model with no skill scores, where that is the same for every data set: ROC AUC 0.5 (random
+# ranking). Drops of such a metric are measured against the model's lift over it (core.drift).
+_NO_SKILL = {"roc_auc": 0.5}
 
 HOUR, DAY, WEEK = timedelta(hours=1), timedelta(days=1), timedelta(days=7)
 YEAR_OF_WEEKS = timedelta(weeks=52)  # 364 days: the same weekday a year before
@@ -45,6 +48,11 @@ _BASELINE_DESCRIPTIONS = {
     "positive_rate": "the training share of the positive class",
     "class_frequencies": "the training share of each class",
 }
+
+
+def no_skill_value(metric: str) -> float | None:
+    """The score of a no-skill model when it does not depend on the data (ROC AUC: 0.5), else None."""
+    return _NO_SKILL.get(metric)
 
 
 def higher_is_better(metric: str) -> bool:
