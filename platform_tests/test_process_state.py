@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mlplatform.settings import MLFLOW_ENV_DEFAULTS, apply_mlflow_env_defaults
+from mlplatform.settings import ENV_DEFAULTS, apply_mlflow_env_defaults
 from platform_tests.test_import_cycles import all_modules
 
 # (module, function) allowed to write os.environ, and why.
@@ -86,10 +86,10 @@ def test_no_module_writes_the_environment_outside_its_entry_point(module: str) -
     assert [(function, line) for function, line in writes if (module, function) not in ENVIRON_WRITERS] == []
 
 
-def test_the_mlflow_defaults_never_override_the_users_values() -> None:
+def test_the_env_defaults_never_override_the_users_values() -> None:
     environ = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
     apply_mlflow_env_defaults(environ)
-    assert environ == {**MLFLOW_ENV_DEFAULTS, "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+    assert environ == {**ENV_DEFAULTS, "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
     assert environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
 
 
@@ -115,3 +115,29 @@ def test_only_the_entry_points_apply_the_mlflow_environment_defaults() -> None:
         for function, _ in env_defaults_calls(path.read_text())
     }
     assert calls == ENV_DEFAULTS_CALLERS
+
+
+def test_the_code_location_sets_passive_openmp_waits_before_lightgbm_loads_unless_the_user_chose() -> None:
+    import os
+    import subprocess
+    import sys
+
+    # Records OMP_WAIT_POLICY at the moment LightGBM is first imported: OpenMP reads it only then.
+    probe = """
+import os, sys
+seen = []
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "lightgbm" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY", "unset"))
+        return None
+sys.meta_path.insert(0, Spy())
+import mlplatform.definitions
+print(seen[0] if seen else "lightgbm-not-imported")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    first = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert first.stdout.split() == ["PASSIVE"]
+    mine = {**env, "OMP_WAIT_POLICY": "ACTIVE"}
+    kept = subprocess.run([sys.executable, "-c", probe], env=mine, capture_output=True, text=True, check=True)
+    assert kept.stdout.split() == ["ACTIVE"]
