@@ -23,15 +23,6 @@ BIKE_CSV = BUNDLED_SPECS_DIR.parent / "datasets" / "data" / "bike_sharing_hour.c
 BIKE_ROWS = 17_379
 
 
-# Scheduled first (xdist hands out files in collection order): its two tests share one clone and run
-# about six minutes in one worker; collected last, alphabetically, it was the tail of the e2e tier.
-_FIRST_FILES = ("platform_tests/test_readme_commands.py",)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in _FIRST_FILES)  # stable otherwise
-
-
 @pytest.fixture
 def platform_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh $MLPLATFORM_HOME with its own Dagster instance (SQLite) and no extra specs."""
