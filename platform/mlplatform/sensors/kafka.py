@@ -117,9 +117,7 @@ def kafka_tick(
         f"{lag.describe()}"
     )
     coverage = covered_window(landed_spec(spec, landing), files)
-    keys = []
-    if coverage.first is not None and coverage.last is not None:
-        keys = partition_keys_between(partitions, coverage.first, coverage.last)
+    keys = partition_keys_between(partitions, coverage.first, coverage.last)
     if not keys:
         message = f"{summary}: they hold no times inside the partitions (they wait for theirs)"
         return dg.SensorResult(skip_reason=dg.SkipReason(message), cursor=new_cursor)

@@ -108,11 +108,12 @@ def _widen(moment: datetime, delta: timedelta) -> datetime:
 
 
 def partition_keys_between(
-    partitions: dg.TimeWindowPartitionsDefinition, first: datetime, last: datetime
+    partitions: dg.TimeWindowPartitionsDefinition, first: datetime | None, last: datetime | None
 ) -> list[str]:
-    """Existing partition keys whose window holds a timestamp in [first, last]."""
+    """Existing partition keys whose window holds a timestamp in [first, last]; none without bounds
+    (files whose rows hold no time)."""
     last_window = partitions.get_last_partition_window()
-    if last_window is None:
+    if last_window is None or first is None or last is None:
         return []
     # Clamped to the partitions first: a row dated 9999-12-31 must not walk millions of windows.
     first, last = max(_utc(first), _utc(partitions.start)), min(_utc(last), _utc(last_window.end))
@@ -244,9 +245,7 @@ def build_new_data_sensor(
         if not good:
             message = "no new or changed files" if not changed else "no readable new or changed file"
             return dg.SensorResult(skip_reason=dg.SkipReason(message + note), cursor=cursor)
-        keys = []
-        if coverage.first is not None and coverage.last is not None:
-            keys = partition_keys_between(partitions, coverage.first, coverage.last)
+        keys = partition_keys_between(partitions, coverage.first, coverage.last)
         if not keys:
             message = f"{len(good)} changed file(s) hold no rows inside the partitions{note}"
             return dg.SensorResult(skip_reason=dg.SkipReason(message), cursor=cursor)
