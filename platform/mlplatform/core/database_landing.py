@@ -199,11 +199,17 @@ def _extract(
 def landed_counts(folder: Path) -> dict[str, FileCount]:
     """Each landed file's records for the raw stage's accounting: the count the database gave for its
     range (a file without a sidecar, or one that cannot be read, is counted as any Parquet file)."""
-    database_rows = {b.path: b.database_rows for b in landed_batches(folder)}
+    return count_landed_files(folder, {b.path: b.database_rows for b in landed_batches(folder)})
+
+
+def count_landed_files(folder: Path, recorded: Mapping[str, int]) -> dict[str, FileCount]:
+    """Every Parquet file of a landing folder counted, its count replaced by what the source recorded
+    for it (`recorded`, by resolved path: the database's rows, the records a consumer put in); a file
+    with no record, or one that cannot be read, is counted as any Parquet file."""
     counts = {}
     for path in sorted(str(p) for p in Path(folder).resolve().glob("*.parquet")):
         count = count_source(path, "parquet")
-        if path in database_rows and not count.unreadable:
-            count = FileCount(path, database_rows[path], count.header, count.encoding)
+        if path in recorded and not count.unreadable:
+            count = FileCount(path, recorded[path], count.header, count.encoding)
         counts[path] = count
     return counts

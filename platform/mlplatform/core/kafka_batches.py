@@ -29,7 +29,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlplatform.core.accounting import FileCount, count_source
+from mlplatform.core.accounting import FileCount
+from mlplatform.core.database_landing import count_landed_files
 from mlplatform.core.kafka_cursor import read_lag
 from mlplatform.core.kafka_records import KafkaRecord, TimeFrom, records_table
 
@@ -242,13 +243,7 @@ def landed_counts(folder: Path) -> dict[str, FileCount]:
     """Each landed file's records for the raw stage's accounting: the records the consumer put in it (as
     its footer says; any other Parquet file, or one that cannot be read, is counted as Parquet)."""
     consumed = {b.path: b.records for b in landed_batches(folder) if b.records is not None}
-    counts = {}
-    for path in sorted(str(p) for p in Path(folder).resolve().glob("*.parquet")):
-        count = count_source(path, "parquet")
-        if path in consumed and not count.unreadable:
-            count = FileCount(path, consumed[path], count.header, count.encoding)
-        counts[path] = count
-    return counts
+    return count_landed_files(folder, consumed)
 
 
 def landing_summary(folder: Path, topic: str) -> dict[str, int | str]:
