@@ -108,7 +108,8 @@ def run_child(
 
 
 class RssSampler:
-    """Samples this process's resident set size in a thread, to tell which stage holds the peak."""
+    """Samples the resident set size of this process and all its descendants (summed: the Dask engine's
+    workers are child processes) in a thread, to tell which stage holds the peak."""
 
     def __init__(self, interval: float = 0.25) -> None:
         import threading
@@ -134,11 +135,40 @@ class RssSampler:
 
 
 def current_rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+    """RSS of this process plus every live descendant (a process that exits between listing and reading
+    counts as 0)."""
+    return sum(_rss_of(pid) for pid in ("self", *_descendants(os.getpid())))
+
+
+def _rss_of(pid: str | int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return 0
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root`, from /proc's parent links (no psutil: the local engine lacks it)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, queue = [], [root]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
 
 
 def write_result(path: str | Path, payload: dict[str, Any]) -> None:

@@ -1,18 +1,22 @@
-"""Pipeline benchmark: the whole platform graph vs the bare baseline on the same generated files.
+"""Pipeline benchmark: the whole platform graph, on each engine, vs the bare baseline on the same files.
 
     python -m benchmarks.pipeline --rows 1000000 --repeats 3
-    python -m benchmarks.pipeline --rows 10000000 --repeats 3
+    python -m benchmarks.pipeline --rows 10000000 --repeats 3 --sides local,dask,bare
+    python -m benchmarks.pipeline --rows 100000000 --repeats 1 --sides dask --dask-memory-limit 6GiB
 
 Generates about `--rows` synthetic transactions (one Parquet file per day) into a temp landing folder,
 writes a copy of the bundled `transactions` spec (named `transactions_bench`) pointing at it, and then,
-`--repeats` times, alternately:
-* platform: `mlplatform run` for that dataset in a fresh temp platform home (a real Dagster instance on
+`--repeats` times, runs each of `--sides` back to back:
+* local: `mlplatform run` for that dataset in a fresh temp platform home (a real Dagster instance on
   SQLite, DuckDB warehouse, MLflow store), i.e. every asset and check of the dataset, all partitions
   as one run; per-stage times come from the run's step events (benchmarks.platform_child);
+* dask: the same with MLPLATFORM_ENGINE=dask: a LocalCluster of `--dask-workers` worker processes the
+  platform starts, stage tables in a Parquet lake;
 * bare: the same work as a plain script (benchmarks.bare).
-Each side runs in a fresh process; wall time is the whole process (imports included) and peak RSS is
-the process's own (os.wait4). Medians over the repeats; the ratio platform / bare is taken per repeat
-(both measured back to back) and its median is reported.
+Each side runs in a fresh process; wall time is the whole process (imports included). Peak RSS is the
+largest sum over the process and all its descendants (the Dask workers), sampled every 0.25 s. Medians
+over the repeats; ratios (local / bare, dask / local) are taken per repeat, between runs made back to back,
+and their medians reported.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ CHECKS = "asset checks"
 OUTSIDE = "outside steps (start-up, imports, definitions, events)"
 
 
+SIDES = ("local", "dask", "bare")
+
+
 def platform_stages(result: ChildResult) -> dict[str, float]:
     """Seconds per stage; check steps summed; whatever the steps do not cover is `OUTSIDE`."""
     steps: dict[str, float] = result.payload["steps"]
@@ -70,94 +77,101 @@ def bare_stages(result: ChildResult) -> dict[str, float]:
     return stages
 
 
-def run_once(work: Path, spec_dir: Path, repeat: int) -> tuple[ChildResult, ChildResult]:
-    home = work / f"home_{repeat}"
+def _stage_seconds(side: str, result: ChildResult) -> dict[str, float]:
+    return bare_stages(result) if side == "bare" else platform_stages(result)
+
+
+def _stage_rss(side: str, result: ChildResult) -> dict[str, int]:
+    return result.payload["stage_peak_rss_bytes" if side == "bare" else "step_peak_rss_bytes"]
+
+
+def _peak_rss(result: ChildResult) -> int:
+    """The run's peak over all its processes where sampled (platform), else the process's own (bare)."""
+    return max(result.peak_rss_bytes, result.payload.get("tree_peak_rss_bytes", 0))
+
+
+def run_side(side: str, work: Path, spec_dir: Path, repeat: int, dask: dict[str, str]) -> ChildResult:
+    if side == "bare":
+        bare = run_child(
+            "benchmarks.bare",
+            ["--spec", str(spec_dir / f"{BENCH_DATASET}.yaml"), "--db", str(work / "bare.duckdb")],
+            work / f"bare_{repeat}.json",
+            work / f"bare_{repeat}.log",
+        )
+        (work / "bare.duckdb").unlink(missing_ok=True)
+        return bare
+    home = work / f"home_{side}_{repeat}"
     shutil.rmtree(home, ignore_errors=True)
-    platform = run_child(
+    result = run_child(
         "benchmarks.platform_child",
         ["--home", str(home), "--specs", str(spec_dir), "--dataset", BENCH_DATASET],
-        work / f"platform_{repeat}.json",
-        work / f"platform_{repeat}.log",
+        work / f"{side}_{repeat}.json",
+        work / f"{side}_{repeat}.log",
+        env={"MLPLATFORM_ENGINE": side, **(dask if side == "dask" else {})},
     )
-    if not platform.payload["success"]:
-        raise RuntimeError(f"platform run failed in {platform.payload['failed_steps']}; see {work}")
+    if not result.payload["success"]:
+        raise RuntimeError(f"{side} run failed in {result.payload['failed_steps']}; see {work}")
     shutil.rmtree(home, ignore_errors=True)  # disk: a 10M-row home is several GiB
-    bare = run_child(
-        "benchmarks.bare",
-        ["--spec", str(spec_dir / f"{BENCH_DATASET}.yaml"), "--db", str(work / "bare.duckdb")],
-        work / f"bare_{repeat}.json",
-        work / f"bare_{repeat}.log",
-    )
-    (work / "bare.duckdb").unlink(missing_ok=True)
-    return platform, bare
+    return result
 
 
-def summarise(runs: list[tuple[ChildResult, ChildResult]]) -> dict[str, Any]:
-    platform_walls = [p.wall_seconds for p, _ in runs]
-    bare_walls = [b.wall_seconds for _, b in runs]
-    return {
-        "platform_seconds": median(platform_walls),
-        "bare_seconds": median(bare_walls),
-        "ratio": median([p.wall_seconds / b.wall_seconds for p, b in runs]),
-        "ratios": [p.wall_seconds / b.wall_seconds for p, b in runs],
-        "platform_peak_rss_bytes": max(p.peak_rss_bytes for p, _ in runs),
-        "bare_peak_rss_bytes": max(b.peak_rss_bytes for _, b in runs),
-        "platform_stages": {
-            stage: median([platform_stages(p)[stage] for p, _ in runs])
-            for stage in (*STAGES, CHECKS, OUTSIDE)
-        },
-        "bare_stages": {
-            stage: median([bare_stages(b)[stage] for _, b in runs]) for stage in (*STAGES, CHECKS, OUTSIDE)
-        },
-        "platform_stage_rss": {
-            stage: max(p.payload["step_peak_rss_bytes"].get(stage, 0) for p, _ in runs) for stage in STAGES
-        },
-        "bare_stage_rss": {
-            stage: max(b.payload["stage_peak_rss_bytes"].get(stage, 0) for _, b in runs) for stage in STAGES
-        },
-        "platform_events": runs[-1][0].payload["events"],
-        "platform_rows": runs[-1][0].payload["rows"],
-        "platform_metrics": runs[-1][0].payload["metrics"],
-        "bare_metrics": runs[-1][1].payload["metrics"],
-    }
+def summarise(runs: list[dict[str, ChildResult]], sides: list[str]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"sides": sides, "ratios": {}}
+    for side in sides:
+        results = [run[side] for run in runs]
+        summary[side] = {
+            "seconds": median([r.wall_seconds for r in results]),
+            "peak_rss_bytes": max(_peak_rss(r) for r in results),
+            "stages": {
+                stage: median([_stage_seconds(side, r)[stage] for r in results])
+                for stage in (*STAGES, CHECKS, OUTSIDE)
+            },
+            "stage_rss": {stage: max(_stage_rss(side, r).get(stage, 0) for r in results) for stage in STAGES},
+            "metrics": results[-1].payload["metrics"],
+            "rows": results[-1].payload.get("rows"),
+        }
+    for top, bottom in (("local", "bare"), ("dask", "local"), ("dask", "bare")):
+        if top in sides and bottom in sides:
+            ratios = [run[top].wall_seconds / run[bottom].wall_seconds for run in runs]
+            summary["ratios"][f"{top} / {bottom}"] = {"median": median(ratios), "per_run": ratios}
+    return summary
 
 
 def report(summary: dict[str, Any], rows: int, repeats: int) -> None:
+    sides = summary["sides"]
     print(f"\n== pipeline benchmark: {rows:,} rows, median of {repeats} run(s) ==")
 
     def rss(side: str, stage: str) -> str:
-        peak = summary[f"{side}_stage_rss"].get(stage, 0)
+        peak = summary[side]["stage_rss"].get(stage, 0)
         return gib(peak) if peak else ""
 
     stage_rows = [
         (
             stage,
-            f"{summary['platform_stages'][stage]:.1f}",
-            f"{summary['bare_stages'][stage]:.1f}",
-            rss("platform", stage),
-            rss("bare", stage),
+            *(f"{summary[side]['stages'][stage]:.1f}" for side in sides),
+            *(rss(side, stage) for side in sides),
         )
         for stage in (*STAGES, CHECKS, OUTSIDE)
     ]
     stage_rows.append(
         (
             "**total (process wall time)**",
-            f"**{summary['platform_seconds']:.1f}**",
-            f"**{summary['bare_seconds']:.1f}**",
-            gib(summary["platform_peak_rss_bytes"]),
-            gib(summary["bare_peak_rss_bytes"]),
+            *(f"**{summary[side]['seconds']:.1f}**" for side in sides),
+            *(gib(summary[side]["peak_rss_bytes"]) for side in sides),
         )
     )
-    print_table(("stage", "platform s", "bare s", "platform peak RSS", "bare peak RSS"), stage_rows)
-    ratios = ", ".join(f"{r:.2f}" for r in summary["ratios"])
-    print(f"\nratio platform / bare: {summary['ratio']:.2f} (median; per run: {ratios})")
-    print(f"platform run events: {summary['platform_events']}; rows per stage: {summary['platform_rows']}")
-    for side in ("platform", "bare"):
-        metrics = summary[f"{side}_metrics"]
+    print_table(("stage", *(f"{s} s" for s in sides), *(f"{s} peak RSS" for s in sides)), stage_rows)
+    for name, ratio in summary["ratios"].items():
+        per_run = ", ".join(f"{r:.2f}" for r in ratio["per_run"])
+        print(f"ratio {name}: {ratio['median']:.2f} (median; per run: {per_run})")
+    for side in sides:
+        metrics = summary[side]["metrics"]
         shown = ", ".join(
             f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if k in ("test_roc_auc", "test_pr_auc")
         )
         print(f"{side} model: best iteration {metrics.get('best_iteration')}, {shown}")
+        if summary[side]["rows"]:
+            print(f"{side} rows per stage: {summary[side]['rows']}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -170,7 +184,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temp folder, removed)")
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
+    parser.add_argument(
+        "--sides", default="local,bare", help=f"comma-separated, run in order: {', '.join(SIDES)}"
+    )
+    parser.add_argument("--dask-workers", type=int, default=2, help="LocalCluster worker processes")
+    parser.add_argument("--dask-threads", type=int, default=1, help="threads per Dask worker")
+    parser.add_argument("--dask-memory-limit", default="auto", help="per Dask worker, e.g. 6GiB")
     args = parser.parse_args(argv)
+    sides = [side.strip() for side in args.sides.split(",") if side.strip()]
+    if unknown := [side for side in sides if side not in SIDES]:
+        parser.error(f"unknown side(s) {unknown}: choose from {', '.join(SIDES)}")
+    dask = {
+        "MLPLATFORM_DASK_WORKERS": str(args.dask_workers),
+        "MLPLATFORM_DASK_THREADS": str(args.dask_threads),
+        "MLPLATFORM_DASK_MEMORY_LIMIT": args.dask_memory_limit,
+    }
 
     info = machine_info()
     print_machine(info)
@@ -187,15 +215,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_bench_spec(spec_dir, landing)
         runs = []
         for repeat in range(args.repeats):
-            platform, bare = run_once(work, spec_dir, repeat)
-            print(
-                f"run {repeat + 1}/{args.repeats}: platform {platform.wall_seconds:.1f} s "
-                f"({gib(platform.peak_rss_bytes)}), bare {bare.wall_seconds:.1f} s ({gib(bare.peak_rss_bytes)}), "
-                f"ratio {platform.wall_seconds / bare.wall_seconds:.2f}",
-                flush=True,
-            )
-            runs.append((platform, bare))
-        summary = summarise(runs) | {"rows": rows, "repeats": args.repeats, "machine": info}
+            run = {side: run_side(side, work, spec_dir, repeat, dask) for side in sides}
+            shown = ", ".join(f"{s} {r.wall_seconds:.1f} s ({gib(_peak_rss(r))})" for s, r in run.items())
+            print(f"run {repeat + 1}/{args.repeats}: {shown}", flush=True)
+            runs.append(run)
+        summary = summarise(runs, sides) | {"rows": rows, "repeats": args.repeats, "machine": info}
         report(summary, rows, args.repeats)
         if args.json:
             write_result(args.json, summary)

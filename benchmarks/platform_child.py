@@ -116,6 +116,9 @@ def main() -> None:
             "rows": stage_counts(load_settings(), args.dataset),
             "metrics": challenger_metrics(args.dataset),
             "self_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            # This process and its descendants summed (the Dask engine's workers): the memory the run held.
+            "tree_peak_rss_bytes": max((rss for _, rss in sampler.samples), default=0),
+            "engine": os.environ.get("MLPLATFORM_ENGINE", "local"),
         },
     )
 

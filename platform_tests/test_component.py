@@ -98,7 +98,7 @@ def test_a_scaffolded_component_yields_what_our_code_location_builds_for_its_spe
     assert {j.name for j in defs.jobs or []} == {j.name for j in ours.jobs or []}
     assert {s.name for s in defs.sensors or []} == {s.name for s in ours.sensors or []}
     assert {s.name for s in defs.schedules or []} == {s.name for s in ours.schedules or []}
-    assert set(defs.resources or {}) == {"warehouse", "mlflow", "mlflow_plots"}
+    assert set(defs.resources or {}) == {"warehouse", "mlflow", "mlflow_plots", "dask"}
     assert defs.resources["warehouse"].database == str(home / "warehouse" / "{dataset}-warehouse.duckdb")
 
 
@@ -282,7 +282,7 @@ def test_a_team_project_scaffolds_lists_checks_and_materializes_datasets(tmp_pat
     sensors = [sensor["name"] for sensor in listing["sensors"]]
     assert sensors.count(RECOVERY_SENSOR) == 1 and "loans__new_data_sensor" in sensors
     assert {"loans__all", "loans__ingest", "loans__retrain"} <= {job["name"] for job in listing["jobs"]}
-    assert {resource["name"] for resource in listing["resources"]} == {"warehouse", "mlflow", "mlflow_plots"}
+    assert {resource["name"] for resource in listing["resources"]} == {"warehouse", "mlflow", "mlflow_plots", "dask"}
     assert "loans/raw" in {check["asset_key"] for check in listing["asset_checks"]}
 
     checked = run_dg(project, home, "check", "defs")

@@ -15,6 +15,9 @@ from platform_tests.test_import_cycles import all_modules
 ENVIRON_WRITERS = {
     # Puts back the MLFLOW_*_URI variables that mlflow.set_tracking_uri / set_registry_uri export.
     ("mlplatform.resources.mlflow", "fluent_api"),
+    # Puts back what distributed's nannies write into os.environ when a LocalCluster starts its workers
+    # (OMP_NUM_THREADS=1, ...): the driver's own LightGBM must keep its threads.
+    ("mlplatform.resources.dask", "_driver_environ_kept"),
 }
 # The entry points that apply MLflow's environment defaults (settings.apply_mlflow_env_defaults writes
 # os.environ through a parameter, which the scanner above cannot follow).

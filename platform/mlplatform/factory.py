@@ -23,6 +23,7 @@ from mlplatform.checks.model_checks import build_model_checks
 from mlplatform.core.source import SourceProbe
 from mlplatform.dagster_adapter import UnresolvedAssetJobDefinition
 from mlplatform.jobs.dataset_jobs import build_whole_graph_job, job_name
+from mlplatform.resources.dask import DaskResource
 from mlplatform.resources.mlflow import MlflowPlotsResource, MlflowResource
 from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.sensors.common import sensor_interval
@@ -54,17 +55,28 @@ class DatasetDefinitions:
 BROKEN_SPECS_METADATA = "mlplatform/broken_specs"
 
 
-def location_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+def location_resources(
+    settings: Settings, specs: Sequence[DatasetSpec] = ()
+) -> dict[str, dg.ConfigurableResource]:
     """The resources every dataset's assets use: the DuckDB warehouse (a file per dataset, or one shared
-    file) and the MLflow store."""
+    file; with the Dask engine its stage tables are views over the lake), the MLflow store and the Dask
+    engine (inert with the local engine). With the Dask engine the warehouse needs `specs`' partition
+    grains (their lake partitions)."""
     folder = Path(settings.warehouse_path).parent
     local = "://" not in settings.warehouse_path and not settings.warehouse_path.startswith("md:")
     if local and DATASET_PLACEHOLDER not in str(folder):  # else each file's folder is made on first use
         folder.mkdir(parents=True, exist_ok=True)
     return {
-        "warehouse": WarehouseResource(database=settings.warehouse_path),
+        "warehouse": WarehouseResource(
+            database=settings.warehouse_path,
+            lake=settings.lake if settings.engine == "dask" else None,
+            lake_grains={spec.name: spec.partition_grain for spec in specs}
+            if settings.engine == "dask"
+            else {},
+        ),
         "mlflow": MlflowResource.from_settings(settings),
         "mlflow_plots": MlflowPlotsResource.from_settings(settings),
+        "dask": DaskResource.from_settings(settings),
     }
 
 
@@ -173,10 +185,10 @@ def build_definitions(
     `settings` None: read from the environment (the code location's entry point).
     """
     settings = settings or load_settings()
-    resources = location_resources(settings)
     broken: list[BrokenSpec] = []
     if specs is None:
         specs, broken = read_specs(settings.extra_spec_dirs)
+    resources = location_resources(settings, specs)
     datasets, failed = build_datasets(specs, settings, registry)
     broken += failed
     return dg.Definitions(

@@ -36,6 +36,21 @@ MLFLOW_UI_URL_ENV = "MLPLATFORM_MLFLOW_UI_URL"
 MLFLOW_PORT_ENV = "MLPLATFORM_MLFLOW_PORT"
 DEFAULT_MLFLOW_PORT = 5000
 
+# The engine of the heavy work in each stage: `local` (DuckDB in the step process, stage tables in the
+# warehouse file) or `dask` (dask.distributed, stage tables as Parquet partitions in the lake folder).
+ENGINE_ENV = "MLPLATFORM_ENGINE"
+ENGINES = ("local", "dask")
+DASK_SCHEDULER_ENV = (
+    "MLPLATFORM_DASK_SCHEDULER"  # tcp://host:8786 of a running cluster; unset: a LocalCluster
+)
+DASK_WORKERS_ENV = "MLPLATFORM_DASK_WORKERS"
+DASK_THREADS_ENV = "MLPLATFORM_DASK_THREADS"  # threads per worker
+DASK_MEMORY_LIMIT_ENV = "MLPLATFORM_DASK_MEMORY_LIMIT"  # per worker: "auto", "4GiB", ...
+DEFAULT_DASK_WORKERS = 2
+DEFAULT_DASK_THREADS = 1
+LAKE_ENV = "MLPLATFORM_LAKE"  # a folder or an fsspec URL; default <home>/lake
+LAKE_FOLDER = "lake"
+
 # The warehouse: one DuckDB file per dataset (a path template holding DATASET_PLACEHOLDER), so runs of
 # different datasets write side by side; or one file for all (a path without it: runs are serialized).
 DATASET_PLACEHOLDER = "{dataset}"
@@ -89,6 +104,12 @@ class Settings:
     mlflow_server_artifacts_destination: str | None = None
     mlflow_ui_url: str | None = None  # MLPLATFORM_MLFLOW_UI_URL; None: derived (see MLFLOW_UI_URL_ENV)
     mlflow_port: int = DEFAULT_MLFLOW_PORT
+    engine: str = "local"  # MLPLATFORM_ENGINE: one of ENGINES
+    dask_scheduler: str | None = None  # None: the platform starts a LocalCluster per step
+    dask_workers: int = DEFAULT_DASK_WORKERS
+    dask_threads_per_worker: int = DEFAULT_DASK_THREADS
+    dask_memory_limit: str = "auto"
+    lake: str = ""  # where the Dask engine keeps the stage tables; load_settings: <home>/lake
 
     def is_automated(self, dataset: str) -> bool:
         setting = self.automation.strip().lower()
@@ -154,7 +175,36 @@ def _locations(home: Path) -> dict[str, Any]:
         "mlflow_registry_uri": None,
         "mlflow_artifact_location": (home / "mlartifacts").as_uri(),
         "reports_dir": home / "reports",
+        "lake": str(home / LAKE_FOLDER),
     }
+
+
+def engine_from_env(env: os._Environ[str] | dict[str, str]) -> str:
+    """MLPLATFORM_ENGINE, checked: a typo must not silently fall back to another engine."""
+    engine = (env.get(ENGINE_ENV) or "local").strip().lower()
+    if engine not in ENGINES:
+        raise ValueError(f"${ENGINE_ENV}={env.get(ENGINE_ENV)!r}: use one of {', '.join(ENGINES)}")
+    return engine
+
+
+def _lake_location(raw: str | None) -> str | None:
+    """A local lake as an absolute path: the views over its files are read from any folder."""
+    if not raw:
+        return None
+    if "://" in raw and not raw.startswith("file://"):
+        return raw
+    return str(Path(raw.removeprefix("file://")).expanduser().resolve())
+
+
+def _positive_int(env: os._Environ[str] | dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name) or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"${name}={raw!r}: expected a whole number") from None
+    if value < 1:
+        raise ValueError(f"${name}={raw!r}: expected at least 1")
+    return value
 
 
 def _default_artifact_location(env: os._Environ[str] | dict[str, str], default: dict[str, Any]) -> str | None:
@@ -193,6 +243,12 @@ def load_settings(environ: os._Environ[str] | dict[str, str] | None = None) -> S
         mlflow_server_artifacts_destination=env.get(MLFLOW_SERVER_ARTIFACTS_ENV) or None,
         mlflow_ui_url=env.get(MLFLOW_UI_URL_ENV) or None,
         mlflow_port=int(env.get(MLFLOW_PORT_ENV) or DEFAULT_MLFLOW_PORT),
+        engine=engine_from_env(env),
+        dask_scheduler=env.get(DASK_SCHEDULER_ENV) or None,
+        dask_workers=_positive_int(env, DASK_WORKERS_ENV, DEFAULT_DASK_WORKERS),
+        dask_threads_per_worker=_positive_int(env, DASK_THREADS_ENV, DEFAULT_DASK_THREADS),
+        dask_memory_limit=env.get(DASK_MEMORY_LIMIT_ENV) or "auto",
+        lake=_lake_location(env.get(LAKE_ENV)) or default["lake"],
     )
 
 

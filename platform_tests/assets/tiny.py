@@ -22,6 +22,7 @@ import numpy as np
 from mlplatform.contracts import Stage
 from mlplatform.factory import DatasetDefinitions, build_dataset
 from mlplatform.resources.mlflow import MlflowPlotsResource, MlflowResource
+from mlplatform.resources.dask import DaskResource
 from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.settings import Settings, load_settings
 from mlplatform.specs.model import DatasetSpec
@@ -152,6 +153,7 @@ class TinyDataset:
             "warehouse": WarehouseResource(database=str(self.warehouse_path)),
             "mlflow": MlflowResource(**store),
             "mlflow_plots": MlflowPlotsResource(**store),
+            "dask": DaskResource(),  # the local engine: inert
         }
 
     def materialize(

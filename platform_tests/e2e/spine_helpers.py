@@ -33,7 +33,7 @@ def materialize_spine(
     return dg.materialize(
         assets,
         instance=dg.DagsterInstance.get(),
-        resources={"warehouse": defs.resources["warehouse"]},
+        resources={"warehouse": defs.resources["warehouse"], "dask": defs.resources["dask"]},
         partition_key=partition_key,
         tags=tags,
         raise_on_error=raise_on_error,

@@ -20,6 +20,7 @@ from mlplatform.assets.cleaning import build_clean_assets
 from mlplatform.assets.common import partitions_def
 from mlplatform.assets.ingestion import build_raw_asset
 from mlplatform.checks.data_quality import build_quality_checks
+from mlplatform.resources.dask import DaskResource
 from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.settings import load_settings
 from mlplatform.specs.loader import check_source
@@ -89,7 +90,7 @@ def load(
     result = dg.materialize(
         [*assets, *checks],
         instance=instance or dg.DagsterInstance.ephemeral(),
-        resources={"warehouse": WarehouseResource(database=str(warehouse))},
+        resources={"warehouse": WarehouseResource(database=str(warehouse)), "dask": DaskResource()},
         tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
         run_config=run_config,
         raise_on_error=raise_on_error,

@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING
 
 import dagster as dg
+import duckdb
 from pydantic import Field
 
 from mlplatform.assets.common import (
@@ -18,10 +19,19 @@ from mlplatform.assets.common import (
 from mlplatform.assets.landing import files_spec, land_new_rows, source_counts, source_label
 from mlplatform.contracts import MaterializationKey, Stage, asset_key
 from mlplatform.core.accounting import accounts_markdown
-from mlplatform.core.ingestion import RawLoad, ShrinkRefusal, load_raw_window, with_spec_end
+from mlplatform.core.ingestion import (
+    RawLoad,
+    ShrinkRefusal,
+    Stager,
+    load_raw_window,
+    stage_in_warehouse,
+    with_spec_end,
+)
+from mlplatform.core.ingestion_dask import cluster_stager
 from mlplatform.core.partition_counts import rows_per_partition
 from mlplatform.core.source import source_files
-from mlplatform.core.warehouse import PARTITION_TIME, table_name
+from mlplatform.core.warehouse import PARTITION_TIME, lake_of, table_name
+from mlplatform.resources.dask import DaskResource
 from mlplatform.resources.warehouse import WarehouseResource
 
 if TYPE_CHECKING:
@@ -58,6 +68,14 @@ def _partition_metadata(tables: TableMetadata, malformed: dict[str, int]) -> dic
     return {key: {**own, "malformed_lines": malformed[key]} for key, own in tables.partitions.items()}
 
 
+def _stager(conn: duckdb.DuckDBPyConnection, dask: DaskResource) -> Stager:
+    """The Dask engine stages the source files on its workers (per file group, in parallel)."""
+    lake = lake_of(conn)
+    if not dask.enabled or lake is None:
+        return stage_in_warehouse
+    return cluster_stager(dask.get_client(), lake[0])
+
+
 def build_raw_asset(stage: "StageBuild") -> dg.AssetsDefinition:
     spec, partitions = stage.spec, stage.partitions
     read_spec = files_spec(stage)  # a postgres source's landed files, read like any files
@@ -79,7 +97,7 @@ def build_raw_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         metadata={"source": read_spec.source_pattern, "format": spec.source_format},
     )
     def raw(
-        context: dg.AssetExecutionContext, config: RawConfig, warehouse: WarehouseResource
+        context: dg.AssetExecutionContext, config: RawConfig, warehouse: WarehouseResource, dask: DaskResource
     ) -> dg.MaterializeResult:
         start, end = time_window(context)
         landed = land_new_rows(context, stage)
@@ -90,7 +108,10 @@ def build_raw_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         keys = f"{context.partition_keys[0]} .. {context.partition_keys[-1]}"
         windows = partition_windows(partitions, context.partition_keys)
         with warehouse.get_connection(spec.name) as conn:
-            load = load_raw_window(conn, read_spec, counts, (start, end), bounds, config.allow_shrink, keys)
+            stager = _stager(conn, dask)
+            load = load_raw_window(
+                conn, read_spec, counts, (start, end), bounds, config.allow_shrink, keys, stager
+            )
             if not isinstance(load, ShrinkRefusal):
                 tables = partitioned_table_metadata(conn, spec, Stage.RAW, windows)
                 raw = table_name(spec.name, Stage.RAW)
@@ -109,6 +130,7 @@ def build_raw_asset(stage: "StageBuild") -> dg.AssetsDefinition:
             context, asset_key(spec, Stage.RAW), _partition_metadata(tables, malformed), run
         )
         metadata = {**_raw_metadata(load, tables.table), "source_files": len(files), **landed}
+        metadata.update(dask.dashboard_metadata())
         return dg.MaterializeResult(metadata=metadata)
 
     return raw

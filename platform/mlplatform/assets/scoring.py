@@ -15,12 +15,15 @@ from mlplatform.assets.common import (
     time_window,
 )
 from mlplatform.contracts import CHAMPION_ALIAS, Stage, asset_key
+from mlplatform.core import warehouse as warehouse_sql
 from mlplatform.core.row_identity import ACTUAL_COLUMN, prediction_keys
 from mlplatform.core.scoring import score_frame
+from mlplatform.core.scoring_dask import score_window_dask
 from mlplatform.core.training import TrainedModel
 from mlplatform.core.training_data import scoring_feature_names
 from mlplatform.core.warehouse import read_frame, replace_window, table_exists, table_name, window_predicate
 from mlplatform.models.registry import load_version
+from mlplatform.resources.dask import DaskResource
 from mlplatform.resources.mlflow import MlflowResource
 from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
@@ -98,6 +101,25 @@ def _score_window(
     return _write_predictions(conn, spec, scored, start, end)
 
 
+def _score_on_engine(
+    conn: duckdb.DuckDBPyConnection,
+    dask: DaskResource,
+    spec: DatasetSpec,
+    champion: _Champion,
+    start: datetime,
+    end: datetime,
+) -> int:
+    """Score the window in the warehouse, or partition by partition on the Dask cluster (a window
+    with no features files there has nothing to distribute and is scored the local way)."""
+    if not dask.enabled:
+        return _score_window(conn, spec, champion, start, end)
+    lake = warehouse_sql.lake_of(conn)
+    if lake is None:
+        raise dg.Failure(f"{spec.name}: the Dask engine needs the warehouse in lake mode (MLPLATFORM_LAKE)")
+    rows = score_window_dask(conn, dask.get_client(), spec, champion, start, end, lake[0])
+    return _score_window(conn, spec, champion, start, end) if rows is None else rows
+
+
 def _description(spec: DatasetSpec) -> str:
     return (
         f"Each partition of {spec.name}.features scored by the `{CHAMPION_ALIAS}` version of model "
@@ -124,7 +146,10 @@ def build_predictions_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         description=_description(spec),
     )
     def predictions(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow: MlflowResource
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        mlflow: MlflowResource,
+        dask: DaskResource,
     ) -> dg.MaterializeResult:
         start, end = time_window(context)
         champion = _champion(spec, mlflow)
@@ -135,7 +160,7 @@ def build_predictions_asset(stage: "StageBuild") -> dg.AssetsDefinition:
                     f"{spec.name}.{Stage.FEATURES} does not exist: materialize {spec.name}/{Stage.FEATURES} first"
                 )
             _scoring_inputs(context, conn, spec, champion)
-            rows = _score_window(conn, spec, champion, start, end)
+            rows = _score_on_engine(conn, dask, spec, champion, start, end)
             tables = partitioned_table_metadata(
                 conn, spec, Stage.PREDICTIONS, partition_windows(partitions, context.partition_keys)
             )
@@ -147,6 +172,7 @@ def build_predictions_asset(stage: "StageBuild") -> dg.AssetsDefinition:
                 "model_version": version,
                 "model_uri": f"models:/{spec.name}/{version}",
                 "model_version_link": dg.MetadataValue.url(mlflow.model_version_url(spec.name, version)),
+                **dask.dashboard_metadata(),
             }
         )
 

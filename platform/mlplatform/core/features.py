@@ -11,6 +11,12 @@ different models. So a lag takes the smallest of tied values, and rolling window
 per (entity, time) holding partial aggregates of its ties (summed in value order), joined back to
 the rows: a window over rows would add ties in the order DuckDB happens to sort them.
 
+With an entity key the features are built per entity shard (`hash(entity) % ENTITY_SHARDS`), on both
+engines: the local engine's query is the UNION ALL of the shards' queries, the Dask engine runs each
+shard as a task. A rolling sum over floating-point values depends in its last bits on which other
+entities share the window operator's input (its segment tree spans them), so the same shards on both
+engines give the same features bit for bit, however many workers run them.
+
 Calendar parts a spec column already carries (`hour` for `cal_hour`) are not derived again, and the
 entity key is a model input when `features.entity_key_feature` says so (`entity_feature_used`).
 """
@@ -54,6 +60,10 @@ _NUMERIC = ("int", "float", "bool")
 # few stocks, stores or sensors, each with many rows. Customer or device ids (hundreds and more) would
 # mostly let the model memorise ids, and a new id scores as "missing" anyway.
 ENTITY_FEATURE_MAX_LEVELS = 100
+# Entity shards of the feature query (module doc). Fixed, not per cluster: a different count would move
+# floating-point rolling sums in their last bits. 16 keeps a shard's window input small and gives a
+# cluster of up to 16 worker threads one shard each.
+ENTITY_SHARDS = 16
 
 
 def _interval(delta: timedelta) -> str:
@@ -118,9 +128,20 @@ def feature_names(spec: DatasetSpec, time_type: str = "TIMESTAMP", entity_featur
 
 
 def features_sql(
-    spec: DatasetSpec, clean_table: str, start: datetime, end: datetime, time_type: str = "TIMESTAMP"
+    spec: DatasetSpec,
+    clean_table: str,
+    start: datetime,
+    end: datetime,
+    time_type: str = "TIMESTAMP",
+    shard: int | None = None,
 ) -> str:
-    """SELECT of the features of rows in [start, end), reading history back to start - lookback."""
+    """SELECT of the features of rows in [start, end), reading history back to start - lookback.
+
+    With an entity key: the UNION ALL of every entity shard's SELECT, or only shard `shard`'s."""
+    if spec.entity_key and shard is None:
+        return " UNION ALL ".join(
+            f"({features_sql(spec, clean_table, start, end, time_type, k)})" for k in range(ENTITY_SHARDS)
+        )
     t = quote_ident(spec.time_column)
     entity = quote_ident(spec.entity_key) if spec.entity_key else None
     history_start = start - spec.lookback
@@ -128,6 +149,8 @@ def features_sql(
         f"SELECT * FROM {clean_table} WHERE {t} >= {quote_literal(history_start.isoformat(sep=' '))}::TIMESTAMP "
         f"AND {t} < {quote_literal(end.isoformat(sep=' '))}::TIMESTAMP"
     )
+    if entity and shard is not None:
+        base += f" AND hash({entity}) % {ENTITY_SHARDS} = {shard}"
     select = [f"b.{t}"]
     if entity:
         select.append(f"b.{entity}")

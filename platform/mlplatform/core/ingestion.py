@@ -7,7 +7,7 @@ or rows in partitions that no longer exist; `allow_shrink` lets it remove them o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -28,6 +28,7 @@ from mlplatform.core.source import stage_source
 from mlplatform.core.sql import fetch_row
 from mlplatform.core.warehouse import (
     PARTITION_TIME,
+    delete_rows,
     replace_window,
     table_exists,
     table_name,
@@ -99,7 +100,7 @@ def remove_outside(
     """With `allow_shrink`: the rows of `rows_outside` go (cleaning then drops theirs from clean and
     quarantine). Its own statement: `replace_window` runs its own transaction right after."""
     if bounds is not None and outside:
-        conn.execute(f"DELETE FROM {table_name(spec.name, Stage.RAW)} WHERE {outside_partitions(bounds)}")
+        delete_rows(conn, spec.name, Stage.RAW, outside_partitions(bounds))
 
 
 def outside_problem(outside: Mapping[str, int], bounds: PartitionBounds | None) -> str | None:
@@ -191,6 +192,31 @@ def write_window(
     return rows, accounts, int(malformed)
 
 
+# Stages the source files as a relation of `conn`; returns its name and how to drop it. Arguments: the
+# connection, the spec, the files, the load time, the partition bounds and the notes to add to.
+Stager = Callable[
+    [duckdb.DuckDBPyConnection, DatasetSpec, list[str], datetime, PartitionBounds | None, dict[str, str]],
+    tuple[str, Callable[[], None]],
+]
+
+
+def stage_in_warehouse(
+    conn: duckdb.DuckDBPyConnection,
+    spec: DatasetSpec,
+    files: list[str],
+    loaded_at: datetime,
+    bounds: PartitionBounds | None,
+    notes: dict[str, str],
+) -> tuple[str, Callable[[], None]]:
+    """The local engine's staging: every file read into a temp table of `conn`."""
+    staged = stage_source(conn, spec, files, loaded_at, bounds, notes)
+
+    def drop() -> None:
+        conn.execute(f"DROP TABLE IF EXISTS {staged}")
+
+    return staged, drop
+
+
 def load_raw_window(
     conn: duckdb.DuckDBPyConnection,
     spec: DatasetSpec,
@@ -199,25 +225,28 @@ def load_raw_window(
     bounds: PartitionBounds | None,
     allow_shrink: bool,
     partition_range: str,
+    stager: Stager = stage_in_warehouse,
 ) -> RawLoad | ShrinkRefusal:
     """Stage the files of `counts` (each file's records, counted by mlplatform.core.accounting, in
     the order of the source) and replace the window's raw rows, unless that would erase rows without
-    `allow_shrink`. On an error the staged temp table stays until the connection closes."""
+    `allow_shrink`. `stager`: how the files are staged (the Dask engine stages them on its workers,
+    mlplatform.core.ingestion_dask); what it staged is dropped when the load ends, failed or not."""
     notes: dict[str, str] = {}
     loaded_at = datetime.now(UTC).replace(tzinfo=None)
-    staged = stage_source(conn, spec, list(counts), loaded_at, bounds, notes)
-    in_window = window_predicate(PARTITION_TIME, *window)
-    after = rows_per_file(conn, staged, in_window)
-    outside = rows_outside(conn, spec, bounds)
-    if not allow_shrink and table_exists(conn, spec.name, Stage.RAW):
-        refusal = shrink_refusal(conn, spec, in_window, after, outside, bounds, partition_range)
-        if refusal is not None:
-            conn.execute(f"DROP TABLE {staged}")
-            return refusal
-    remove_outside(conn, spec, bounds, outside)
-    pending = note_pending(conn, staged, bounds, notes)
-    rows, accounts, malformed = write_window(conn, spec, staged, window, counts, notes, after)
-    conn.execute(f"DROP TABLE {staged}")
+    staged, drop = stager(conn, spec, list(counts), loaded_at, bounds, notes)
+    try:
+        in_window = window_predicate(PARTITION_TIME, *window)
+        after = rows_per_file(conn, staged, in_window)
+        outside = rows_outside(conn, spec, bounds)
+        if not allow_shrink and table_exists(conn, spec.name, Stage.RAW):
+            refusal = shrink_refusal(conn, spec, in_window, after, outside, bounds, partition_range)
+            if refusal is not None:
+                return refusal
+        remove_outside(conn, spec, bounds, outside)
+        pending = note_pending(conn, staged, bounds, notes)
+        rows, accounts, malformed = write_window(conn, spec, staged, window, counts, notes, after)
+    finally:
+        drop()
     return RawLoad(
         rows=rows,
         in_window=in_window,

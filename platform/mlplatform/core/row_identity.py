@@ -13,7 +13,7 @@ import duckdb
 
 from mlplatform.contracts import Stage
 from mlplatform.core.sql import column_types, quote_ident
-from mlplatform.core.warehouse import table_exists, table_name, window_predicate
+from mlplatform.core.warehouse import rewrite_rows, table_exists, table_name, window_predicate
 from mlplatform.specs.model import DatasetSpec
 
 ACTUAL_COLUMN = "actual"
@@ -54,9 +54,14 @@ def refresh_actuals(
     group = ", ".join(quote_ident(k) for k in keys)
     on = " AND ".join(f"p.{quote_ident(k)} IS NOT DISTINCT FROM f.{quote_ident(k)}" for k in keys)
     where = window_predicate(spec.time_column, start, end)
-    row = conn.execute(
-        f"UPDATE {predictions} AS p SET {actual} = f.v "
-        f"FROM (SELECT {group}, min({target}) AS v FROM {features} WHERE {where} GROUP BY {group}) f "
-        f"WHERE {on} AND p.{actual} IS DISTINCT FROM f.v"
-    ).fetchall()
-    return int(row[0][0]) if row else 0
+
+    def update(table: str) -> int:
+        row = conn.execute(
+            f"UPDATE {table} AS p SET {actual} = f.v "
+            f"FROM (SELECT {group}, min({target}) AS v FROM {features} WHERE {where} GROUP BY {group}) f "
+            f"WHERE {on} AND p.{actual} IS DISTINCT FROM f.v"
+        ).fetchall()
+        return int(row[0][0]) if row else 0
+
+    # A prediction matches a feature row of the window: the same row, so the same time.
+    return rewrite_rows(conn, spec.name, Stage.PREDICTIONS, update, where)

@@ -268,6 +268,7 @@ def stage_source(
     loaded_at: datetime,
     bounds: PartitionBounds | None = None,
     file_notes: dict[str, str] | None = None,
+    sniffed: dict[str, str] | None = None,
 ) -> str:
     """Read every source row into a temp table `_staged` with lineage columns; returns its name.
 
@@ -276,7 +277,8 @@ def stage_source(
     inside `bounds` for every row, by the rule of mlplatform.core.placement, so none is lost.
     A file DuckDB cannot read is read by Python's csv module; a file nothing can read is one
     quarantine row (mlplatform.core.accounting); what happened to a file is written to `file_notes`
-    (path -> note) when given.
+    (path -> note) when given. `sniffed`: the CSV types guessed over all of the source's files, when
+    this call stages only some of them (the Dask engine stages file groups on its workers).
     """
     if not files:
         raise SourceError(f"source.path: no files match {spec.source_pattern}")
@@ -304,8 +306,10 @@ def stage_source(
     else:
         _stage_csv(conn, spec, readable, notes)
         read = "_staged_read"
+        if sniffed is not None:  # some files only: the columns the others would have brought
+            _add_missing_text_columns(conn, spec, read)
     types = column_types(conn, read)
-    sniffed = sniff_types(conn, spec, readable)
+    sniffed = sniff_types(conn, spec, readable) if sniffed is None else sniffed
     if spec.derived:
         derived_sql = _derived_and_time_sql(spec, read, types, sniffed)
         # Both sides of the positional join are plain projections of the same table, so rows line up.
@@ -324,6 +328,15 @@ def stage_source(
     conn.execute("DROP TABLE IF EXISTS _staged_read")
     conn.execute("DROP VIEW IF EXISTS _staged_parquet")
     return "_staged"
+
+
+def _add_missing_text_columns(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, read: str) -> None:
+    """Give `read` (CSV text) every source column of the spec its files lack, as NULL text: what the
+    union by name of all the source's files gives those files' rows (the others bring the columns)."""
+    present = set(column_types(conn, read))
+    for name in spec.source_columns:
+        if name not in present:
+            conn.execute(f"ALTER TABLE {read} ADD COLUMN {quote_ident(name)} VARCHAR")
 
 
 def _stage_csv(

@@ -30,7 +30,7 @@ import pandas as pd
 from mlplatform.contracts import TRAIN_FROM_TAG, Stage
 from mlplatform.core.splits import SPLIT_COLUMN, SplitWindows, assign_split, time_split
 from mlplatform.core.sql import quote_ident
-from mlplatform.core.warehouse import read_frame, table_name
+from mlplatform.core.warehouse import read_frame, replace_table, table_name
 from mlplatform.specs.durations import parse_duration
 from mlplatform.specs.model import DatasetSpec
 from mlplatform.specs.monitoring import TrainingSpec
@@ -178,8 +178,7 @@ def write_training_set(
     frame[SPLIT_COLUMN] = assign_split(frame, spec.time_column, windows)
     conn.register("training_set_frame", frame)
     try:
-        target = table_name(spec.name, Stage.TRAINING_SET)
-        conn.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM training_set_frame")
+        replace_table(conn, spec.name, Stage.TRAINING_SET, "SELECT * FROM training_set_frame")
     finally:
         conn.unregister("training_set_frame")
     return frame, windows

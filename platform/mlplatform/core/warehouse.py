@@ -1,5 +1,8 @@
 """Writing stage tables in DuckDB: each partitioned table is replaced one time window at a time.
 
+With the Dask engine the connection is a lake connection (`lake_of`): stage tables are Parquet
+partitions in the lake behind DuckDB views (mlplatform.core.lake_tables), written by the same calls.
+
 Also what DuckDB's low-level errors mean for a user (file held, damaged, disk full) and a full read that
 finds damaged blocks before anything depends on them.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -17,8 +21,12 @@ import pandas as pd
 import pyarrow as pa
 
 from mlplatform.contracts import Stage
+from mlplatform.core import lake_tables
+from mlplatform.core.lake_tables import lake_of
 from mlplatform.core.sql import column_types, quote_ident, quote_literal
 from mlplatform.settings import WAREHOUSE_ENV
+
+__all__ = ["lake_of"]  # re-exported: callers ask core.warehouse which engine holds the tables
 
 # raw and quarantine rows: the time that placed the row in its partition (set even where the row's own
 # time does not parse, see mlplatform.core.placement).
@@ -126,8 +134,15 @@ def replace_window(
     """Replace the rows of `schema.table` in [start, end) of `window_column` by `select_sql`'s rows.
 
     One transaction, so a failed load leaves the previous rows in place. New columns are added to
-    an existing table (a spec gained a column); returns the number of rows written.
+    an existing table (a spec gained a column); returns the number of rows written. On a lake
+    connection each partition of the window is replaced whole (lake_tables.write_window).
     """
+    in_lake = lake_of(conn)
+    if in_lake is not None:
+        root, grain = in_lake
+        return lake_tables.write_window(
+            conn, root, grain, schema, table, select_sql, window_column, start, end
+        )
     target = table_name(schema, table)
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
     conn.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT * FROM ({select_sql}) LIMIT 0")
@@ -140,12 +155,55 @@ def replace_window(
         conn.execute(f"DELETE FROM {target} WHERE {window_predicate(window_column, start, end)}")
         written = conn.execute(f"INSERT INTO {target} BY NAME SELECT * FROM ({select_sql})").fetchall()[0]
         conn.execute("COMMIT")
-    except Exception:
+    except Exception as error:
         # A failed COMMIT (e.g. disk full) has ended the transaction: its error is the one to show.
         with contextlib.suppress(duckdb.Error):
             conn.execute("ROLLBACK")
+        lake_tables.raise_if_lake_view(conn, schema, table, error)
         raise
     return int(written[0]) if written else 0
+
+
+def replace_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, select_sql: str) -> int:
+    """Replace the unpartitioned table `schema.table` by `select_sql`'s rows; returns how many."""
+    in_lake = lake_of(conn)
+    if in_lake is not None:
+        return lake_tables.write_table(conn, in_lake[0], schema, table, select_sql)
+    row = conn.execute(f"CREATE OR REPLACE TABLE {table_name(schema, table)} AS {select_sql}").fetchall()
+    return int(row[0][0]) if row else 0
+
+
+def rewrite_rows(
+    conn: duckdb.DuckDBPyConnection,
+    schema: str,
+    table: str,
+    mutate: Callable[[str], int],
+    within_sql: str | None = None,
+) -> int:
+    """Run `mutate(table_sql)` (an UPDATE or DELETE on the table named `table_sql`, returning the rows
+    it changed). Local engine: on `schema.table` itself. Lake: on a temp copy of the partitions holding
+    rows that match `within_sql` (all when None; it must cover every row `mutate` may change), which
+    are then written back whole."""
+    in_lake = lake_of(conn)
+    if in_lake is None:
+        return mutate(table_name(schema, table))
+    return lake_tables.rewrite_rows(conn, in_lake[0], schema, table, mutate, within_sql)
+
+
+def _changed_rows(conn: duckdb.DuckDBPyConnection, statement: str) -> int:
+    row = conn.execute(statement).fetchall()
+    return int(row[0][0]) if row else 0
+
+
+def delete_rows(conn: duckdb.DuckDBPyConnection, schema: str, table: str, where_sql: str) -> int:
+    """DELETE FROM schema.table WHERE where_sql, on either engine; returns the rows deleted."""
+    return rewrite_rows(
+        conn,
+        schema,
+        table,
+        lambda target: _changed_rows(conn, f"DELETE FROM {target} WHERE {where_sql}"),
+        where_sql,
+    )
 
 
 def count_rows(conn: duckdb.DuckDBPyConnection, schema: str, table: str, where: str | None = None) -> int:
@@ -259,8 +317,11 @@ def verify_tables(conn: duckdb.DuckDBPyConnection, schema: str) -> list[str]:
         row[0]
         for row in conn.execute(
             "SELECT table_name FROM duckdb_tables() "
-            "WHERE schema_name = ? AND database_name = current_database() ORDER BY table_name",
-            [schema],
+            "WHERE schema_name = ? AND database_name = current_database() "
+            # the lake's views too (Dask engine): reading them reads every Parquet file of the table
+            "UNION ALL SELECT view_name FROM duckdb_views() "
+            "WHERE schema_name = ? AND database_name = current_database() AND NOT internal ORDER BY 1",
+            [schema, schema],
         ).fetchall()
     ]
     for name in names:

@@ -8,6 +8,10 @@ file, the holder where DuckDB reports it, and the fix.
 
 `database` may be a template holding `{dataset}` (a file per dataset, see mlplatform.settings): then
 `get_connection(dataset)` opens that dataset's file, and each file has its own lock and messages.
+
+With `lake` set (the Dask engine) the stage tables live as Parquet partitions there, behind views in
+the warehouse file: each connection is marked as a lake connection with the dataset's partition grain
+(`lake_grains`), so core.warehouse's writers write the lake (mlplatform.core.lake_tables).
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from mlplatform.core.lake import remove_stale_staging
+from mlplatform.core.lake_tables import set_lake
 from mlplatform.core.warehouse import explain_warehouse_error, is_lock_conflict
 from mlplatform.settings import is_warehouse_template, warehouse_file
 
 _LOCK_RETRY_SECONDS = 0.2
+_SWEPT_LAKES: set[str] = set()  # lakes whose stale staging this process has removed (once each)
 
 
 class WarehouseError(dg.Failure):
@@ -39,6 +46,14 @@ class WarehouseResource(DuckDBResource):
     lock_timeout_seconds: float = Field(
         default=5.0,
         description="How long to wait for another process to release the warehouse file before failing.",
+    )
+    lake: str | None = Field(
+        default=None,
+        description="The Parquet lake of the stage tables (Dask engine): a folder or fsspec URL; None: in the file.",
+    )
+    lake_grains: dict[str, str] = Field(
+        default_factory=dict,
+        description="Each dataset's partition grain (day, week, month): its lake partitions.",
     )
 
     def _config(self) -> dict[str, Any]:
@@ -87,6 +102,11 @@ class WarehouseResource(DuckDBResource):
         database = self.database_for(dataset)
         conn = self._connect(database)
         try:
+            if self.lake is not None:
+                set_lake(conn, self.lake, self.lake_grains.get(dataset) if dataset else None)
+                if self.lake not in _SWEPT_LAKES:  # what writers killed over an hour ago left behind
+                    _SWEPT_LAKES.add(self.lake)
+                    remove_stale_staging(self.lake)
             yield conn
         except duckdb.Error as error:
             self.raise_explained(error, database)
