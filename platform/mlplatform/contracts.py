@@ -52,6 +52,9 @@ class Table(StrEnum):
     """Warehouse tables that are not the table of a stage of the same name."""
 
     DRIFT_VERDICT = "drift_verdict"  # one row per partition, written by drift_report
+    # Per (partition_start, reference_version): the partition's drift summary, long (feature, key, value),
+    # written by drift_report and merged into the trailing windows of later runs (core.drift_summaries).
+    DRIFT_SUMMARY = "drift_summary"
     SOURCE_ACCOUNTING = "_source_accounting"  # per-file record counts, written by raw
 
 

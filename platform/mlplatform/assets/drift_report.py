@@ -24,6 +24,9 @@ from mlplatform.contracts import Stage, Table, asset_key
 from mlplatform.core import drift_plots
 from mlplatform.core.drift_performance import labels_delay, locate_change, realized_window
 from mlplatform.core.drift_reference import Reference, read_reference
+from mlplatform.core.drift_summaries import SummaryPlan
+from mlplatform.core.drift_summary_store import load_partitions
+from mlplatform.core.drift_summary_windows import first_needed, report_summarised, windows_on_partitions
 from mlplatform.core.drift_windows import (
     arrived_partition_errors,
     empty_windows_warning,
@@ -60,9 +63,12 @@ class _Inputs:
     since_training: pd.DataFrame | None = None
 
 
-def _read_inputs(spec: DatasetSpec, warehouse: WarehouseResource, start: datetime, end: datetime) -> _Inputs:
-    """The stored reference, the version of the model it profiles, the rows the run's windows need and
-    the partition errors stored for that model outside [start, end) (this run judges those again)."""
+def _read_inputs(
+    spec: DatasetSpec, warehouse: WarehouseResource, start: datetime, end: datetime, with_rows: bool = True
+) -> _Inputs:
+    """The stored reference, the version of the model it profiles, the rows the run's windows need
+    (`with_rows`) and the partition errors stored for that model outside [start, end) (this run judges
+    those again)."""
     with warehouse.get_connection(spec.name) as conn:
         if not table_exists(conn, spec.name, Stage.REFERENCE_PROFILE):
             raise dg.Failure(
@@ -72,7 +78,7 @@ def _read_inputs(spec: DatasetSpec, warehouse: WarehouseResource, start: datetim
         has_version = MODEL_VERSION_COLUMN in stored and len(stored)
         version = int(stored[MODEL_VERSION_COLUMN].iloc[0]) if has_version else None
         # The first partition's realized window starts earliest (labels.delay before its window).
-        rows = window_rows(conn, spec, realized_window(spec, start)[0], end)
+        rows = window_rows(conn, spec, realized_window(spec, start)[0], end) if with_rows else pd.DataFrame()
         errors = _stored_errors(conn, spec, version, start, end)
         reference = read_reference(stored)
         train_last = reference.champion.train_last
@@ -123,6 +129,50 @@ def _judge_partitions(
         column_frames.append(columns)
         verdicts.append(verdict)
     return column_frames, verdicts
+
+
+def _partition_bounds(partitions: dg.PartitionsDefinition, key: str) -> tuple[datetime, datetime]:
+    partition = partitions.time_window_for_partition_key(key)  # type: ignore[attr-defined]
+    return partition.start.replace(tzinfo=None), partition.end.replace(tzinfo=None)
+
+
+def _judge_summarised(
+    spec: DatasetSpec,
+    partitions: dg.PartitionsDefinition,
+    keys: list[str],
+    warehouse: WarehouseResource,
+    inputs: _Inputs,
+) -> tuple[list[pd.DataFrame], list[dict[str, Any]], pd.Series]:
+    """As _judge_partitions, from per-partition summaries (core.drift_summary_windows), which are
+    stored; returns the time column of the rows read too."""
+    bounds = [_partition_bounds(partitions, key) for key in keys]
+    run = (bounds[0][0], bounds[-1][1])
+    plan = SummaryPlan.of(inputs.reference.profile)
+    with warehouse.get_connection(spec.name) as conn:
+        loaded = load_partitions(conn, spec, plan, inputs.version, first_needed(spec, bounds[0][1]), run)
+        if inputs.version is not None:  # a summary is reused for the same reference version only
+            conn.register(_FRAME_VIEW, loaded.to_store)
+            select, first = f"SELECT * FROM {_FRAME_VIEW}", min(loaded.parts)
+            replace_window(conn, spec.name, Table.DRIFT_SUMMARY, select, "partition_start", first, run[1])
+            conn.unregister(_FRAME_VIEW)
+    spacing_text: list[str] = []
+
+    def spacing() -> str:  # once, and only when a window is empty
+        if not spacing_text:
+            spacing_text.append(spacing_hint(spec, loaded.times))
+        return spacing_text[0]
+
+    column_frames, verdicts = [], []
+    for p_start, p_end in bounds:
+        window = (p_start, window_start(spec, p_end), p_end)
+        columns, verdict = report_summarised(
+            spec, inputs.reference, plan, inputs.version, loaded.parts, window, spacing
+        )
+        if verdict["performance_trigger"] and spec.training.change_point:
+            _add_change_point(spec, verdict, inputs, verdicts)
+        column_frames.append(columns)
+        verdicts.append(verdict)
+    return column_frames, verdicts, loaded.times
 
 
 def _add_change_point(
@@ -262,9 +312,15 @@ def build_drift_report_asset(stage: "StageBuild") -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         start, end = time_window(context)
         keys = context.partition_keys
-        inputs = _read_inputs(spec, warehouse, start, end)
-        column_frames, verdicts = _judge_partitions(spec, partitions, keys, inputs)
-        empty_windows = empty_windows_warning(spec, verdicts, inputs.rows[spec.time_column])
+        ends = [_partition_bounds(partitions, key)[1] for key in keys]
+        if windows_on_partitions(spec, ends):  # whole partitions: merged from per-partition summaries
+            inputs = _read_inputs(spec, warehouse, start, end, with_rows=False)
+            column_frames, verdicts, times = _judge_summarised(spec, partitions, keys, warehouse, inputs)
+        else:
+            inputs = _read_inputs(spec, warehouse, start, end)
+            column_frames, verdicts = _judge_partitions(spec, partitions, keys, inputs)
+            times = inputs.rows[spec.time_column]
+        empty_windows = empty_windows_warning(spec, verdicts, times)
         if empty_windows:  # once per run, however many partitions it judged
             context.log.warning(empty_windows)
         column_table = pd.concat(column_frames, ignore_index=True)

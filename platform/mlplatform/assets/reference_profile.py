@@ -61,16 +61,16 @@ def _champion_rows(
 
 
 def _facts(
-    spec: DatasetSpec, model: TrainedModel, splits: dict[str, pd.DataFrame]
+    spec: DatasetSpec, model: TrainedModel, splits: dict[str, pd.DataFrame], test_outputs: pd.DataFrame | None
 ) -> tuple[ChampionFacts, str | None]:
     """Importance, calibration (validation window) and estimated test metric of the champion."""
-    validation, test = splits["validation"], splits["test"]
+    validation = splits["validation"]
     labelled = (validation[spec.target.column], model_outputs(model, validation)) if len(validation) else None
     return champion_facts(
         spec.target.task,
         feature_importance(model).to_dict(),
         labelled,
-        model_outputs(model, test) if len(test) else None,
+        test_outputs,
         model.classes,
         pd.to_datetime(splits["train"][spec.time_column]).max(),
     )
@@ -142,12 +142,13 @@ def build_reference_profile_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         version, model, splits = _champion_rows(spec, warehouse, mlflow)
         train, test = splits["train"], splits["test"]
         columns = monitored_columns(spec, list(train.columns))
-        performance = None
-        if not test.empty:
+        performance, test_outputs = None, None
+        if not test.empty:  # scored once: the test error and the estimate on the test window
+            test_outputs = model_outputs(model, test)
             performance = primary_error(
-                spec.target.task, test[spec.target.column], model_outputs(model, test), model.classes
+                spec.target.task, test[spec.target.column], test_outputs, model.classes
             )
-        facts, no_calibration = _facts(spec, model, splits)
+        facts, no_calibration = _facts(spec, model, splits, test_outputs)
         if no_calibration:
             context.log.warning(f"{spec.name} champion v{version}: {no_calibration}")
         frame = build_reference(train, columns, performance, spec, facts)

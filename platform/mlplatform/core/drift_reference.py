@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -265,19 +265,28 @@ def judge_window(
     reference's) leaves the output and the performance out of the verdict."""
     labelled = window if realized is None else realized
     table = _column_table(spec, reference, window, labelled, judge_outputs)
+    errors = None
+    if judge_outputs and reference.performance is not None and spec.target.column in labelled.columns:
+        _, realized_error = primary_error(spec.target.task, labelled[spec.target.column], labelled)
+        errors = (realized_error, estimated_error(spec.target.task, reference.calibration, window))
+    return window_report(spec, reference, table, len(window), errors)
+
+
+def window_report(
+    spec: DatasetSpec,
+    reference: Reference,
+    table: pd.DataFrame,
+    n_rows: int,
+    errors: tuple[float, float | None] | None,
+) -> WindowReport:
+    """The report of a window from its per-column `table` (`column_table`) and the champion's
+    (realized, estimated) error on it (None: performance not judged), however they were computed."""
     voting = table[table["role"] != ROLE_TARGET].reset_index(drop=True)
     performance = None
-    if judge_outputs and reference.performance is not None and spec.target.column in labelled.columns:
+    if errors is not None and reference.performance is not None:
         metric, reference_error = reference.performance
-        _, realized_error = primary_error(spec.target.task, labelled[spec.target.column], labelled)
-        performance = WindowPerformance(
-            metric,
-            reference_error,
-            realized_error,
-            reference.estimated_reference,
-            estimated_error(spec.target.task, reference.calibration, window),
-            use_estimate=labels_delay(spec) > timedelta(0),
-        )
+        estimate, delayed = reference.estimated_reference, labels_delay(spec) > timedelta(0)
+        performance = WindowPerformance(metric, reference_error, errors[0], estimate, errors[1], delayed)
     weights = _voting_weights(reference, voting)
     judged = judge_verdict(
         voting,
@@ -290,7 +299,7 @@ def judge_window(
     return WindowReport(
         columns=table,
         verdict=judged.verdict,
-        n_rows=len(window),
+        n_rows=n_rows,
         metric=performance.metric if performance else None,
         reference_error=performance.reference_error if performance else None,
         current_error=performance.realized_error if performance else None,
@@ -304,24 +313,36 @@ def judge_window(
     )
 
 
+def judged_columns(
+    spec: DatasetSpec, reference: Reference, available: Iterable[str], judge_outputs: bool
+) -> list[str]:
+    """The profiled columns a window with `available` columns is judged on, in profile order."""
+    present = set(available)
+    return [
+        name
+        for name in reference.profile.features
+        if name in present and (judge_outputs or _role(spec, name) != ROLE_PREDICTION)
+    ]
+
+
 def _column_table(
     spec: DatasetSpec, reference: Reference, window: pd.DataFrame, labelled: pd.DataFrame, judge_outputs: bool
 ) -> pd.DataFrame:
     """Per-column drift (core.drift columns + role + the threshold applied); the target on `labelled`."""
-    names = [
-        name
-        for name in reference.profile.features
-        if name in window.columns and (judge_outputs or _role(spec, name) != ROLE_PREDICTION)
-    ]
     parts = [
         feature_drift(
             Profile(features={name: reference.profile.features[name]}),
-            labelled if _is_target(spec, name) else window,
+            labelled if is_target(spec, name) else window,
             column_thresholds(spec, reference, name),
         )
-        for name in names
+        for name in judged_columns(spec, reference, window.columns, judge_outputs)
     ]
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=FEATURE_TABLE_COLUMNS)
+    return column_table(spec, reference, table)
+
+
+def column_table(spec: DatasetSpec, reference: Reference, table: pd.DataFrame) -> pd.DataFrame:
+    """core.drift's per-column rows with each column's role and the PSI threshold it was judged on."""
     table.insert(1, "role", [_role(spec, name) for name in table["feature"]])
     table["psi_threshold"] = [column_thresholds(spec, reference, n).psi_threshold for n in table["feature"]]
     return table
@@ -337,12 +358,12 @@ def _voting_weights(reference: Reference, voting: pd.DataFrame) -> dict[str, flo
     return importance_weights(reference.importance, inputs, outputs)
 
 
-def _is_target(spec: DatasetSpec, name: str) -> bool:
+def is_target(spec: DatasetSpec, name: str) -> bool:
     return name == spec.target.column
 
 
 def _role(spec: DatasetSpec, name: str) -> str:
-    if _is_target(spec, name):
+    if is_target(spec, name):
         return ROLE_TARGET
     if name in ("prediction", "probability"):
         return ROLE_PREDICTION

@@ -1,12 +1,12 @@
 """The rows a drift report judges: the trailing `drift.window` ending with each partition.
 
-A single day of hourly data is too few rows for PSI, so the verdict of a partition is "the last
-window of rows looks different from what the champion learned". `window_rows` joins the features of a
-window with the predictions of the same rows; `report_partition` judges one partition's window
-against the reference and gives its per-column rows and its verdict row.
+A single day of hourly data is too few rows for PSI, so a partition's verdict is "the last window of
+rows looks different from what the champion learned". `window_rows` joins a window's features with
+the predictions of the same rows; `report_partition` judges a partition's window from its rows
+(core.drift_summary_windows: from per-partition summaries) into per-column rows and a verdict row.
 
-Window arithmetic: the window ending at `end` starts at `end - drift.window`, where a `mo` window goes
-back calendar months (specs.durations), so `1mo` on monthly partitions covers exactly one partition.
+Windows: the one ending at `end` starts at `end - drift.window`, calendar months back for a `mo`
+window (specs.durations): `1mo` on monthly partitions covers exactly one partition.
 
 Labels: with `labels.delay` the current window's late targets are blanked and the realized error is
 judged on the realized window, `drift.window` ending at `window_end - delay` (core.drift_performance);
@@ -22,7 +22,7 @@ its features alone show drift.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,8 +48,7 @@ from mlplatform.core.warehouse import read_frame, table_exists, table_name, wind
 from mlplatform.specs.durations import MONTH_MIN, Duration, parse_calendar_duration
 from mlplatform.specs.model import DatasetSpec
 
-# Outputs are judged only when most of the window was scored by the reference's model: a few rows
-# give a PSI biased upwards by about (buckets - 1) / rows.
+# Outputs are judged only when most of the window was scored by the reference's model (PSI bias).
 MIN_SHARE_SCORED_BY_REFERENCE = 0.5
 INSUFFICIENT = "insufficient data"
 OUTPUTS_UNJUDGED = "prediction drift and performance unjudged"
@@ -75,35 +74,52 @@ def window_partitions(spec: DatasetSpec) -> int:
     return max(1, -(-(window.longest + delay) // grain))
 
 
-def _is_output(column: str) -> bool:
+def is_output(column: str) -> bool:
     """A model output column of the predictions table: the prediction or a probability."""
     return column == PREDICTION_COLUMN or column.startswith("probability")
 
 
 def window_rows(
-    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, start: datetime, end: datetime
+    conn: duckdb.DuckDBPyConnection,
+    spec: DatasetSpec,
+    start: datetime,
+    end: datetime,
+    columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Features of [start, end) with the predictions of the same rows (NULL where not scored)."""
+    return read_frame(conn, window_rows_sql(conn, spec, start, end, columns))
+
+
+def window_rows_sql(
+    conn: duckdb.DuckDBPyConnection,
+    spec: DatasetSpec,
+    start: datetime,
+    end: datetime,
+    columns: Sequence[str] | None = None,
+) -> str:
+    """`window_rows`' query; `columns`: these of the features (default all), plus any model outputs."""
     features = table_name(spec.name, Stage.FEATURES)
     where = window_predicate(spec.time_column, start, end)
-    if not table_exists(conn, spec.name, Stage.PREDICTIONS):
-        return read_frame(conn, f"SELECT * FROM {features} WHERE {where}")
     keys = spec.row_keys
+    inner = "*" if columns is None else ", ".join(quote_ident(c) for c in dict.fromkeys([*columns, *keys]))
+    outer = "f.*" if columns is None else ", ".join(f"f.{quote_ident(c)}" for c in columns)
+    if not table_exists(conn, spec.name, Stage.PREDICTIONS):
+        return f"SELECT {outer} FROM (SELECT {inner} FROM {features} WHERE {where}) f"
     on = " AND ".join(f"f.{quote_ident(k)} = p.{quote_ident(k)}" for k in keys)
     predictions = table_name(spec.name, Stage.PREDICTIONS)
     output_columns = [
         c
         for c in conn.sql(f"SELECT * FROM {predictions} LIMIT 0").columns
-        if _is_output(c) or c == MODEL_VERSION_COLUMN
+        if is_output(c) or c == MODEL_VERSION_COLUMN
     ]
-    picked = ", ".join(f"any_value({quote_ident(c)}) AS {quote_ident(c)}" for c in output_columns)
+    fields = ", ".join(f"{quote_ident(c)} := {quote_ident(c)}" for c in output_columns)
     group = ", ".join(quote_ident(k) for k in keys)
-    # One prediction per key: a duplicated (time, entity) pair must not duplicate feature rows.
-    return read_frame(
-        conn,
-        f"SELECT f.*, {', '.join('p.' + quote_ident(c) for c in output_columns)} "
-        f"FROM (SELECT * FROM {features} WHERE {where}) f "
-        f"LEFT JOIN (SELECT {group}, {picked} FROM {predictions} WHERE {where} GROUP BY {group}) p ON {on}",
+    # One prediction per key (a duplicated key must not duplicate feature rows): its smallest output row.
+    return (
+        f"SELECT {outer}, {', '.join(f'p._outputs.{quote_ident(c)} AS {quote_ident(c)}' for c in output_columns)} "
+        f"FROM (SELECT {inner} FROM {features} WHERE {where}) f "
+        f"LEFT JOIN (SELECT {group}, min(struct_pack({fields})) AS _outputs FROM {predictions} "
+        f"WHERE {where} GROUP BY {group}) p ON {on}"
     )
 
 
@@ -199,12 +215,12 @@ def empty_windows_warning(
     return f"{spec.name}/drift_report: {empty} of {len(verdicts)} partition window(s) hold no rows{spacing}"
 
 
-def _blank_other_outputs(window: pd.DataFrame, version: int | None) -> None:
+def blank_other_outputs(window: pd.DataFrame, version: int | None) -> None:
     """Outputs of another model would be compared with the wrong reference: blank them."""
     if MODEL_VERSION_COLUMN not in window or not len(window):
         return
     by_reference = pd.to_numeric(window[MODEL_VERSION_COLUMN], errors="coerce") == version
-    for column in [c for c in window.columns if _is_output(c)]:
+    for column in [c for c in window.columns if is_output(c)]:
         window[column] = window[column].where(by_reference)
 
 
@@ -217,7 +233,7 @@ def arrived_partition_errors(
     when the delay is at least a partition long), so a change point is located on these instead."""
     times = pd.to_datetime(rows[spec.time_column])
     picked = rows[(times < known_before).to_numpy()].reset_index(drop=True)
-    _blank_other_outputs(picked, version)
+    blank_other_outputs(picked, version)
     floors = pd.to_datetime(
         [grain_floor(moment, spec.partition_grain) for moment in pd.to_datetime(picked[spec.time_column])]
     )
@@ -238,7 +254,7 @@ def _judged_rows(
     times = rows[time_column]
     picked = rows[(times >= start) & (times < end)].reset_index(drop=True)
     coverage = outputs_coverage(picked, version)
-    _blank_other_outputs(picked, version)
+    blank_other_outputs(picked, version)
     return picked, coverage
 
 
@@ -266,35 +282,50 @@ def report_partition(
             rows, spec.time_column, realized_start, realized_end, version
         )
     if not realized_coverage.judged:  # mostly another model's outputs: no realized error, as for window
-        realized = realized.drop(columns=[c for c in realized.columns if _is_output(c)])
+        realized = realized.drop(columns=[c for c in realized.columns if is_output(c)])
     report = judge_window(spec, reference, window, judge_outputs=coverage.judged, realized=realized)
+    own_error = None
+    if report.metric:  # the partition ends where its window does
+        own_rows = window  # the partition usually starts inside its window
+        if window_start > partition_start:
+            own_rows = _judged_rows(rows, spec.time_column, partition_start, window_end, version)[0]
+        own_error = partition_error(spec, own_rows, partition_start, window_end, known_before)
+    bounds = (partition_start, window_start, window_end)
+    hint = (lambda: spacing_hint(spec, rows[spec.time_column])) if spacing is None else (lambda: spacing)
+    return partition_result(spec, report, (coverage, realized_coverage), version, bounds, own_error, hint)
+
+
+def partition_result(
+    spec: DatasetSpec,
+    report: WindowReport,
+    coverages: tuple[OutputsCoverage, OutputsCoverage],
+    version: int | None,
+    bounds: tuple[datetime, datetime, datetime],
+    own_error: float | None,
+    spacing: Callable[[], str],
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Per-column rows and verdict row of a judged window. `coverages`: of the window and its realized
+    window; `bounds`: partition start, window start and end; `spacing`: asked for when it is empty."""
+    coverage, realized_coverage = coverages
+    realized_start, realized_end = realized_window(spec, bounds[2])
     status, reason = window_status(
         report.n_rows, spec.drift.min_rows, report.verdict, coverage.unjudged_reason(spec.name)
     )
     if report.n_rows == 0:
-        reason += spacing_hint(spec, rows[spec.time_column]) if spacing is None else spacing
+        reason += spacing()
     elif (
         status != VerdictStatus.INSUFFICIENT_DATA
         and report.metric
         and nan_to_none(report.current_error) is None
     ):
         reason += _no_realized_error(spec, realized_start, realized_end, realized_coverage)
-    bounds = {"partition_start": partition_start, "window_start": window_start, "window_end": window_end}
+    named = dict(zip(("partition_start", "window_start", "window_end"), bounds, strict=True))
     columns = report.columns.copy()
-    for position, (name, value) in enumerate(bounds.items()):
+    for position, (name, value) in enumerate(named.items()):
         columns.insert(position, name, value)
     columns["reference_version"] = version
-    own_error = None
-    if report.metric:  # the partition ends where its window does, and usually starts inside it
-        inside = window_start <= partition_start
-        own_rows = (
-            window
-            if inside
-            else _judged_rows(rows, spec.time_column, partition_start, window_end, version)[0]
-        )
-        own_error = partition_error(spec, own_rows, partition_start, window_end, known_before)
     row = {
-        **bounds,
+        **named,
         "n_rows": report.n_rows,
         "drifted": status == VerdictStatus.DRIFTED,
         "status": status.value,

@@ -276,9 +276,9 @@ def _exact_values(present: np.ndarray, quantiles: np.ndarray) -> tuple[tuple[flo
 
 
 def _categorical_profile(series: pd.Series, max_categories: int) -> CategoricalProfile:
-    labels, n_null = category_labels(series)
-    n_rows, count = len(series), len(labels)
-    counts = pd.Series(labels, dtype=object).value_counts()
+    counts, n_null = category_counts(series)  # labels of the distinct values only, not of every row
+    n_rows = len(series)
+    count = n_rows - n_null
     # Ties broken by label so the same data always gives the same top-N.
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     frequencies = {str(label): n / count for label, n in ranked[:max_categories]}
