@@ -43,7 +43,15 @@ from mlplatform.run_report import (
     materialized_line,
     top_quarantine_reasons,
 )
-from mlplatform.settings import SPECS_ENV, WAREHOUSE_ENV, Settings, default_warehouse, warehouse_file
+from mlplatform.settings import (
+    ENGINE_DASK,
+    SPECS_ENV,
+    WAREHOUSE_ENV,
+    Settings,
+    default_warehouse,
+    engine_environment,
+    warehouse_file,
+)
 from mlplatform.stages import counted_stages, runnable_stages, step_stages
 
 # The terminal shows the stages' own progress lines; every Dagster event is still in the run's log.
@@ -297,10 +305,14 @@ def _mlflow_ui_command(resource: MlflowResource) -> str:
 
 def _specs_setting(settings: Settings) -> str:
     """` MLPLATFORM_SPECS=...` for the spec folders the environment gave (without it the UI would not
-    show their datasets); the folders stored in the home (`mlplatform specs add`) need nothing."""
+    show their datasets); the folders stored in the home (`mlplatform specs add`) need nothing. With
+    the Dask engine, its settings too: a UI or daemon on the local engine could not write the lake."""
     stored = stored_spec_folders(settings.home)
     from_env = [str(folder) for folder in settings.extra_spec_dirs if folder not in stored]
-    return f" {SPECS_ENV}={shlex.quote(os.pathsep.join(from_env))}" if from_env else ""
+    specs = f" {SPECS_ENV}={shlex.quote(os.pathsep.join(from_env))}" if from_env else ""
+    return specs + "".join(
+        f" {name}={shlex.quote(value)}" for name, value in engine_environment(settings).items()
+    )
 
 
 def sql_command(settings: Settings, dataset: str | None) -> str:
@@ -342,6 +354,10 @@ def print_summary(settings: Settings, defs: dg.Definitions, outcomes: list[RunOu
     for broken in broken_specs(defs):
         print(f"{broken.name}: NOT LOADED ({broken.path}): {broken.error}")
     print(f"\nwarehouse (DuckDB): {settings.warehouse_path}")
+    if settings.engine == ENGINE_DASK:
+        print(
+            f"lake (Parquet):     {settings.lake}   # the Dask engine's stage tables, views in the warehouse"
+        )
     print(f"Dagster instance:   {dagster_home}")
     print(f"MLflow tracking:    {resource.tracking_uri}")
     print(

@@ -39,7 +39,8 @@ DEFAULT_MLFLOW_PORT = 5000
 # The engine of the heavy work in each stage: `local` (DuckDB in the step process, stage tables in the
 # warehouse file) or `dask` (dask.distributed, stage tables as Parquet partitions in the lake folder).
 ENGINE_ENV = "MLPLATFORM_ENGINE"
-ENGINES = ("local", "dask")
+ENGINE_LOCAL, ENGINE_DASK = "local", "dask"
+ENGINES = (ENGINE_LOCAL, ENGINE_DASK)
 DASK_SCHEDULER_ENV = (
     "MLPLATFORM_DASK_SCHEDULER"  # tcp://host:8786 of a running cluster; unset: a LocalCluster
 )
@@ -217,6 +218,26 @@ def _default_artifact_location(env: os._Environ[str] | dict[str, str], default: 
 def spec_folders_from_env(env: os._Environ[str] | dict[str, str]) -> tuple[Path, ...]:
     """The folders $MLPLATFORM_SPECS names (`os.pathsep`-separated)."""
     return tuple(Path(p).expanduser().resolve() for p in (env.get(SPECS_ENV) or "").split(os.pathsep) if p)
+
+
+def engine_environment(settings: Settings) -> dict[str, str]:
+    """The variables that give another process (a UI, a daemon) these settings' engine: nothing for the
+    local engine; for the Dask engine the engine, and the lake and cluster where not the defaults."""
+    if settings.engine != ENGINE_DASK:
+        return {}
+    chosen = {
+        ENGINE_ENV: ENGINE_DASK,
+        LAKE_ENV: settings.lake if settings.lake != _locations(settings.home)["lake"] else None,
+        DASK_SCHEDULER_ENV: settings.dask_scheduler,
+        DASK_WORKERS_ENV: str(settings.dask_workers)
+        if settings.dask_workers != DEFAULT_DASK_WORKERS
+        else None,
+        DASK_THREADS_ENV: str(settings.dask_threads_per_worker)
+        if settings.dask_threads_per_worker != DEFAULT_DASK_THREADS
+        else None,
+        DASK_MEMORY_LIMIT_ENV: settings.dask_memory_limit if settings.dask_memory_limit != "auto" else None,
+    }
+    return {name: value for name, value in chosen.items() if value is not None}
 
 
 def load_settings(environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:

@@ -56,6 +56,7 @@ def _run(home: Path, engine: str) -> dict[str, str]:
         check=False,
     )
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    (home / "run.out").write_text(completed.stdout)
     return env
 
 
@@ -65,6 +66,26 @@ def homes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
     _run(local, "local")
     _run(dask, "dask")
     yield local, dask
+
+
+def _printed(home: Path, label: str) -> str:
+    line = next(line for line in (home / "run.out").read_text().splitlines() if line.startswith(label))
+    return line.removeprefix(label).split("   #")[0].strip()
+
+
+def test_the_summary_prints_the_lake_and_commands_that_keep_the_engine(homes: tuple[Path, Path]) -> None:
+    _, dask = homes
+    assert _printed(dask, "lake (Parquet):") == str(dask / "lake")
+    for label in ("Dagster UI:", "both UIs + sensors:"):
+        assert "MLPLATFORM_ENGINE=dask" in _printed(dask, label).split(), label  # a UI on the local engine
+    # could not write the lake; the printed query runs as printed and reads the lake's views.
+    query = _printed(dask, "query the tables:")
+    env = {**os.environ, "MLPLATFORM_HOME": str(dask)}
+    done = subprocess.run(
+        ["bash", "-c", query], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "_quarantine_reason" in done.stdout and "(0 rows)" in done.stdout, done.stdout  # none quarantined
 
 
 def _warehouse(home: Path) -> duckdb.DuckDBPyConnection:

@@ -13,7 +13,7 @@ import pytest
 
 from mlplatform.factory import location_resources
 from mlplatform.resources.dask import DaskEngineError, DaskResource
-from mlplatform.settings import load_settings
+from mlplatform.settings import engine_environment, load_settings
 from mlplatform.specs.model import DatasetSpec
 from platform_tests.conftest import bike_spec_dict
 
@@ -145,3 +145,22 @@ def test_settings_parse_the_engine_variables(tmp_path: Path) -> None:
 def test_bad_engine_settings_name_the_variable(tmp_path: Path, name: str, value: str) -> None:
     with pytest.raises(ValueError, match=name):
         load_settings({"MLPLATFORM_HOME": str(tmp_path), name: value})
+
+
+def test_the_engine_environment_gives_another_process_the_same_engine(tmp_path: Path) -> None:
+    env = {"MLPLATFORM_HOME": str(tmp_path)}
+    assert engine_environment(load_settings(env)) == {}  # the local engine needs nothing
+    assert engine_environment(load_settings({**env, "MLPLATFORM_ENGINE": "dask"})) == {
+        "MLPLATFORM_ENGINE": "dask"
+    }
+    chosen = {
+        "MLPLATFORM_ENGINE": "dask",
+        "MLPLATFORM_LAKE": "s3://bucket/lake",
+        "MLPLATFORM_DASK_SCHEDULER": "tcp://10.0.0.5:8786",
+        "MLPLATFORM_DASK_WORKERS": "4",
+        "MLPLATFORM_DASK_THREADS": "2",
+        "MLPLATFORM_DASK_MEMORY_LIMIT": "3GiB",
+    }
+    settings = load_settings({**env, **chosen})
+    assert engine_environment(settings) == chosen
+    assert load_settings({**env, **engine_environment(settings)}) == settings  # round trip
