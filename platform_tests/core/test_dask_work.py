@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from mlplatform.core.dask_work import (
@@ -17,9 +18,11 @@ from mlplatform.core.dask_work import (
     ShardTask,
     StagedWrite,
     partition_days,
+    remove_folder,
     run_and_commit,
+    write_shard_file,
 )
-from mlplatform.core.lake import STAGING_FOLDER, partition_files
+from mlplatform.core.lake import STAGING_FOLDER, new_staging, partition_files
 from platform_tests.core.dask_cluster import (
     kill_worker_once,
     local_dask_client,
@@ -126,3 +129,13 @@ def test_a_task_whose_worker_is_killed_retries_to_success(dask_client: Any, tmp_
     assert _values(lake, DAY_2) == [8]
     assert all(os.path.basename(f).startswith("shard-") for f in partition_files(lake, "ds", "stage"))
     assert _no_staging_left(lake)
+
+
+def test_a_task_still_running_after_its_stage_failed_writes_nothing(tmp_path: Path) -> None:
+    """A cancelled task cannot be interrupted: once its stage removed the staging, it may not write."""
+    staging = new_staging(str(tmp_path / "lake"))
+    assert write_shard_file(pa.table({"value": [1]}), f"{staging}/clean", date(2024, 1, 1), 0)  # a subfolder
+    remove_folder(staging)
+    with pytest.raises(ShardFailedError, match="is gone"):
+        write_shard_file(pa.table({"value": [2]}), f"{staging}/clean", date(2024, 1, 2), 1)
+    assert not Path(staging).exists()

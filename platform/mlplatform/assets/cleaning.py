@@ -1,9 +1,11 @@
 """Stage 2, cleaning: `raw` -> `clean` (typed, valid) + `quarantine` (failing rows with reasons)."""
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import dagster as dg
+import duckdb
 
 from mlplatform.assets.common import (
     Metadata,
@@ -24,6 +26,9 @@ from mlplatform.core.cleaning import (
     partition_outcomes,
     reason_counts_markdown,
 )
+from mlplatform.core.cleaning_dask import clean_window_dask
+from mlplatform.core.warehouse import lake_of
+from mlplatform.resources.dask import DaskResource
 from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.specs.model import DatasetSpec
 
@@ -80,6 +85,18 @@ def _run_metadata(result: CleanResult) -> Metadata:
     }
 
 
+def _clean(
+    conn: duckdb.DuckDBPyConnection, dask: DaskResource, spec: DatasetSpec, start: datetime, end: datetime
+) -> CleanResult:
+    """The window validated in the warehouse, or per partition in parallel on the Dask cluster."""
+    if not dask.enabled:
+        return clean_window(conn, spec, start, end)
+    lake = lake_of(conn)
+    if lake is None:
+        raise dg.Failure(f"{spec.name}: the Dask engine needs the warehouse in lake mode (MLPLATFORM_LAKE)")
+    return clean_window_dask(conn, dask.get_client(), spec, start, end, lake[0])
+
+
 def build_clean_assets(stage: "StageBuild") -> dg.AssetsDefinition:
     spec, partitions = stage.spec, stage.partitions
     clean_key, quarantine_key = asset_key(spec, Stage.CLEAN), asset_key(spec, Stage.QUARANTINE)
@@ -92,7 +109,7 @@ def build_clean_assets(stage: "StageBuild") -> dg.AssetsDefinition:
         specs=_clean_specs(spec),
     )
     def clean(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, dask: DaskResource
     ) -> Iterator[dg.MaterializeResult]:
         start, end = time_window(context)
         bounds = partition_bounds(partitions)
@@ -104,7 +121,7 @@ def build_clean_assets(stage: "StageBuild") -> dg.AssetsDefinition:
                 context.log.warning(
                     f"{spec.name}: {removed} clean + quarantine rows removed: their partitions are gone"
                 )
-            result = clean_window(conn, spec, start, end)
+            result = _clean(conn, dask, spec, start, end)
             context.log.info(
                 f"{spec.name} {start} .. {end}: {result.raw_rows} raw = {result.clean_rows} clean "
                 f"+ {result.quarantined_rows} quarantined"
@@ -117,7 +134,11 @@ def build_clean_assets(stage: "StageBuild") -> dg.AssetsDefinition:
         for stage, key in ((Stage.CLEAN, clean_key), (Stage.QUARANTINE, quarantine_key)):
             own = {p: {**m, **_outcome_metadata(outcomes[p])} for p, m in tables[stage].partitions.items()}
             add_partition_metadata(context, key, own, {**tables[stage].run, **run})
-            metadata = {**tables[stage].table, "rows_removed_outside_partitions": removed}
+            metadata = {
+                **tables[stage].table,
+                "rows_removed_outside_partitions": removed,
+                **dask.dashboard_metadata(),
+            }
             yield dg.MaterializeResult(asset_key=key, metadata=metadata)
 
     return clean

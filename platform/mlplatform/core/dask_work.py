@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from mlplatform.core.grain import grain_floor, next_grain
 from mlplatform.core.lake import (
     PARQUET_GLOB,
+    STAGING_FOLDER,
     commit_partitions,
     is_local,
     new_staging,
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     import distributed
 
 INCOMPLETE_FOLDER = "_incomplete"  # inside a staging: files being written, never committed
-CANCEL_WAIT_SECONDS = 60  # how long a failed stage waits for its other running tasks before cleaning up
 SHARDS_PER_THREAD = 4  # enough shards that a slow or retried one does not leave the others idle
 
 
@@ -105,9 +105,9 @@ def run_and_commit(client: distributed.Client, write: StagedWrite, tasks: Sequen
 
 def run_tasks(client: distributed.Client, what: str, tasks: Sequence[ShardTask], staging: str) -> list[Any]:
     """Run each task as `function(staging, *args)` on the cluster (retried once, not cached); returns
-    their results in order. At the first failure the other tasks are cancelled (running ones waited
-    for, so nothing writes into `staging` afterwards) and ShardFailedError says `what` and the task.
-    Removing `staging` is the caller's."""
+    their results in order. At the first failure the other tasks are cancelled (running ones find the
+    staging gone once the caller removes it, and write nothing more) and ShardFailedError says `what`
+    and the task. Removing `staging` is the caller's."""
     batch = f"{re.sub(r'[^A-Za-z0-9_]+', '_', what.split(' (')[0])}-{uuid.uuid4().hex[:12]}"
     futures = [
         client.submit(task.function, staging, *task.args, key=f"{batch}-{i}", retries=1, pure=False)
@@ -137,12 +137,12 @@ def _gather(what: str, tasks: Sequence[ShardTask], futures: list[Any]) -> list[A
 
 
 def _cancel(client: distributed.Client, futures: list[Any]) -> None:
-    """Cancel the tasks and let the running ones end (a task cannot be interrupted mid-write)."""
-    from distributed import wait
-
+    """Cancel the tasks. A task already running cannot be interrupted and its future reads "cancelled"
+    at once, so the caller may remove the staging while it still runs: `write_shard_file` then finds
+    the staging gone and refuses to write (what a write already under way leaves, the sweep of stale
+    staging removes: core.lake.remove_stale_staging)."""
     with contextlib.suppress(Exception):
         client.cancel(futures)
-        wait(futures, timeout=CANCEL_WAIT_SECONDS)
 
 
 def remove_folder(folder: str) -> None:
@@ -156,11 +156,22 @@ def remove_folder(folder: str) -> None:
         fs.rm(path, recursive=True)
 
 
+def _staging_root(folder: Path) -> Path:
+    """The `new_staging` folder `folder` is in (a stage may stage several tables in subfolders)."""
+    parts = folder.parts
+    if STAGING_FOLDER in parts[:-1]:
+        return Path(*parts[: parts.index(STAGING_FOLDER) + 2])
+    return folder
+
+
 def write_shard_file(table: pa.Table, staging: str, day: date | None, shard: int) -> str:
     """Write `table` as shard `shard`'s file of the staged partition `day`; returns its path.
 
     Written under a temporary name in the staging's INCOMPLETE_FOLDER and renamed into the partition
-    folder, so the folder only ever holds whole files (a retry overwrites the same name)."""
+    folder, so the folder only ever holds whole files (a retry overwrites the same name). Refuses to
+    write into a staging that is gone: its stage failed and was abandoned (`_cancel`)."""
+    if is_local(staging) and not _staging_root(Path(staging.removeprefix("file://"))).is_dir():
+        raise ShardFailedError(f"staging {staging} is gone: its stage failed, nothing of this task is kept")
     target = shard_file(staged_partition(staging, day), shard)
     temporary = posixpath.join(staging, INCOMPLETE_FOLDER, f"{uuid.uuid4().hex}.parquet")
     if is_local(staging):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import pandas as pd
@@ -241,8 +242,9 @@ class _Failures:
         failed = self.parse_failed[row_id]
         return column in failed or "_line" in failed or "_record" in failed
 
-    def outcome(self, frame: pd.DataFrame) -> ValidationOutcome:
-        bad_ids = sorted(self.reasons)
+    def outcome(self, frame: pd.DataFrame, context_rows: Collection[int] = ()) -> ValidationOutcome:
+        """The split of `frame`'s rows but `context_rows`, which get no outcome of their own."""
+        bad_ids = sorted(set(self.reasons) - set(context_rows))
         counts = Counter(
             f"{column}: {check}"
             for i in bad_ids
@@ -256,7 +258,7 @@ class _Failures:
                 FAILED_COLUMNS: [", ".join(sorted(self.failed_columns[i])) for i in bad_ids],
             }
         )
-        clean = frame[~frame[ROW_ID].isin(bad_ids)]
+        clean = frame[~frame[ROW_ID].isin([*bad_ids, *context_rows])]
         return ValidationOutcome(clean=clean, quarantine=quarantine, reason_counts=dict(counts.most_common()))
 
 
@@ -283,12 +285,30 @@ def _add_unrepresentable_times(failures: _Failures, frame: pd.DataFrame) -> None
             failures.add(row_id, reason, "parse", column, parse=True)
 
 
+_CORE_CHECK_RANK = {"not_nullable": 0, "field_uniqueness": 1}  # as Pandera runs them, before dtype and checks
+
+
+def _in_schema_order(cases: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The failure cases by column (schema order), then check. Pandera orders them with an unstable
+    sort, so a row's reasons would come in an order that depends on how many other rows failed (and so
+    on which rows are validated together, e.g. per partition on the Dask engine)."""
+    position = {name: i for i, name in enumerate(columns)}
+    column_rank = [position.get(str(column), len(position)) for column in cases["column"]]
+    check_rank = [
+        _CORE_CHECK_RANK.get(str(check), 2 if pd.isna(number) else 3 + int(number))
+        for check, number in zip(cases["check"], cases["check_number"], strict=True)
+    ]
+    ranked = cases.assign(_column_rank=column_rank, _check_rank=check_rank)
+    return ranked.sort_values(["_column_rank", "_check_rank"], kind="stable")
+
+
 def _add_schema_failures(failures: _Failures, spec: DatasetSpec, frame: pd.DataFrame) -> None:
     """Pandera's row-level failures; a failure of the whole partition (not of rows) is an error."""
+    schema = build_schema(spec)
     try:
-        build_schema(spec).validate(frame, lazy=True)
+        schema.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
-        cases = exc.failure_cases
+        cases = _in_schema_order(exc.failure_cases, list(schema.columns))
         schema_level = cases[cases["index"].isna()]
         if not schema_level.empty:
             first = schema_level.iloc[0]
@@ -305,12 +325,18 @@ def _add_schema_failures(failures: _Failures, spec: DatasetSpec, frame: pd.DataF
 
 
 def validate_partition(
-    spec: DatasetSpec, typed: pd.DataFrame, known_duplicates: pd.DataFrame | None = None
+    spec: DatasetSpec,
+    typed: pd.DataFrame,
+    known_duplicates: pd.DataFrame | None = None,
+    context_rows: Collection[int] = (),
 ) -> ValidationOutcome:
     """Split typed raw rows (from `typed_select_sql`) into clean rows and quarantine reasons.
 
     `known_duplicates` (ROW_ID, column, reason) lists rows whose unique key is already clean in
-    another partition, which Pandera cannot see from one partition.
+    another partition, which Pandera cannot see from one partition. `context_rows` are ROW_IDs of
+    `typed` validated elsewhere (earlier occurrences of keys, held by another partition): they only
+    take part in the unique checks, so a later row with their key fails as a duplicate, as it would
+    if all rows were validated together; they are in neither part of the outcome.
     """
     failures = _Failures()
     if known_duplicates is not None:
@@ -319,7 +345,7 @@ def validate_partition(
     frame = typed.drop(columns=["_parse_errors"])
     _add_unrepresentable_times(failures, frame)
     _add_schema_failures(failures, spec, frame)
-    return failures.outcome(frame)
+    return failures.outcome(frame, context_rows)
 
 
 def cross_partition_duplicates_sql(
