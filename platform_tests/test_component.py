@@ -282,7 +282,12 @@ def test_a_team_project_scaffolds_lists_checks_and_materializes_datasets(tmp_pat
     sensors = [sensor["name"] for sensor in listing["sensors"]]
     assert sensors.count(RECOVERY_SENSOR) == 1 and "loans__new_data_sensor" in sensors
     assert {"loans__all", "loans__ingest", "loans__retrain"} <= {job["name"] for job in listing["jobs"]}
-    assert {resource["name"] for resource in listing["resources"]} == {"warehouse", "mlflow", "mlflow_plots", "dask"}
+    assert {resource["name"] for resource in listing["resources"]} == {
+        "warehouse",
+        "mlflow",
+        "mlflow_plots",
+        "dask",
+    }
     assert "loans/raw" in {check["asset_key"] for check in listing["asset_checks"]}
 
     checked = run_dg(project, home, "check", "defs")

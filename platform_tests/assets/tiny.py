@@ -21,8 +21,8 @@ import numpy as np
 
 from mlplatform.contracts import Stage
 from mlplatform.factory import DatasetDefinitions, build_dataset
-from mlplatform.resources.mlflow import MlflowPlotsResource, MlflowResource
 from mlplatform.resources.dask import DaskResource
+from mlplatform.resources.mlflow import MlflowPlotsResource, MlflowResource
 from mlplatform.resources.warehouse import WarehouseResource
 from mlplatform.settings import Settings, load_settings
 from mlplatform.specs.model import DatasetSpec

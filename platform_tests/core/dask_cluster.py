@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlplatform.core.cleaning import clean_window
-from mlplatform.core.dask_work import INCOMPLETE_FOLDER, ensure_lake_view, partition_days, write_shard_file
-from mlplatform.core.grain import next_grain
+from mlplatform.core.dask_work import INCOMPLETE_FOLDER, ensure_lake_view, write_shard_file
+from mlplatform.core.grain import next_grain, partition_days
 from mlplatform.core.lake import partition_name, table_root
 from mlplatform.core.source import source_files, stage_source
 from mlplatform.core.warehouse import replace_window, table_name, window_predicate

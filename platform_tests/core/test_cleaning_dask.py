@@ -25,8 +25,8 @@ from mlplatform.core.cleaning_dask import (
     plan_partitions,
     run_partition_tasks,
 )
-from mlplatform.core.dask_work import ShardFailedError, ShardTask, partition_days, remove_folder
-from mlplatform.core.grain import next_grain
+from mlplatform.core.dask_work import ShardFailedError, ShardTask, remove_folder
+from mlplatform.core.grain import next_grain, partition_days
 from mlplatform.core.lake import new_staging, partition_files
 from mlplatform.core.lake_tables import set_lake
 from mlplatform.core.source import source_files, stage_source

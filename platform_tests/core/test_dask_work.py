@@ -17,11 +17,11 @@ from mlplatform.core.dask_work import (
     ShardFailedError,
     ShardTask,
     StagedWrite,
-    partition_days,
     remove_folder,
     run_and_commit,
     write_shard_file,
 )
+from mlplatform.core.grain import partition_days
 from mlplatform.core.lake import STAGING_FOLDER, new_staging, partition_files
 from platform_tests.core.dask_cluster import (
     kill_worker_once,

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 
 from mlplatform.contracts import Stage
-from mlplatform.core.dask_work import ShardTask, StagedWrite, partition_days, run_and_commit
+from mlplatform.core.dask_work import ShardTask, StagedWrite, run_and_commit
 from mlplatform.core.features import ENTITY_SHARDS, rolling_name, write_features_window
 from mlplatform.core.features_dask import build_feature_shard, plan_feature_shards, write_features_window_dask
+from mlplatform.core.grain import partition_days
 from mlplatform.core.lake import partition_files
 from mlplatform.core.sql import column_types
 from mlplatform.core.warehouse import read_frame, table_name

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlplatform.core import training_dask
 from mlplatform.core.early_stopping import early_stopping_iteration, validation_curve
 from mlplatform.core.metrics import compute_metrics, encode_labels
 from mlplatform.core.training import lightgbm_params, predict, prepare_features, train_lightgbm
@@ -206,3 +207,21 @@ def test_bad_weights_are_refused(client: Any) -> None:
         train_lightgbm_dask(
             client, "regression", lazy[FEATURES], lazy["y"], None, None, params, 5, 2, weight=lazy["w"]
         )
+
+
+def test_training_stops_in_chunks_where_the_replayed_rule_fires(client: Any, monkeypatch: Any) -> None:
+    """Not every round of num_boost_round: chunks of 2 x patience, each continuing the last, until the
+    replayed early stopping fires; the booster holds the trees of every chunk up to its best one."""
+    asked: list[int] = []
+    fit = training_dask._fit_booster
+
+    def counted(*args: Any) -> Any:
+        asked.append(args[4])
+        return fit(*args)
+
+    monkeypatch.setattr(training_dask, "_fit_booster", counted)
+    _, model, _ = _both(client, "regression")
+    chunk = training_dask.CHUNK_STOPPING_ROUNDS * PATIENCE
+    assert asked and set(asked) == {chunk} and sum(asked) < ROUNDS  # stopped long before 300 rounds
+    assert sum(asked) - chunk < model.best_iteration + PATIENCE <= sum(asked)  # the chunk where it fired
+    assert model.booster.current_iteration() == model.best_iteration

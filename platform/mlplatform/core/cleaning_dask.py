@@ -48,11 +48,11 @@ from mlplatform.core.dask_work import (
     ensure_lake_view,
     lake_connection,
     parquet_scan,
-    partition_days,
     remove_folder,
     run_tasks,
     write_shard_file,
 )
+from mlplatform.core.grain import partition_days
 from mlplatform.core.lake import commit_partitions, new_staging, partition_files
 from mlplatform.core.lake_tables import LakeError, day_sql
 from mlplatform.core.sql import column_types, fetch_row, quote_ident, quote_literal, typed_column

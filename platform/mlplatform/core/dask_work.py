@@ -21,7 +21,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,6 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlplatform.core.grain import grain_floor, next_grain
 from mlplatform.core.lake import (
     PARQUET_GLOB,
     STAGING_FOLDER,
@@ -76,15 +75,6 @@ def shard_count(client: distributed.Client) -> int:
     """How many shards to split a stage into: a few per worker thread of the cluster."""
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
     return SHARDS_PER_THREAD * max(1, sum(int(w.get("nthreads", 1)) for w in workers))
-
-
-def partition_days(grain: str, start: datetime, end: datetime) -> list[date]:
-    """The start days of the partitions of `grain` that overlap [start, end)."""
-    days, day = [], grain_floor(start, grain)
-    while datetime.combine(day, datetime.min.time()) < end:
-        days.append(day)
-        day = next_grain(day, grain)
-    return days
 
 
 def run_and_commit(client: distributed.Client, write: StagedWrite, tasks: Sequence[ShardTask]) -> list[int]:

@@ -130,13 +130,26 @@ def early_stopping_iteration(
     `lightgbm.callback._EarlyStoppingCallback` with first_metric_only False and min_delta 0."""
     if stopping_rounds <= 0:
         return len(curve)
+    return _scan(curve, stopping_rounds, num_boost_round)[0]
+
+
+def stop_within(curve: Sequence[Sequence[MetricValue]], stopping_rounds: int) -> int | None:
+    """The 1-based best iteration if `lgb.early_stopping(stopping_rounds)` stops within the rounds of
+    `curve` (a training cut into chunks can end there), or None: more rounds are needed to know."""
+    best, fired = _scan(curve, stopping_rounds, len(curve))
+    return best if fired else None
+
+
+def _scan(curve: Sequence[Sequence[MetricValue]], stopping_rounds: int, rounds: int) -> tuple[int, bool]:
+    """(1-based best iteration, whether the rule fired) over the first `rounds` iterations; past the
+    curve's end its last values repeat. The callback's order: each metric, fired before last round."""
     if not curve or not curve[0]:
         raise ValueError(
             "For early stopping, at least one dataset and eval metric is required for evaluation"
         )
     best_score = [-np.inf if metric.higher_better else np.inf for metric in curve[0]]
     best_iteration = [0] * len(curve[0])
-    for iteration in range(num_boost_round):
+    for iteration in range(rounds):
         metrics = curve[min(iteration, len(curve) - 1)]
         for index, metric in enumerate(metrics):
             improved = (
@@ -144,9 +157,11 @@ def early_stopping_iteration(
             )
             if iteration == 0 or improved:
                 best_score[index], best_iteration[index] = metric.value, iteration
-            if iteration - best_iteration[index] >= stopping_rounds or iteration == num_boost_round - 1:
-                return best_iteration[index] + 1
-    return len(curve)
+            if iteration - best_iteration[index] >= stopping_rounds:
+                return best_iteration[index] + 1, True
+            if iteration == rounds - 1:
+                return best_iteration[index] + 1, False
+    return len(curve), False
 
 
 def truncated(booster: lgb.Booster, iterations: int) -> lgb.Booster:

@@ -28,7 +28,6 @@ from mlplatform.core.dask_work import (
     ensure_lake_view,
     lake_connection,
     parquet_scan,
-    partition_days,
     run_and_commit,
     write_shard_file,
 )
@@ -39,7 +38,7 @@ from mlplatform.core.features import (
     features_sql,
     write_features_window,
 )
-from mlplatform.core.grain import next_grain
+from mlplatform.core.grain import next_grain, partition_days
 from mlplatform.core.lake import partition_files
 from mlplatform.core.row_identity import refresh_actuals
 from mlplatform.core.sql import column_types, quote_ident, quote_literal

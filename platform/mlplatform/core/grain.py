@@ -21,3 +21,12 @@ def next_grain(day: date, grain: str) -> date:
     if grain == "month":
         return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
     return day + timedelta(days=GRAIN_DAYS[grain])
+
+
+def partition_days(grain: str, start: datetime, end: datetime) -> list[date]:
+    """The start days of the partitions of `grain` that overlap [start, end)."""
+    days, day = [], grain_floor(start, grain)
+    while datetime.combine(day, datetime.min.time()) < end:
+        days.append(day)
+        day = next_grain(day, grain)
+    return days

@@ -15,7 +15,7 @@ from datetime import date, datetime
 import duckdb
 
 from mlplatform.core import lake
-from mlplatform.core.grain import grain_floor, next_grain
+from mlplatform.core.grain import partition_days
 from mlplatform.core.sql import quote_ident, quote_literal
 
 LAKE_VARIABLE = "mlplatform_lake"
@@ -66,15 +66,6 @@ def lake_of(conn: duckdb.DuckDBPyConnection) -> tuple[str, str] | None:
         f"SELECT getvariable('{LAKE_VARIABLE}'), getvariable('{GRAIN_VARIABLE}')"
     ).fetchall()[0]
     return (str(root), str(grain or "")) if root else None
-
-
-def window_days(start: datetime, end: datetime, grain: str) -> list[date]:
-    """The first day of each partition of `grain` in [start, end)."""
-    days, day = [], grain_floor(start, grain)
-    while datetime.combine(day, datetime.min.time()) < end:
-        days.append(day)
-        day = next_grain(day, grain)
-    return days
 
 
 def day_sql(column: str, grain: str) -> str:
@@ -168,7 +159,7 @@ def write_window(
     """Replace the partitions of [start, end) by `select_sql`'s rows, each partition whole (a partition
     without rows is emptied); returns the rows written. Rows outside the window are refused: they would
     land in partitions this write does not replace."""
-    days: list[date | None] = list(window_days(start, end, grain))
+    days: list[date | None] = list(partition_days(grain, start, end))
     staging = lake.new_staging(root)
     try:
         parts = (

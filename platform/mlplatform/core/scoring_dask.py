@@ -24,10 +24,10 @@ from mlplatform.core.dask_work import (
     ensure_lake_view,
     lake_connection,
     parquet_scan,
-    partition_days,
     run_and_commit,
     write_shard_file,
 )
+from mlplatform.core.grain import partition_days
 from mlplatform.core.lake import partition_files
 from mlplatform.core.scoring import score_frame
 from mlplatform.core.sql import column_types, quote_ident

@@ -3,8 +3,11 @@
 The encoding is the local one: categorical levels and classes fixed from the train rows (found with
 Dask, one pass over the data together with the finiteness checks), features prepared per partition
 by `prepare_features`, labels mapped by `encode_labels`. Early stopping cannot run inside a
-distributed training (see mlplatform.core.early_stopping), so all `num_boost_round` rounds are built
-and the booster is cut back on the driver at the iteration lgb.early_stopping would have picked.
+distributed training (see mlplatform.core.early_stopping), so the rounds are built in chunks of twice
+`early_stopping_rounds`, each continuing the last (init_model), the validation curve is replayed on the
+driver after each, and the booster is cut back at the iteration lgb.early_stopping would have picked.
+Chunks continue the same trees only where training draws no random numbers: with bagging or
+feature_fraction below 1 each chunk restarts LightGBM's generators from the seed.
 
 Every task trains through `DaskLGBMRegressor`, the objective (binary, multiclass) set explicitly:
 `DaskLGBMClassifier` label-encodes each worker's own labels, so a worker whose partitions miss a
@@ -27,7 +30,13 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from mlplatform.core.early_stopping import early_stopping_iteration, is_dart, truncated, validation_curve
+from mlplatform.core.early_stopping import (
+    early_stopping_iteration,
+    is_dart,
+    stop_within,
+    truncated,
+    validation_curve,
+)
 from mlplatform.core.metrics import infer_classes
 from mlplatform.core.training import (
     CategoricalLevels,
@@ -48,6 +57,9 @@ from mlplatform.core.training_window import recency_weights
 
 LABEL = "__mlplatform_label__"
 WEIGHT = "__mlplatform_weight__"
+# Rounds per chunk of a training that stops early, in early_stopping_rounds: each chunk rebuilds the
+# workers' datasets, and 2 means at most that many rounds are built past the stop.
+CHUNK_STOPPING_ROUNDS = 2
 
 
 def worker_threads(client: Any) -> int:
@@ -168,8 +180,10 @@ def _fit_booster(
     params: Mapping[str, Any],
     rounds: int,
     categorical: list[str],
+    init_model: lgb.Booster | None = None,
 ) -> lgb.Booster:
-    """All `rounds` rounds of data-parallel training; the driver's copy of the booster."""
+    """`rounds` more rounds of data-parallel training after `init_model`'s trees (lightgbm.dask hands it to
+    every worker's LGBMRegressor.fit); the driver's copy of the booster, `init_model`'s trees included."""
     workers = len(client.nthreads())
     if prepared.npartitions < workers:  # every worker should hold rows to train on
         prepared = prepared.repartition(npartitions=workers)
@@ -181,25 +195,46 @@ def _fit_booster(
         # lightgbm.dask sets each worker's num_threads itself and says so for sklearn's n_jobs=None.
         warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
         estimator.fit(
-            prepared[features], prepared[LABEL], sample_weight=weight, categorical_feature=categorical
+            prepared[features],
+            prepared[LABEL],
+            sample_weight=weight,
+            categorical_feature=categorical,
+            init_model=init_model,
         )
     booster = estimator.booster_
     check_same_config(booster, config)
     return booster
 
 
-def _best_iteration(
-    booster: lgb.Booster,
-    valid: tuple[pd.DataFrame, np.ndarray] | None,
+def _train_until_stopped(
+    client: Any,
+    prepared: dd.DataFrame,
+    features: list[str],
     params: Mapping[str, Any],
-    num_boost_round: int,
-    early_stopping_rounds: int,
-) -> int:
-    """The best_iteration train_lightgbm would report for this sequence of trees."""
-    if valid is None or is_dart(params) or early_stopping_rounds <= 0:
-        return booster.current_iteration()
-    curve = validation_curve(booster, valid[0], valid[1], params)
-    return early_stopping_iteration(curve, early_stopping_rounds, num_boost_round)
+    categorical: list[str],
+    valid: tuple[pd.DataFrame, np.ndarray] | None,
+    rounds: tuple[int, int],
+) -> tuple[lgb.Booster, int]:
+    """(booster, best_iteration) as train_lightgbm's early stopping would give them. lightgbm.dask cannot
+    stop early, so the rounds are trained in chunks (CHUNK_STOPPING_ROUNDS x early_stopping_rounds, each
+    continuing the last: init_model), and after each chunk the validation curve is replayed: once the rule
+    fires, no chunk more. Without a validation window (or with dart) all `num_boost_round` rounds."""
+    num_boost_round, early_stopping_rounds = rounds
+    stops = valid is not None and not is_dart(params) and early_stopping_rounds > 0
+    chunk = CHUNK_STOPPING_ROUNDS * early_stopping_rounds if stops else num_boost_round
+    booster: lgb.Booster | None = None
+    while True:
+        trained = booster.current_iteration() if booster is not None else 0
+        asked = min(chunk, num_boost_round - trained)
+        booster = _fit_booster(client, prepared, features, params, asked, categorical, booster)
+        if not stops:
+            return booster, booster.current_iteration()
+        assert valid is not None
+        curve = validation_curve(booster, valid[0], valid[1], params)
+        best = stop_within(curve, early_stopping_rounds)
+        no_more_splits = booster.current_iteration() < trained + asked
+        if best is not None or no_more_splits or booster.current_iteration() >= num_boost_round:
+            return booster, best or early_stopping_iteration(curve, early_stopping_rounds, num_boost_round)
 
 
 def train_lightgbm_dask(
@@ -218,7 +253,8 @@ def train_lightgbm_dask(
     """`train_lightgbm` with the train rows on a Dask cluster (same arguments, same result kind).
 
     `X_train`, `y_train` and `weight` must be partitioned alike (columns of one frame). The returned
-    booster is the driver's copy cut at `best_iteration`; the trees built past it are discarded.
+    booster is the driver's copy cut at `best_iteration`; the trees built past it (up to a chunk,
+    `_train_until_stopped`) are discarded.
     `training_seconds` covers the distributed fit and the early-stopping replay."""
     if categorical_features is None:
         categorical_features = default_categoricals(_empty_like(X_train))
@@ -242,8 +278,8 @@ def train_lightgbm_dask(
         valid = (valid_features, np.asarray(valid_label, dtype=np.float64))
 
     started = time.perf_counter()
-    booster = _fit_booster(client, prepared, features, train_params, num_boost_round, categorical)
-    best = _best_iteration(booster, valid, train_params, num_boost_round, early_stopping_rounds)
+    rounds = (num_boost_round, early_stopping_rounds)
+    booster, best = _train_until_stopped(client, prepared, features, train_params, categorical, valid, rounds)
     seconds = time.perf_counter() - started
     return TrainedModel(
         task=task,
