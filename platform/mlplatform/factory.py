@@ -53,6 +53,7 @@ class DatasetDefinitions:
 
 
 BROKEN_SPECS_METADATA = "mlplatform/broken_specs"
+DASK_DRIVER_DUCKDB_MEMORY = "40%"  # of RAM, see location_resources
 
 
 def location_resources(
@@ -69,6 +70,11 @@ def location_resources(
     return {
         "warehouse": WarehouseResource(
             database=settings.warehouse_path,
+            # The Dask engine's workers share the machine with the driver: its DuckDB spills past this
+            # share of RAM instead of taking DuckDB's default 80% (a 100M-row run was killed that way).
+            connection_config={"memory_limit": DASK_DRIVER_DUCKDB_MEMORY}
+            if settings.engine == "dask"
+            else {},
             lake=settings.lake if settings.engine == "dask" else None,
             lake_grains={spec.name: spec.partition_grain for spec in specs}
             if settings.engine == "dask"

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 
 from mlplatform.factory import location_resources
@@ -164,3 +165,15 @@ def test_the_engine_environment_gives_another_process_the_same_engine(tmp_path: 
     settings = load_settings({**env, **chosen})
     assert engine_environment(settings) == chosen
     assert load_settings({**env, **engine_environment(settings)}) == settings  # round trip
+
+
+def test_the_dask_engines_driver_duckdb_spills_before_it_takes_the_workers_memory(tmp_path: Path) -> None:
+    env = {"MLPLATFORM_HOME": str(tmp_path)}
+    local = location_resources(load_settings(env))["warehouse"]
+    assert "memory_limit" not in local.connection_config  # the local engine keeps DuckDB's default
+    warehouse = location_resources(load_settings({**env, "MLPLATFORM_ENGINE": "dask"}))["warehouse"]
+    with warehouse.get_connection("tiny") as conn:
+        limit = conn.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    with duckdb.connect() as default:
+        default_limit = default.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    assert limit != default_limit and warehouse.connection_config == {"memory_limit": "40%"}
