@@ -9,13 +9,10 @@ wrong (too few or too many fields) are caught by DuckDB's reject tables and kept
 
 from __future__ import annotations
 
-import functools
 import glob
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
 
 import duckdb
 
@@ -23,6 +20,7 @@ from mlplatform.core.accounting import UNREADABLE, detect_encoding, unreadable_r
 from mlplatform.core.placement import PartitionBounds, place_rows, plausible_sql
 from mlplatform.core.source_checks import (
     LONG_LINE,
+    add_missing_text_columns,
     add_unreadable_rows,
     by_encoding,
     csv_dialect,
@@ -37,11 +35,8 @@ from mlplatform.core.source_checks import (
     stage_nothing,
     stage_with_python,
 )
-from mlplatform.core.sql import column_types, quote_ident, quote_literal, session_timezone, typed_column
+from mlplatform.core.sql import column_types, in_spec_timezone, quote_ident, quote_literal, typed_column
 from mlplatform.specs.model import DatasetSpec
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 class SourceError(ValueError):
@@ -55,19 +50,6 @@ class SourceProbe:
     time_min: datetime | None
     time_max: datetime | None
     unreadable: tuple[tuple[str, str], ...] = ()  # (path, why): skipped, quarantined at load
-
-
-def _in_spec_timezone(
-    read: Callable[Concatenate[duckdb.DuckDBPyConnection, DatasetSpec, P], R],
-) -> Callable[Concatenate[duckdb.DuckDBPyConnection, DatasetSpec, P], R]:
-    """Run `read` with DuckDB reading naive times in the spec's zone (see `session_timezone`)."""
-
-    @functools.wraps(read)
-    def in_zone(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, *args: P.args, **kwargs: P.kwargs) -> R:
-        with session_timezone(conn, spec.timezone):
-            return read(conn, spec, *args, **kwargs)
-
-    return in_zone
 
 
 def source_files(spec: DatasetSpec) -> list[str]:
@@ -178,7 +160,7 @@ def _probe_group(
     return types, _time_range(conn, spec, typed_sql)
 
 
-@_in_spec_timezone
+@in_spec_timezone
 def probe_source(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> SourceProbe:
     """Column names and plausible time range of the source; raises SourceError naming the key at fault.
 
@@ -260,7 +242,7 @@ def _time_range(
         raise SourceError(f"time_column: cannot read {spec.time_column!r} as a timestamp: {exc}") from exc
 
 
-@_in_spec_timezone
+@in_spec_timezone
 def stage_source(
     conn: duckdb.DuckDBPyConnection,
     spec: DatasetSpec,
@@ -307,7 +289,7 @@ def stage_source(
         _stage_csv(conn, spec, readable, notes)
         read = "_staged_read"
         if sniffed is not None:  # some files only: the columns the others would have brought
-            _add_missing_text_columns(conn, spec, read)
+            add_missing_text_columns(conn, spec, read)
     types = column_types(conn, read)
     sniffed = sniff_types(conn, spec, readable) if sniffed is None else sniffed
     if spec.derived:
@@ -328,15 +310,6 @@ def stage_source(
     conn.execute("DROP TABLE IF EXISTS _staged_read")
     conn.execute("DROP VIEW IF EXISTS _staged_parquet")
     return "_staged"
-
-
-def _add_missing_text_columns(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, read: str) -> None:
-    """Give `read` (CSV text) every source column of the spec its files lack, as NULL text: what the
-    union by name of all the source's files gives those files' rows (the others bring the columns)."""
-    present = set(column_types(conn, read))
-    for name in spec.source_columns:
-        if name not in present:
-            conn.execute(f"ALTER TABLE {read} ADD COLUMN {quote_ident(name)} VARCHAR")
 
 
 def _stage_csv(

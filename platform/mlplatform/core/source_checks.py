@@ -247,3 +247,12 @@ def by_encoding(files: list[str]) -> dict[str, list[str]]:
     for path in files:
         groups.setdefault("utf-16" if detect_encoding(path) == "utf-16" else "utf-8", []).append(path)
     return dict(sorted(groups.items(), key=lambda item: item[0] != "utf-8"))
+
+
+def add_missing_text_columns(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, read: str) -> None:
+    """Give `read` (CSV text) every source column of the spec its files lack, as NULL text: what the
+    union by name of all the source's files gives those files' rows (the others bring the columns)."""
+    present = set(column_types(conn, read))
+    for name in spec.source_columns:
+        if name not in present:
+            conn.execute(f"ALTER TABLE {read} ADD COLUMN {quote_ident(name)} VARCHAR")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
+    import duckdb
+
     from mlplatform.specs.model import DatasetSpec
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DUCKDB_TYPES = {
     "int": "BIGINT",
@@ -291,3 +297,16 @@ def session_timezone(conn: Any, zone: str) -> Iterator[None]:  # a DuckDB connec
         yield
     finally:
         conn.execute(f"SET TimeZone = {quote_literal(previous)}")
+
+
+def in_spec_timezone(
+    read: Callable[Concatenate[duckdb.DuckDBPyConnection, DatasetSpec, P], R],
+) -> Callable[Concatenate[duckdb.DuckDBPyConnection, DatasetSpec, P], R]:
+    """Run `read` with DuckDB reading naive times in the spec's zone (see `session_timezone`)."""
+
+    @functools.wraps(read)
+    def in_zone(conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, *args: P.args, **kwargs: P.kwargs) -> R:
+        with session_timezone(conn, spec.timezone):
+            return read(conn, spec, *args, **kwargs)
+
+    return in_zone
