@@ -12,6 +12,7 @@ from mlplatform.core.metrics import (
     WEEK,
     baseline_predictions,
     best_baseline,
+    compute_metric,
     compute_metrics,
     encode_labels,
     higher_is_better,
@@ -65,6 +66,26 @@ def test_binary_ranking_metrics_are_nan_with_one_class_present() -> None:
     assert math.isnan(result["roc_auc"])
     assert math.isnan(result["pr_auc"])
     assert result["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("task", "y_true", "scores", "classes"),
+    [
+        ("binary", [0, 1, 1, 0, 1, 0, 0], [0.1, 0.9, 0.4, 0.4, 0.7, 0.2, 0.6], None),
+        ("binary", ["no", "yes", "no", "yes"], [0.3, 0.8, 0.3, 0.3], ["no", "yes"]),
+        ("binary", [1, 1, 1], [0.9, 0.8, 0.7], None),  # one class: NaN ranking metrics
+        ("regression", [1.0, 2.0, 4.0], [1.5, 2.0, 3.0], None),
+        ("multiclass", ["a", "b", "c"], [[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]], ["a", "b", "c"]),
+    ],
+)
+def test_one_metric_equals_its_value_among_all_metrics(
+    task: str, y_true: list, scores: list, classes: list | None
+) -> None:
+    every = compute_metrics(task, y_true, np.array(scores), classes)
+    for metric, value in every.items():
+        one = compute_metric(task, metric, y_true, np.array(scores), classes)
+        assert one == value or (math.isnan(one) and math.isnan(value)), metric
+    assert math.isnan(compute_metric(task, "no_such_metric", y_true, np.array(scores), classes))
 
 
 def test_multiclass_metrics_match_sklearn_with_arbitrary_labels() -> None:

@@ -29,7 +29,7 @@ import pandas as pd
 
 from mlplatform.core.change_point import ChangePoint, detect_change
 from mlplatform.core.drift import DriftVerdict, dataset_verdict
-from mlplatform.core.metrics import PRIMARY_METRIC, compute_metrics, higher_is_better
+from mlplatform.core.metrics import PRIMARY_METRIC, compute_metric, higher_is_better
 from mlplatform.core.performance_estimation import Calibration, estimate_metric, fit_calibration
 from mlplatform.specs.durations import parse_calendar_duration, parse_duration
 from mlplatform.specs.model import DatasetSpec
@@ -99,18 +99,18 @@ def primary_error(
     y = y_true[usable]
     try:
         if task == "regression":
-            values = compute_metrics(task, y, scored.loc[usable, "prediction"])
+            value = compute_metric(task, metric, y, scored.loc[usable, "prediction"])
         elif task == "binary":
             known = list(classes) if classes is not None else sorted(pd.unique(y).tolist())
             if len(known) != 2:
                 return metric, float("nan")
-            values = compute_metrics(task, y, scored.loc[usable, "probability"], known)
+            value = compute_metric(task, metric, y, scored.loc[usable, "probability"], known)
         else:
             known = [c.removeprefix(PROBABILITY_PREFIX) for c in columns]
-            values = compute_metrics(task, y.astype(str), scored.loc[usable, columns].to_numpy(), known)
+            value = compute_metric(task, metric, y.astype(str), scored.loc[usable, columns].to_numpy(), known)
     except ValueError:
         return metric, float("nan")
-    return metric, float(values.get(metric, float("nan")))
+    return metric, float(value)
 
 
 def probability_matrix(task: str, frame: pd.DataFrame, classes: Sequence[str]) -> np.ndarray | None:

@@ -213,6 +213,25 @@ def compute_metrics(
     raise ValueError(f"unknown task {task!r}; expected regression, binary or multiclass")
 
 
+def compute_metric(
+    task: str,
+    metric: str,
+    y_true: Sequence[Any] | pd.Series | np.ndarray,
+    y_pred_or_proba: Sequence[Any] | pd.Series | np.ndarray,
+    classes: Sequence[Any] | None = None,
+) -> float:
+    """One metric of `compute_metrics`, equal to its value there (NaN if it has none). A binary
+    ROC AUC or average precision skips the other metrics' passes: drift reports compute one per
+    window, and those passes were half of each."""
+    if task == "binary" and metric in ("roc_auc", "pr_auc") and len(y_true):
+        labels = encode_labels(y_true, classes if classes is not None else [0, 1])
+        if np.unique(labels).size != 2:
+            return math.nan
+        roc_auc, pr_auc = _ranking_metrics(labels, np.asarray(y_pred_or_proba, dtype=np.float64).reshape(-1))
+        return roc_auc if metric == "roc_auc" else pr_auc
+    return compute_metrics(task, y_true, y_pred_or_proba, classes).get(metric, math.nan)
+
+
 def baseline_predictions(
     task: str,
     y_train: Sequence[Any] | pd.Series | np.ndarray,
