@@ -149,7 +149,7 @@ def test_predictions_score_every_row_of_their_partition_with_the_champion(
         assert metadata["model_version"] == 1
     # Each row named by its time and the spec's unique id, with the actual value (all labelled here).
     columns = [c for c, *_ in home.query("DESCRIBE tiny.predictions")]
-    assert columns == ["ts", "id", "prediction", "model_version", "actual"]
+    assert columns == ["ts", "id", "prediction", "model_version", "inputs_hash", "actual"]
     unmatched = home.query(
         "SELECT count(*) FROM tiny.predictions p LEFT JOIN tiny.clean c USING (id) "
         "WHERE c.value IS DISTINCT FROM p.actual OR c.ts <> p.ts"
@@ -192,6 +192,24 @@ def test_reference_profile_describes_the_champions_training_rows(
     assert rows == metadata["dagster/row_count"] and versions == [1]
     profiled = {name for (name,) in home.query("SELECT DISTINCT feature FROM tiny.reference_profile")}
     assert {"x", "kind", "x_mean_1d", "value", "prediction"} <= profiled
+
+
+def test_reference_profile_reuses_the_champions_predictions_and_profiles_the_same(
+    home: TinyDataset,
+    predictions: dict[str, dg.ExecuteInProcessResult],
+    reference_profile: dg.ExecuteInProcessResult,
+) -> None:
+    """With February scored, its split rows' outputs come from the predictions table; the profile is
+    the one scoring every row gives (the first build may have run before or after the scoring)."""
+    profile_sql = "SELECT feature, kind, key, value FROM tiny.reference_profile ORDER BY ALL"
+    before = home.query(profile_sql)
+    again = metadata_of(home.materialize([Stage.REFERENCE_PROFILE]), home.key(Stage.REFERENCE_PROFILE))
+    [(scored_split_rows,)] = home.query(
+        "SELECT count(*) FROM tiny.training_set t JOIN tiny.predictions p USING (id) WHERE p.model_version = 1"
+    )
+    assert scored_split_rows > 0
+    assert again["outputs_from_predictions"] == scored_split_rows
+    assert home.query(profile_sql) == before
 
 
 def test_drift_report_flags_the_shifted_month_and_not_the_one_trained_on(

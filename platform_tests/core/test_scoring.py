@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlplatform.core.drift_reference import model_outputs
+from mlplatform.core.champion_outputs import model_outputs
 from mlplatform.core.metrics import compute_metrics
 from mlplatform.core.scoring import labels_from_scores, predict_labels, probability_columns, score_frame
 from mlplatform.core.training import TrainedModel, lightgbm_params, predict, train_lightgbm
@@ -71,6 +71,9 @@ def test_score_frame_rows_of_the_predictions_table() -> None:
     columns = probability_columns(model)
     assert columns == ["probability_high", "probability_low", "probability_mid"]
     assert list(scored.columns) == ["ts", "prediction", *columns, "model_version"]
+    hashed = score_frame(spec, model, frame.assign(inputs_hash=np.arange(len(frame), dtype=np.uint64)), 7)
+    assert list(hashed.columns) == [*scored.columns, "inputs_hash"]  # read with inputs_hash_sql: carried
+    assert hashed["inputs_hash"].tolist() == list(range(len(frame)))
     assert scored["model_version"].eq(7).all() and len(scored) == len(frame)
     best = scored[columns].idxmax(axis=1).str.removeprefix("probability_")
     assert (scored["prediction"] == best).all()

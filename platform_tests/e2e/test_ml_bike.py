@@ -111,7 +111,7 @@ def test_the_whole_graph_materializes_with_passing_checks(bike: BikeRun) -> None
     assert latest_metadata("training_set")["rows_test"].value == splits["test"]
 
     columns = [row[0] for row in query("DESCRIBE bike_sharing.predictions")]
-    assert columns == ["ts", "instant", "prediction", "model_version", "actual"]
+    assert columns == ["ts", "instant", "prediction", "model_version", "inputs_hash", "actual"]
     assert query(
         "SELECT count(*) FROM bike_sharing.predictions p JOIN bike_sharing.clean c USING (instant) "
         'WHERE p.actual = c."count" AND p.ts = c.ts'

@@ -8,6 +8,7 @@ estimates drift reports make (core.drift_performance). It is rebuilt whenever ev
 runs, declared with an AutomationCondition so a champion changed from the UI also refreshes it.
 """
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,15 +17,10 @@ import pandas as pd
 
 from mlplatform.assets.common import missing_table_fails_the_step, spec_code_version
 from mlplatform.contracts import CHAMPION_ALIAS, Stage, asset_key
+from mlplatform.core.champion_outputs import champion_outputs
 from mlplatform.core.drift_performance import ChampionFacts, champion_facts
-from mlplatform.core.drift_reference import (
-    build_reference,
-    model_outputs,
-    monitored_columns,
-    nan_to_none,
-    primary_error,
-)
-from mlplatform.core.scoring import MODEL_VERSION_COLUMN
+from mlplatform.core.drift_reference import build_reference, monitored_columns, nan_to_none, primary_error
+from mlplatform.core.scoring import INPUTS_HASH_COLUMN, MODEL_VERSION_COLUMN
 from mlplatform.core.sql import quote_ident
 from mlplatform.core.training import TrainedModel, feature_importance
 from mlplatform.core.training_data import champion_split_rows, recorded_windows
@@ -40,39 +36,53 @@ if TYPE_CHECKING:
 _FRAME_VIEW = "_reference_rows"
 
 
-def _champion_rows(
-    spec: DatasetSpec, warehouse: WarehouseResource, mlflow: MlflowResource
-) -> tuple[int, TrainedModel, dict[str, pd.DataFrame]]:
-    """(champion version, its model, its rows per split; train with its outputs on them)."""
+@dataclass(frozen=True)
+class _ChampionRows:
+    version: int
+    model: TrainedModel
+    splits: dict[str, pd.DataFrame]  # train, validation, test; train with the outputs beside its rows
+    outputs: dict[str, pd.DataFrame]  # the champion's outputs on each split that has rows
+    reused: int  # rows whose outputs came from the predictions table, not scored again
+
+
+def _champion_rows(spec: DatasetSpec, warehouse: WarehouseResource, mlflow: MlflowResource) -> _ChampionRows:
     champion = mlflow.get_alias_version(spec.name, CHAMPION_ALIAS)
     if champion is None:
         raise dg.Failure(f"{spec.name} has no champion model yet: nothing to profile")
-    model = load_version(mlflow, spec.name, champion.version)
+    version = int(champion.version)
+    model = load_version(mlflow, spec.name, version)
     windows = (
         recorded_windows(mlflow.client().get_run(champion.run_id).data.params) if champion.run_id else None
     )
     with warehouse.get_connection(spec.name) as conn, missing_table_fails_the_step():
-        splits = champion_split_rows(conn, spec, windows)
-    train = splits["train"]
-    if train.empty:
-        raise dg.Failure(f"no training rows found for {spec.name} champion version {champion.version}")
-    splits["train"] = pd.concat([train, model_outputs(model, train)], axis=1)
-    return int(champion.version), model, splits
+        splits = champion_split_rows(conn, spec, windows, hashed_inputs=model.feature_names)
+        if splits["train"].empty:
+            raise dg.Failure(f"no training rows found for {spec.name} champion version {version}")
+        found = {
+            name: champion_outputs(conn, spec, model, version, rows)
+            for name, rows in splits.items()
+            if len(rows)
+        }
+    outputs = {name: result.frame for name, result in found.items()}
+    for rows in splits.values():  # in place: a copy of 8M rows would cost seconds
+        if INPUTS_HASH_COLUMN in rows:
+            del rows[INPUTS_HASH_COLUMN]
+    for column in outputs["train"].columns:  # beside the rows, in place (a concat copies all of them)
+        splits["train"][column] = outputs["train"][column]
+    return _ChampionRows(version, model, splits, outputs, sum(result.reused for result in found.values()))
 
 
-def _facts(
-    spec: DatasetSpec, model: TrainedModel, splits: dict[str, pd.DataFrame], test_outputs: pd.DataFrame | None
-) -> tuple[ChampionFacts, str | None]:
+def _facts(spec: DatasetSpec, rows: _ChampionRows) -> tuple[ChampionFacts, str | None]:
     """Importance, calibration (validation window) and estimated test metric of the champion."""
-    validation = splits["validation"]
-    labelled = (validation[spec.target.column], model_outputs(model, validation)) if len(validation) else None
+    validation = rows.splits["validation"]
+    labelled = (validation[spec.target.column], rows.outputs["validation"]) if len(validation) else None
     return champion_facts(
         spec.target.task,
-        feature_importance(model).to_dict(),
+        feature_importance(rows.model).to_dict(),
         labelled,
-        test_outputs,
-        model.classes,
-        pd.to_datetime(splits["train"][spec.time_column]).max(),
+        rows.outputs.get("test"),
+        rows.model.classes,
+        pd.to_datetime(rows.splits["train"][spec.time_column]).max(),
     )
 
 
@@ -89,19 +99,19 @@ def _store(warehouse: WarehouseResource, spec: DatasetSpec, frame: pd.DataFrame)
 
 def _metadata(
     spec: DatasetSpec,
-    version: int,
-    splits: dict[str, pd.DataFrame],
+    rows: _ChampionRows,
     roles: dict[str, str],
     performance: tuple[str, float] | None,
     facts: ChampionFacts,
     frame: pd.DataFrame,
 ) -> dict[str, Any]:
-    estimated = facts.estimated_reference
+    estimated, splits = facts.estimated_reference, rows.splits
     return {
-        "champion_version": version,
+        "champion_version": rows.version,
         "training_rows": len(splits["train"]),
         "validation_rows": len(splits["validation"]),
         "test_rows": len(splits["test"]),
+        "outputs_from_predictions": rows.reused,
         "profiled_columns": dg.MetadataValue.json(roles),
         "reference_metric": performance[0] if performance else "none",
         "reference_error": nan_to_none(performance[1]) if performance else None,
@@ -139,16 +149,15 @@ def build_reference_profile_asset(stage: "StageBuild") -> dg.AssetsDefinition:
     def reference_profile(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow: MlflowResource
     ) -> dg.MaterializeResult:
-        version, model, splits = _champion_rows(spec, warehouse, mlflow)
-        train, test = splits["train"], splits["test"]
+        rows = _champion_rows(spec, warehouse, mlflow)
+        version, train, test = rows.version, rows.splits["train"], rows.splits["test"]
         columns = monitored_columns(spec, list(train.columns))
-        performance, test_outputs = None, None
-        if not test.empty:  # scored once: the test error and the estimate on the test window
-            test_outputs = model_outputs(model, test)
+        performance = None
+        if not test.empty:  # the test error and, in _facts, the estimate on the test window
             performance = primary_error(
-                spec.target.task, test[spec.target.column], test_outputs, model.classes
+                spec.target.task, test[spec.target.column], rows.outputs["test"], rows.model.classes
             )
-        facts, no_calibration = _facts(spec, model, splits, test_outputs)
+        facts, no_calibration = _facts(spec, rows)
         if no_calibration:
             context.log.warning(f"{spec.name} champion v{version}: {no_calibration}")
         frame = build_reference(train, columns, performance, spec, facts)
@@ -158,10 +167,9 @@ def build_reference_profile_asset(stage: "StageBuild") -> dg.AssetsDefinition:
         estimated = facts.estimated_reference
         context.log.info(
             f"reference of {spec.name} champion v{version}: {len(train)} training rows, "
-            f"{len(columns.all)} columns, test error {performance}, estimated test error {estimated}"
+            f"{len(columns.all)} columns, test error {performance}, estimated test error {estimated}; "
+            f"outputs of {rows.reused} of {sum(map(len, rows.splits.values()))} rows from the predictions table"
         )
-        return dg.MaterializeResult(
-            metadata=_metadata(spec, version, splits, columns.roles, performance, facts, frame)
-        )
+        return dg.MaterializeResult(metadata=_metadata(spec, rows, columns.roles, performance, facts, frame))
 
     return reference_profile

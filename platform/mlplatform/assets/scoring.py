@@ -17,7 +17,7 @@ from mlplatform.assets.common import (
 from mlplatform.contracts import CHAMPION_ALIAS, Stage, asset_key
 from mlplatform.core import warehouse as warehouse_sql
 from mlplatform.core.row_identity import ACTUAL_COLUMN, prediction_keys
-from mlplatform.core.scoring import score_frame
+from mlplatform.core.scoring import INPUTS_HASH_COLUMN, inputs_hash_sql, score_frame
 from mlplatform.core.scoring_dask import score_window_dask
 from mlplatform.core.training import TrainedModel
 from mlplatform.core.training_data import scoring_feature_names
@@ -91,7 +91,8 @@ def _score_window(
     """Score the window's features rows and replace its predictions; returns the rows written."""
     version, model = champion
     in_window = window_predicate(spec.time_column, start, end)
-    frame = read_frame(conn, f"SELECT * FROM {table_name(spec.name, Stage.FEATURES)} WHERE {in_window}")
+    features, hashed = table_name(spec.name, Stage.FEATURES), inputs_hash_sql(model.feature_names)
+    frame = read_frame(conn, f"SELECT *, {hashed} FROM {features} WHERE {in_window}")
     try:
         scored = score_frame(spec, model, frame, version)
     except (TypeError, ValueError) as error:
@@ -127,7 +128,9 @@ def _description(spec: DatasetSpec) -> str:
         + "".join(f", `{key}`" for key in prediction_keys(spec)[1:])
         + ", `prediction`"
         + {"binary": ", `probability`", "multiclass": ", `probability_<class>`"}.get(spec.target.task, "")
-        + f", `model_version` and `{ACTUAL_COLUMN}` (the target once known, null until then)."
+        + f", `model_version`, `{INPUTS_HASH_COLUMN}` (of the row's model inputs: the reference profile "
+        "reuses a prediction whose inputs are unchanged) and "
+        f"`{ACTUAL_COLUMN}` (the target once known, null until then)."
     )
 
 

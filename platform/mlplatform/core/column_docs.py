@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mlplatform.contracts import Stage
-from mlplatform.core.scoring import MODEL_VERSION_COLUMN, PREDICTION_COLUMN
+from mlplatform.core.scoring import INPUTS_HASH_COLUMN, MODEL_VERSION_COLUMN, PREDICTION_COLUMN
 from mlplatform.core.validation import FAILED_CHECKS, FAILED_COLUMNS, REASON
 from mlplatform.core.warehouse import PARTITION_TIME
 from mlplatform.specs.model import DatasetSpec
@@ -25,6 +25,7 @@ LINEAGE_DESCRIPTIONS = {
     FAILED_COLUMNS: "the columns that failed them",
     PREDICTION_COLUMN: "the champion's prediction of the target",
     MODEL_VERSION_COLUMN: "the model version that scored the row",
+    INPUTS_HASH_COLUMN: "a 64-bit hash of the model inputs the row was scored from",
 }
 
 

@@ -52,6 +52,7 @@ from mlplatform.core.drift_weights import importance_weights
 from mlplatform.core.features import feature_names
 from mlplatform.core.performance_estimation import Calibration
 from mlplatform.core.profile import FRAME_COLUMNS, Profile, build_profile
+from mlplatform.core.threads import map_in_threads
 from mlplatform.specs.durations import Duration, parse_calendar_duration
 from mlplatform.specs.model import DatasetSpec
 
@@ -123,10 +124,10 @@ def natural_variability(
         return pd.DataFrame(columns=FRAME_COLUMNS)
     buckets = _window_buckets(times, window)
     sizes = pd.Series(buckets).value_counts()
-    tables = []
-    for bucket, size in sizes.items():
-        if size >= 0.5 * sizes.median() and size > 1:
-            tables.append(feature_drift(profile, rows[buckets == bucket], spec.drift))
+    judged = [bucket for bucket, size in sizes.items() if size >= 0.5 * sizes.median() and size > 1]
+    tables = map_in_threads(
+        lambda bucket: feature_drift(profile, rows[buckets == bucket], spec.drift), judged
+    )
     if not tables:
         return pd.DataFrame(columns=FRAME_COLUMNS)
     worst = pd.concat(tables).groupby("feature")[["psi", "effect_size"]].max()
@@ -379,18 +380,3 @@ def nan_to_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def model_outputs(model: Any, rows: pd.DataFrame) -> pd.DataFrame:
-    """The champion's outputs on `rows`, named like the predictions table: `prediction`, and for
-    classification `probability` (binary) or `probability_<class>` (multiclass)."""
-    from mlplatform.core.scoring import labels_from_scores, probability_columns
-    from mlplatform.core.training import predict
-
-    scores = predict(model, rows)
-    if model.task == "regression":
-        return pd.DataFrame({"prediction": scores}, index=rows.index)
-    matrix = scores.reshape(-1, 1) if model.task == "binary" else scores
-    frame = pd.DataFrame(matrix, columns=probability_columns(model), index=rows.index)
-    frame.insert(0, "prediction", labels_from_scores(model.task, scores, model.classes))
-    return frame

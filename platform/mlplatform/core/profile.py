@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from mlplatform.core.threads import map_in_threads
+
 OTHER_KEY = "__other__"
 NULL_KEY = "__null__"
 MAX_CATEGORIES = 50
@@ -173,9 +175,8 @@ def build_profile(
         raise KeyError(f"columns not in the DataFrame: {missing}")
     if n_bins < 1 or n_quantiles < 2:
         raise ValueError("n_bins must be >= 1 and n_quantiles >= 2")
-    features: dict[str, FeatureProfile] = {}
-    for name in numeric_columns:
-        features[name] = _numeric_profile(df[name], n_bins, n_quantiles)
+    numeric = map_in_threads(lambda name: _numeric_profile(df[name], n_bins, n_quantiles), numeric_columns)
+    features: dict[str, FeatureProfile] = dict(zip(numeric_columns, numeric, strict=True))
     for name in categorical_columns:
         features[name] = _categorical_profile(df[name], max_categories)
     return Profile(features=features)

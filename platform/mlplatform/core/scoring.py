@@ -16,11 +16,21 @@ import pandas as pd
 
 from mlplatform.core.metrics import label_codes
 from mlplatform.core.row_identity import ACTUAL_COLUMN, prediction_keys
+from mlplatform.core.sql import quote_ident
 from mlplatform.core.training import TrainedModel, predict
 from mlplatform.specs.model import DatasetSpec
 
 PREDICTION_COLUMN = "prediction"
 MODEL_VERSION_COLUMN = "model_version"
+INPUTS_HASH_COLUMN = "inputs_hash"
+
+
+def inputs_hash_sql(inputs: Sequence[str]) -> str:
+    """The select item for a row's inputs hash: DuckDB's 64-bit hash of the model's input columns as the
+    features table types them, computed where the rows are read. Stored beside each prediction, so a
+    later reader may reuse the prediction for a row whose inputs hash the same (the reference profile
+    does: core.champion_outputs) and scores any other."""
+    return f"hash({', '.join(quote_ident(name) for name in inputs)}) AS {INPUTS_HASH_COLUMN}"
 
 
 def labels_from_scores(
@@ -53,7 +63,8 @@ def predict_labels(model: TrainedModel, X: pd.DataFrame, threshold: float = 0.5)
 
 def score_frame(spec: DatasetSpec, model: TrainedModel, features: pd.DataFrame, version: int) -> pd.DataFrame:
     """The predictions table rows of `features`: the row's key (time, entity key, id columns), the
-    prediction, probabilities, model version and the actual target value (null while unlabelled)."""
+    prediction, probabilities, model version, the hash of its inputs (when `features` was read with
+    `inputs_hash_sql`) and the actual target value (null while unlabelled)."""
     keys = [k for k in prediction_keys(spec) if k in features.columns]
     out = features[keys].reset_index(drop=True)
     if features.empty:
@@ -70,6 +81,8 @@ def score_frame(spec: DatasetSpec, model: TrainedModel, features: pd.DataFrame, 
         for position, column in enumerate(probability_columns(model)):
             out[column] = matrix[:, position]
     out[MODEL_VERSION_COLUMN] = np.int64(version)
+    if INPUTS_HASH_COLUMN in features.columns:  # read with inputs_hash_sql
+        out[INPUTS_HASH_COLUMN] = features[INPUTS_HASH_COLUMN].reset_index(drop=True)
     if spec.target.column in features.columns:
         actual = features[spec.target.column].reset_index(drop=True)
         if actual.dtype == object and actual.isna().all():

@@ -29,7 +29,7 @@ from mlplatform.core.dask_work import (
 )
 from mlplatform.core.grain import partition_days
 from mlplatform.core.lake import partition_files
-from mlplatform.core.scoring import score_frame
+from mlplatform.core.scoring import inputs_hash_sql, score_frame
 from mlplatform.core.sql import column_types, quote_ident
 from mlplatform.core.training import TrainedModel
 from mlplatform.core.warehouse import read_frame, table_name, window_predicate
@@ -67,7 +67,8 @@ def score_partition(
     try:
         scan = parquet_scan(files)
         present = set(column_types(conn, f"(SELECT * FROM {scan})"))
-        frame = read_frame(conn, f"SELECT {_columns_sql(present, columns)} FROM {scan} WHERE {window}")
+        rows = f"SELECT {_columns_sql(present, columns)} FROM {scan} WHERE {window}"
+        frame = read_frame(conn, f"SELECT *, {inputs_hash_sql(model.feature_names)} FROM ({rows})")
         if frame.empty:
             return 0
         scored = score_frame(spec, model, frame, version)

@@ -7,6 +7,7 @@ profile. A missing table raises MissingTableError (the Dagster wiring turns it i
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import duckdb
 import pandas as pd
@@ -14,6 +15,7 @@ import pandas as pd
 from mlplatform.contracts import MlflowMetric, MlflowParam, Stage
 from mlplatform.core.features import entity_feature_used, feature_names
 from mlplatform.core.metrics import compute_metrics
+from mlplatform.core.scoring import inputs_hash_sql
 from mlplatform.core.splits import SPLIT_COLUMN, SPLIT_NAMES
 from mlplatform.core.sql import column_types, quote_ident, total_order_sql
 from mlplatform.core.training import TrainedModel, default_categoricals, predict
@@ -116,29 +118,41 @@ def split_metrics(
 
 
 def champion_split_rows(
-    conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, windows: dict[str, SplitWindow] | None
+    conn: duckdb.DuckDBPyConnection,
+    spec: DatasetSpec,
+    windows: dict[str, SplitWindow] | None,
+    hashed_inputs: Sequence[str] = (),
 ) -> dict[str, pd.DataFrame]:
     """The labelled rows of each split (train, validation, test) the champion was trained, tuned and
     tested on.
 
     With the champion's recorded windows (first and last timestamp of each split) the rows come from
     `features`, which is right even after a rollback to an older champion (a split whose window was
-    not recorded is empty); without them from `training_set`, which holds the latest training's split."""
+    not recorded is empty); without them from `training_set`, which holds the latest training's split.
+    With `hashed_inputs` (a model's inputs) each row carries their `scoring.inputs_hash_sql` too, when
+    the table has them all."""
+
+    def selected(table: str) -> str:
+        complete = hashed_inputs and set(hashed_inputs) <= set(column_types(conn, table))
+        return f"*, {inputs_hash_sql(hashed_inputs)}" if complete else "*"
+
     if windows and "train" in windows and "test" in windows:
         features, t = table_name(spec.name, Stage.FEATURES), quote_ident(spec.time_column)
+        columns = selected(features)
         labelled = f"{quote_ident(spec.target.column)} IS NOT NULL"
         found = {}
         for split, (first, last) in windows.items():
             found[split] = read_frame(
                 conn,
-                f"SELECT * FROM {features} WHERE {t} BETWEEN ?::TIMESTAMP AND ?::TIMESTAMP AND {labelled} "
+                f"SELECT {columns} FROM {features} WHERE {t} BETWEEN ?::TIMESTAMP AND ?::TIMESTAMP AND {labelled} "
                 f"ORDER BY {t}",
                 [first, last],
             )
         return {split: found.get(split, found["train"].iloc[:0]) for split in SPLIT_NAMES}
     if not table_exists(conn, spec.name, Stage.TRAINING_SET):
         raise MissingTableError(f"{spec.name}.{Stage.TRAINING_SET} does not exist: train a model first")
-    frame = conn.sql(f"SELECT * FROM {table_name(spec.name, Stage.TRAINING_SET)}").df()
+    training_set = table_name(spec.name, Stage.TRAINING_SET)
+    frame = conn.sql(f"SELECT {selected(training_set)} FROM {training_set}").df()
     return {split: frame[frame[SPLIT_COLUMN] == split].drop(columns=SPLIT_COLUMN) for split in SPLIT_NAMES}
 
 
