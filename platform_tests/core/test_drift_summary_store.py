@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from mlplatform.contracts import Table
+from mlplatform.core.drift_ranks import PairCounts
 from mlplatform.core.drift_reference import MonitoredColumns, Reference, build_reference, read_reference
 from mlplatform.core.drift_summaries import SummaryPlan
 from mlplatform.core.drift_summary_store import load_partitions
@@ -104,9 +105,17 @@ def _summarised(
         run[1],
     )
     days = [run[0] + i * DAY for i in range((run[1] - run[0]) // DAY)]
+    pairs = PairCounts()
     verdicts = [
         report_summarised(
-            spec, reference, plan, 3, loaded.parts, (d, window_start(spec, d + DAY), d + DAY), lambda: ""
+            spec,
+            reference,
+            plan,
+            3,
+            loaded.parts,
+            (d, window_start(spec, d + DAY), d + DAY),
+            lambda: "",
+            pairs,
         )[1]
         for d in days
     ]

@@ -23,6 +23,7 @@ from mlplatform.assets.drift_metadata import partitions_metadata, run_metadata
 from mlplatform.contracts import Stage, Table, asset_key
 from mlplatform.core import drift_plots
 from mlplatform.core.drift_performance import labels_delay, locate_change, realized_window
+from mlplatform.core.drift_ranks import PairCounts
 from mlplatform.core.drift_reference import Reference, read_reference
 from mlplatform.core.drift_summaries import SummaryPlan
 from mlplatform.core.drift_summary_store import load_partitions
@@ -162,11 +163,11 @@ def _judge_summarised(
             spacing_text.append(spacing_hint(spec, loaded.times))
         return spacing_text[0]
 
-    column_frames, verdicts = [], []
+    column_frames, verdicts, pairs = [], [], PairCounts()
     for p_start, p_end in bounds:
         window = (p_start, window_start(spec, p_end), p_end)
         columns, verdict = report_summarised(
-            spec, inputs.reference, plan, inputs.version, loaded.parts, window, spacing
+            spec, inputs.reference, plan, inputs.version, loaded.parts, window, spacing, pairs
         )
         if verdict["performance_trigger"] and spec.training.change_point:
             _add_change_point(spec, verdict, inputs, verdicts)

@@ -61,6 +61,7 @@ from mlplatform.core.quantile_tests import (
     piecewise_linear_cdf,
     wasserstein_from_quantiles,
 )
+from mlplatform.core.threads import map_in_threads
 
 GRID_STEPS = 20  # sub-intervals per reference quantile interval: KS D within 0.01 / 20 of the exact one
 TAIL_GROWTH, TAIL_REACH = 1.25, 2.0  # the outer cells (see _tail_points)
@@ -199,8 +200,12 @@ def partition_summaries(
         for (index, version), n in pairs.groupby(level=[0, 1]).sum().items():
             versions[int(index)][int(version)] = int(n)
     columns: list[dict[str, ColumnSummary]] = [{} for _ in range(n_parts)]
-    for name in [n for n in plan.profile.features if n in rows]:
-        for index, summary in enumerate(_column_summaries(plan, name, rows[name], part, n_parts, n_rows)):
+    names = [n for n in plan.profile.features if n in rows]
+    summarised = map_in_threads(
+        lambda name: _column_summaries(plan, name, rows[name], part, n_parts, n_rows), names
+    )
+    for name, summaries in zip(names, summarised, strict=True):
+        for index, summary in enumerate(summaries):
             columns[index][name] = summary
     return [PartitionSummary(int(n_rows[i]), versions[i], columns[i]) for i in range(n_parts)]
 

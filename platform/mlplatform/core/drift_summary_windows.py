@@ -16,7 +16,7 @@ rank metrics are not mergeable from sums, and those few columns are cheap next t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from mlplatform.core.drift import FEATURE_TABLE_COLUMNS
-from mlplatform.core.drift_performance import estimated_error, labels_known_before, realized_window
+from mlplatform.core.drift_performance import labels_known_before, probability_matrix, realized_window
+from mlplatform.core.drift_ranks import PairCounts, ScoresByLabel, scores_by_label
 from mlplatform.core.drift_reference import (
     Reference,
     column_table,
@@ -50,6 +51,8 @@ from mlplatform.core.drift_windows import (
     window_start,
 )
 from mlplatform.core.grain import grain_floor, next_grain
+from mlplatform.core.metrics import PRIMARY_METRIC
+from mlplatform.core.performance_estimation import Calibration, calibrated_rows, estimate_calibrated
 from mlplatform.core.scoring import MODEL_VERSION_COLUMN
 from mlplatform.specs.model import DatasetSpec
 
@@ -57,10 +60,29 @@ from mlplatform.specs.model import DatasetSpec
 @dataclass(frozen=True)
 class PartitionData:
     """One partition, summarised: its summary, and the rows the reference's model scored with only
-    their output columns and the target (what the performance is computed on)."""
+    their output columns and the target (what the performance is computed on). What the performance
+    takes from them is computed once per partition, not once per window holding it (`_derived`)."""
 
     summary: PartitionSummary
     outputs: pd.DataFrame
+    _derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def ranked(self, target: str) -> ScoresByLabel:
+        """The sorted probabilities of the labelled rows, per label (binary ROC AUC, drift_ranks)."""
+        if "ranked" not in self._derived:
+            frame = self.outputs
+            self._derived["ranked"] = scores_by_label(
+                frame[target], frame["probability"].to_numpy(dtype=float)
+            )
+        return self._derived["ranked"]
+
+    def calibrated(self, task: str, calibration: Calibration) -> tuple[np.ndarray, np.ndarray] | None:
+        """(raw, expected) of its rows under the reference's calibration; None without probabilities."""
+        key = f"calibrated {id(calibration)}"
+        if key not in self._derived:
+            matrix = probability_matrix(task, self.outputs, calibration.classes)
+            self._derived[key] = None if matrix is None else calibrated_rows(task, calibration, matrix)
+        return self._derived[key]
 
 
 def summarise_partition(
@@ -148,8 +170,12 @@ def first_needed(spec: DatasetSpec, first_end: datetime) -> datetime:
 @dataclass(frozen=True)
 class _Window:
     summary: PartitionSummary
-    outputs: pd.DataFrame
     coverage: OutputsCoverage
+    parts: tuple[tuple[datetime, PartitionData], ...]
+
+    @property
+    def output_columns(self) -> pd.Index:
+        return self.parts[0][1].outputs.columns  # every partition's outputs have the same columns
 
 
 def _window(
@@ -159,13 +185,12 @@ def _window(
     bounds: tuple[datetime, datetime],
     version: int | None,
 ) -> _Window:
-    picked = [parts[start] for start in partition_starts(spec, *bounds)]
+    starts = partition_starts(spec, *bounds)
+    picked = [parts[start] for start in starts]
     summary = merge(plan, [part.summary for part in picked])
-    frames = [part.outputs for part in picked if len(part.outputs)]
-    outputs = pd.concat(frames, ignore_index=True) if frames else picked[0].outputs
     n_scored, n_by_reference, others = coverage_counts(summary, version)
     coverage = OutputsCoverage(summary.n_rows, n_scored, n_by_reference, version, others)
-    return _Window(summary, outputs, coverage)
+    return _Window(summary, coverage, tuple(zip(starts, picked, strict=True)))
 
 
 def _table(
@@ -184,11 +209,33 @@ def _table(
     return column_table(spec, reference, pd.DataFrame(rows, columns=FEATURE_TABLE_COLUMNS))
 
 
-def _error(spec: DatasetSpec, outputs: pd.DataFrame) -> float:
+def _error(spec: DatasetSpec, parts: Sequence[tuple[datetime, PartitionData]], pairs: PairCounts) -> float:
+    """The primary metric on the partitions' rows: a binary ROC AUC from pair counts, else
+    `primary_error` on their outputs concatenated."""
     target = spec.target.column
-    if target not in outputs or not any(is_output(c) for c in outputs.columns):
+    outputs = [part.outputs for _, part in parts]
+    if target not in outputs[0] or not any(is_output(c) for c in outputs[0].columns):
         return float("nan")
-    return primary_error(spec.target.task, outputs[target], outputs)[1]
+    if spec.target.task == "binary" and PRIMARY_METRIC["binary"] == "roc_auc" and "probability" in outputs[0]:
+        return pairs.roc_auc([(when, part.ranked(target)) for when, part in parts])
+    rows = pd.concat(outputs, ignore_index=True) if len(outputs) > 1 else outputs[0]
+    return primary_error(spec.target.task, rows[target], rows)[1]
+
+
+def _estimated_error(spec: DatasetSpec, calibration: Calibration | None, window: _Window) -> float | None:
+    """`drift_performance.estimated_error` of the window, each partition calibrated once."""
+    task = spec.target.task
+    if calibration is None or task == "regression":
+        return None
+    found = [part.calibrated(task, calibration) for _, part in window.parts]
+    if any(rows is None for rows in found):
+        return None
+    raw = np.concatenate([rows[0] for rows in found if rows is not None])
+    if not len(raw):
+        return None
+    expected = np.concatenate([rows[1] for rows in found if rows is not None])
+    value = estimate_calibrated(task, PRIMARY_METRIC[task], raw, expected)
+    return value if np.isfinite(value) else None
 
 
 def report_summarised(
@@ -199,10 +246,11 @@ def report_summarised(
     parts: Mapping[datetime, PartitionData],
     bounds: tuple[datetime, datetime, datetime],
     spacing: Callable[[], str],
+    pairs: PairCounts,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-column rows and verdict row of the partition starting at bounds[0], its window
     [bounds[1], bounds[2]), as core.drift_windows.report_partition gives them; `parts`: the data of
-    every partition the window and its realized window cover."""
+    every partition the window and its realized window cover; `pairs`: the run's ROC AUC pair counts."""
     partition_start, start, end = bounds
     window = _window(plan, spec, parts, (start, end), version)
     realized_bounds = realized_window(spec, end)
@@ -212,14 +260,16 @@ def report_summarised(
     judge_outputs = window.coverage.judged
     table = _table(spec, reference, plan, window, realized, judge_outputs)
     errors = None
-    if judge_outputs and reference.performance is not None and spec.target.column in realized.outputs:
-        realized_error = _error(spec, realized.outputs) if realized.coverage.judged else float("nan")
-        errors = (realized_error, estimated_error(spec.target.task, reference.calibration, window.outputs))
+    if judge_outputs and reference.performance is not None and spec.target.column in realized.output_columns:
+        realized_error = _error(spec, realized.parts, pairs) if realized.coverage.judged else float("nan")
+        errors = (realized_error, _estimated_error(spec, reference.calibration, window))
     report = window_report(spec, reference, table, window.summary.n_rows, errors)
     own_error = None
     if report.metric:  # all its rows are labelled without labels.delay, none with whole partitions of delay
         known = labels_known_before(spec, end) > partition_start
-        own = parts[partition_start].outputs
-        own_error = _error(spec, own) if known and len(own) else float("nan")
+        own = parts[partition_start]
+        own_error = (
+            _error(spec, [(partition_start, own)], pairs) if known and len(own.outputs) else float("nan")
+        )
     coverages = (window.coverage, realized.coverage)
     return partition_result(spec, report, coverages, version, bounds, own_error, spacing)

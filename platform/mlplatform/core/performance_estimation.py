@@ -145,17 +145,31 @@ def estimate_metric(task: str, metric: str, calibration: Calibration, probabilit
     multiclass (n, k)). NaN when it cannot: no estimator for the task and metric (see
     `ESTIMABLE_METRICS`), no rows, or a metric undefined on the window (e.g. roc_auc when the
     calibrated probabilities expect no positives). Rows with a missing probability are left out."""
-    estimator = ESTIMABLE_METRICS.get(task, {}).get(metric)
-    if estimator is None:
+    if ESTIMABLE_METRICS.get(task, {}).get(metric) is None:
         return math.nan
+    return estimate_calibrated(task, metric, *calibrated_rows(task, calibration, probabilities))
+
+
+def calibrated_rows(
+    task: str, calibration: Calibration, probabilities: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(raw, expected) of the rows with every probability present: raw as `estimate_calibrated`
+    takes it, expected its calibrated one-vs-rest probabilities. Rows are independent, so a window's
+    are the concatenation of its partitions'."""
     if (task == "binary") != calibration.binary:
         raise ValueError(f"a {task} estimate needs a {task} calibration, got classes {calibration.classes}")
     raw = _matrix(calibration.binary, probabilities, len(calibration.classes))
     raw = raw[~np.isnan(raw).any(axis=1)]
-    if raw.shape[0] == 0:
-        return math.nan
     raw = raw[:, 0] if calibration.binary else raw
-    return float(estimator(raw, calibration.one_vs_rest(raw)))
+    return raw, calibration.one_vs_rest(raw)
+
+
+def estimate_calibrated(task: str, metric: str, raw: np.ndarray, expected: np.ndarray) -> float:
+    """`estimate_metric` from `calibrated_rows`' output."""
+    estimator = ESTIMABLE_METRICS.get(task, {}).get(metric)
+    if estimator is None or raw.shape[0] == 0:
+        return math.nan
+    return float(estimator(raw, expected))
 
 
 def _binary_roc_auc(raw: np.ndarray, expected: np.ndarray) -> float:
