@@ -13,7 +13,7 @@ from mlplatform.contracts import Table
 from mlplatform.core.drift_ranks import PairCounts
 from mlplatform.core.drift_reference import MonitoredColumns, Reference, build_reference, read_reference
 from mlplatform.core.drift_summaries import SummaryPlan
-from mlplatform.core.drift_summary_store import load_partitions
+from mlplatform.core.drift_summary_store import fingerprints, load_partitions, rows_and_fingerprints
 from mlplatform.core.drift_summary_windows import first_needed, report_summarised, windows_on_partitions
 from mlplatform.core.drift_windows import report_partition, window_rows, window_start
 from mlplatform.core.warehouse import replace_window
@@ -156,3 +156,15 @@ def test_a_later_run_merges_the_stored_summaries_unless_their_rows_changed(wareh
     assert rows_read == 600
     _assert_same(changed, _from_rows(conn, spec, reference, last))
     assert changed["realized_error"] != pytest.approx(verdict["realized_error"])
+
+
+def test_fingerprints_from_the_rows_read_equal_the_sql_ones(warehouse) -> None:
+    """A run's own partitions are fingerprinted from the rows it reads (no second scan); a later run
+    checks them with the SQL of `fingerprints`: both must give the same strings."""
+    conn, _ = warehouse
+    spec, starts = _spec(), [FIRST + i * DAY for i in range(10)]
+    columns = ["ts", "lag_1", "kind", "sales"]
+    rows, part, prints = rows_and_fingerprints(conn, spec, columns, starts, FIRST + 10 * DAY)
+    assert prints == fingerprints(conn, spec, columns, FIRST, FIRST + 10 * DAY)
+    assert len(prints) == 10 and len(rows) == 3000 and "_row_hash" not in rows
+    assert np.bincount(part).tolist() == [300] * 10

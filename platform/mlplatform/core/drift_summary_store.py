@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from mlplatform.contracts import Stage, Table
@@ -32,6 +33,7 @@ from mlplatform.core.warehouse import read_frame, table_exists, table_name
 from mlplatform.specs.model import DatasetSpec
 
 REFERENCE_VERSION = "reference_version"
+_ROW_HASH = "_row_hash"
 # Partition starts per grain in DuckDB SQL; Dagster weeks start on Sunday, DuckDB's on Monday.
 _FLOOR_SQL = {
     "day": "date_trunc('day', {t})",
@@ -65,6 +67,32 @@ def fingerprints(
         f"FROM ({rows}) t GROUP BY 1"
     ).fetchall()
     return {pd.Timestamp(when).to_pydatetime(): f"{n}-{h}" for when, n, h in found}
+
+
+def rows_and_fingerprints(
+    conn: duckdb.DuckDBPyConnection,
+    spec: DatasetSpec,
+    columns: list[str],
+    starts: list[datetime],
+    end: datetime,
+) -> tuple[pd.DataFrame, np.ndarray, dict[datetime, str]]:
+    """The rows of [starts[0], end), their partition codes (index in `starts`) and the partitions'
+    `fingerprints`, from one read: each row's hash comes with it, and its partition's sum is exact
+    (summed in 16-bit pieces, as exact as DuckDB's HUGEINT sum)."""
+    rows_sql = window_rows_sql(conn, spec, starts[0], end, columns)
+    rows = read_frame(conn, f"SELECT *, hash(t) AS {_ROW_HASH} FROM ({rows_sql}) t")
+    hashes = rows.pop(_ROW_HASH).to_numpy(dtype=np.uint64)
+    part = partition_codes(rows[spec.time_column], starts, end)
+    inside = (part >= 0) & (part < len(starts))
+    codes, values = part[inside], hashes[inside]
+    n = np.bincount(codes, minlength=len(starts))
+    total = [0] * len(starts)
+    for shift in (0, 16, 32, 48):  # 16-bit pieces: their float sums stay exact up to 2**37 rows
+        piece = ((values >> np.uint64(shift)) & np.uint64(0xFFFF)).astype(np.float64)
+        sums = np.bincount(codes, weights=piece, minlength=len(starts))
+        total = [t + (int(v) << shift) for t, v in zip(total, sums, strict=True)]
+    prints = {when: f"{n[i]}-{total[i]}" for i, when in enumerate(starts) if n[i]}
+    return rows, part, prints
 
 
 def stored_summaries(
@@ -114,13 +142,12 @@ def load_partitions(
     parts: dict[datetime, PartitionData] = {}
     times = pd.Series([], dtype="datetime64[us]")
     if fresh:
-        rows = window_rows(conn, spec, fresh[0], run[1], columns)
-        times = rows[spec.time_column]
         in_range = [when for when in starts if when >= fresh[0]]
-        part = partition_codes(times, in_range, run[1])
+        rows, part, fresh_prints = rows_and_fingerprints(conn, spec, columns, in_range, run[1])
+        times = rows[spec.time_column]
         summarised = summarise_partitions(plan, spec, rows, part, len(in_range), version)
         parts |= {when: data for when, data in zip(in_range, summarised, strict=True) if when not in kept}
-        prints |= fingerprints(conn, spec, columns, fresh[0], run[1])
+        prints |= fresh_prints
     if kept:  # their summaries hold; the performance needs their outputs and labels again
         before = [when for when in starts if when < run[0]]
         labels = [c for c in (spec.time_column, spec.target.column) if c in columns]

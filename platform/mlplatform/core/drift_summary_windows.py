@@ -81,7 +81,11 @@ class PartitionData:
         key = f"calibrated {id(calibration)}"
         if key not in self._derived:
             matrix = probability_matrix(task, self.outputs, calibration.classes)
-            self._derived[key] = None if matrix is None else calibrated_rows(task, calibration, matrix)
+            found = None if matrix is None else calibrated_rows(task, calibration, matrix)
+            if found is not None and found[0].ndim == 1:  # binary: sorted by score, a run of the window's
+                order = np.argsort(found[0], kind="stable")
+                found = (found[0][order], found[1][order])
+            self._derived[key] = found
         return self._derived[key]
 
 
