@@ -141,6 +141,7 @@ def test_binary_dataset_trains_promotes_and_scores_probabilities(
         "prediction",
         "probability",
         "model_version",
+        "inputs_hash",
         "actual",
     ]
     assert len(predictions) == DAYS * 24 * len(STORES) and set(predictions["model_version"]) == {1}
@@ -178,6 +179,7 @@ def test_multiclass_dataset_scores_class_probabilities_and_refuses_mismatched_fe
         "prediction",
         *probability_columns,
         "model_version",
+        "inputs_hash",
         "actual",
     ]
     assert predictions[probability_columns].sum(axis=1).to_numpy() == pytest.approx(1.0)
