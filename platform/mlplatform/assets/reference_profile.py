@@ -1,6 +1,7 @@
 """Stage 6a, `reference_profile`: what the champion learned from.
 
-It profiles the champion's training rows (inputs, target, the champion's own predictions on them) and
+It profiles the champion's training rows (inputs, target, the champion's own predictions on them,
+taken from the predictions table for rows it scored from the same inputs: core.champion_outputs) and
 records its test error, its feature importance (gain share per input: drift verdicts weight each
 column by it) and, for a classifier, a probability calibration fitted on its validation window with
 the estimated (label-free, CBPE) metric on its test window, the like-for-like reference of the

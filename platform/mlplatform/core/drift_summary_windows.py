@@ -7,10 +7,11 @@ when every window a run judges (the trailing `drift.window` and the realized win
 before it) starts and ends on partition boundaries (`windows_on_partitions`), which holds for the
 bundled specs (e.g. 7d on daily partitions); otherwise the caller judges rows as before.
 
-The performance half: the champion's realized error (ROC AUC, RMSE, log loss...), its estimated
-(CBPE) error and each partition's own error are computed by the same functions as before on the
-window's output and label columns only (`PartitionData.outputs`, kept per partition), concatenated:
-rank metrics are not mergeable from sums, and those few columns are cheap next to the rows.
+The performance half: the champion's realized error, its estimated (CBPE) error and each partition's
+own error come from the window's output and label columns only (`PartitionData.outputs`, kept per
+partition). A binary ROC AUC is summed from partition-pair counts (core.drift_ranks), exact; the CBPE
+estimate concatenates the partitions' calibrated rows, each partition calibrated and sorted once;
+other metrics concatenate the partitions' outputs and compute as before.
 """
 
 from __future__ import annotations
