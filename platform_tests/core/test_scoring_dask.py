@@ -14,7 +14,7 @@ import pytest
 from mlplatform.contracts import Stage
 from mlplatform.core.features import feature_names, write_features_window
 from mlplatform.core.lake import partition_files
-from mlplatform.core.scoring import score_frame
+from mlplatform.core.scoring import inputs_hash_sql, score_frame
 from mlplatform.core.scoring_dask import score_window_dask
 from mlplatform.core.sql import column_types
 from mlplatform.core.training import TrainedModel, lightgbm_params, train_lightgbm
@@ -46,7 +46,8 @@ def _champion(conn: duckdb.DuckDBPyConnection) -> TrainedModel:
 def _score_locally(conn: duckdb.DuckDBPyConnection, model: TrainedModel) -> None:
     """What the predictions asset does with the local engine."""
     features = table_name(SPEC.name, Stage.FEATURES)
-    frame = read_frame(conn, f"SELECT * FROM {features} WHERE {window_predicate('ts', *WINDOW)}")
+    hashed = inputs_hash_sql(model.feature_names)  # compared too: the lake files hash as the table does
+    frame = read_frame(conn, f"SELECT *, {hashed} FROM {features} WHERE {window_predicate('ts', *WINDOW)}")
     conn.register("predictions_frame", score_frame(SPEC, model, frame, VERSION))
     replace_window(conn, SPEC.name, Stage.PREDICTIONS, "SELECT * FROM predictions_frame", "ts", *WINDOW)
 
