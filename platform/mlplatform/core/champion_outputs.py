@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mlplatform.contracts import Stage
-from mlplatform.core.row_identity import row_id_columns
+from mlplatform.core.row_identity import matching_keys
 from mlplatform.core.scoring import (
     INPUTS_HASH_COLUMN,
     MODEL_VERSION_COLUMN,
@@ -65,26 +65,24 @@ def _stored_scores(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(positions in `rows`, their scores as an n x k matrix) of the rows the predictions table has
     scored by `version` from the same inputs; None when the table cannot say (absent, or written
-    before it kept the inputs' hash). Rows are matched on their id columns when the spec declares any
-    (unique), else on time and entity, as `row_identity.refresh_actuals` matches them."""
+    before it kept the inputs' hash). Rows are matched on `row_identity.matching_keys` and the hash."""
     if INPUTS_HASH_COLUMN not in rows or not table_exists(conn, spec.name, Stage.PREDICTIONS):
         return None
     predictions = table_name(spec.name, Stage.PREDICTIONS)
-    keys = [k for k in row_id_columns(spec) or spec.row_keys if k in rows.columns]
+    keys = [k for k in matching_keys(spec) if k in rows.columns]
     scores = score_columns(model)
     if not keys or not {INPUTS_HASH_COLUMN, MODEL_VERSION_COLUMN, *keys, *scores} <= set(
         column_types(conn, predictions)
     ):
         return None
-    t = spec.time_column
-    probe = rows[list(dict.fromkeys([t, *keys, INPUTS_HASH_COLUMN]))].reset_index(drop=True)
+    probe = rows[list(dict.fromkeys([spec.time_column, *keys, INPUTS_HASH_COLUMN]))].reset_index(drop=True)
     probe[_ROW] = np.arange(len(rows), dtype=np.int64)
     matched = [*keys, INPUTS_HASH_COLUMN]
     on = " AND ".join(f"r.{quote_ident(c)} = p.{quote_ident(c)}" for c in matched)
     # Rows of one key and inputs hold the same scores (one model, the same inputs): any of them.
     group = ", ".join(quote_ident(c) for c in matched)
     picked = ", ".join(f"any_value({quote_ident(c)}) AS {quote_ident(c)}" for c in scores)
-    t = quote_ident(t)
+    t = quote_ident(spec.time_column)
     conn.register(_PROBE_VIEW, probe)
     try:
         found = conn.execute(

@@ -34,12 +34,17 @@ def prediction_keys(spec: DatasetSpec) -> list[str]:
     return [*spec.row_keys, *row_id_columns(spec)]
 
 
+def matching_keys(spec: DatasetSpec) -> list[str]:
+    """The columns that match a prediction to its features row: the id columns when the spec
+    declares any (the time and entity may repeat), else time and entity."""
+    return row_id_columns(spec) or spec.row_keys
+
+
 def refresh_actuals(
     conn: duckdb.DuckDBPyConnection, spec: DatasetSpec, start: datetime, end: datetime
 ) -> int:
     """Set `actual` of the predictions in [start, end) to the target `features` now holds for the
-    same rows; returns how many changed. Matched on the id columns when the spec declares any (the
-    time and entity may repeat), else on time and entity."""
+    same rows; returns how many changed. Matched on `matching_keys`."""
     if not (
         table_exists(conn, spec.name, Stage.PREDICTIONS) and table_exists(conn, spec.name, Stage.FEATURES)
     ):
@@ -47,7 +52,7 @@ def refresh_actuals(
     predictions = table_name(spec.name, Stage.PREDICTIONS)
     features = table_name(spec.name, Stage.FEATURES)
     present = set(column_types(conn, predictions)) & set(column_types(conn, features))
-    keys = row_id_columns(spec) or spec.row_keys
+    keys = matching_keys(spec)
     if ACTUAL_COLUMN not in column_types(conn, predictions) or not set(keys) <= present:
         return 0  # a predictions table written before it carried keys and actuals: re-score to fill it
     target, actual = quote_ident(spec.target.column), quote_ident(ACTUAL_COLUMN)
